@@ -1,0 +1,356 @@
+//! The hardened Lua VM (defences.md, "Minimal hardened VM recipe").
+//!
+//! Every job gets a fresh VM from [`new_vm`]: explicit standard libraries, a cleaned base
+//! library, text-only chunks, a memory limit and a global instruction hook that checks an
+//! instruction budget and a wall-clock deadline. Once the budget is spent the error is sticky:
+//! the hook keeps raising it, and the wrapped `pcall`, `xpcall` and `coroutine.resume` re-raise it
+//! on return, so no Lua code can swallow it (VM-08, VM-09).
+
+use crate::policy_error;
+use mlua::{
+    ChunkMode, Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic,
+    VmState,
+};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How often (in VM instructions) the hook runs.
+const HOOK_EVERY: u32 = 1000;
+
+/// Value of the `__metatable` field of locked metatables; `getmetatable` returns it.
+pub const LOCKED: &str = "locked";
+
+/// Why a budget ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exhausted {
+    /// The instruction count reached its limit.
+    Instructions(u64),
+    /// The wall-clock deadline passed.
+    Deadline(Duration),
+}
+
+impl Exhausted {
+    /// The error text a pipeline author sees.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Instructions(n) => format!("instruction budget exceeded ({n} instructions)"),
+            Self::Deadline(d) => format!("time limit exceeded ({})", crate::fmt_duration(*d)),
+        }
+    }
+}
+
+/// The CPU and time budget of whatever the VM runs now (the definition, or one stage).
+#[derive(Debug)]
+pub struct Budget {
+    limit: Cell<u64>,
+    used: Cell<u64>,
+    started: Cell<Instant>,
+    timeout: Cell<Duration>,
+    exhausted: std::cell::RefCell<Option<Exhausted>>,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            limit: Cell::new(u64::MAX),
+            used: Cell::new(0),
+            started: Cell::new(Instant::now()),
+            timeout: Cell::new(Duration::MAX),
+            exhausted: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Starts a fresh budget of `instructions` and `timeout` from now.
+    pub fn arm(&self, instructions: u64, timeout: Duration) {
+        self.limit.set(instructions);
+        self.used.set(0);
+        self.started.set(Instant::now());
+        self.timeout.set(timeout);
+        *self.exhausted.borrow_mut() = None;
+    }
+
+    /// Why the budget ran out, if it did.
+    pub fn exhausted(&self) -> Option<Exhausted> {
+        self.exhausted.borrow().clone()
+    }
+
+    /// Wall-clock time left before the deadline.
+    pub fn time_left(&self) -> Duration {
+        self.timeout
+            .get()
+            .saturating_sub(self.started.get().elapsed())
+    }
+
+    /// The wall-clock limit of the current budget.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.get()
+    }
+
+    /// Marks the deadline as passed (a core module found it so while Lua was not running).
+    pub fn expire_deadline(&self) {
+        *self.exhausted.borrow_mut() = Some(Exhausted::Deadline(self.timeout.get()));
+    }
+
+    /// Called by the hook every [`HOOK_EVERY`] instructions.
+    fn tick(&self) -> Result<(), Exhausted> {
+        if let Some(e) = self.exhausted() {
+            return Err(e);
+        }
+        let used = self.used.get().saturating_add(u64::from(HOOK_EVERY));
+        self.used.set(used);
+        let why = if used >= self.limit.get() {
+            Exhausted::Instructions(self.limit.get())
+        } else if self.started.get().elapsed() >= self.timeout.get() {
+            Exhausted::Deadline(self.timeout.get())
+        } else {
+            return Ok(());
+        };
+        *self.exhausted.borrow_mut() = Some(why.clone());
+        Err(why)
+    }
+
+    /// An error to raise if the budget is spent.
+    fn check(&self) -> mlua::Result<()> {
+        match self.exhausted() {
+            Some(e) => Err(mlua::Error::runtime(e.message())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A fresh hardened VM and its budget.
+#[derive(Debug)]
+pub struct Vm {
+    /// The Lua state. Never shared between jobs.
+    pub lua: Lua,
+    /// The budget the global hook enforces.
+    pub budget: Rc<Budget>,
+}
+
+/// Standard libraries a job gets. `io`, `os`, `package` and `debug` are never loaded.
+fn libs() -> StdLib {
+    StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE
+}
+
+/// Base-library globals removed outright.
+const REMOVED_GLOBALS: [&str; 3] = ["dofile", "loadfile", "require"];
+
+/// Creates a hardened VM with a memory limit. Core modules are added by the caller.
+pub fn new_vm(memory_limit: u64) -> mlua::Result<Vm> {
+    let lua = Lua::new_with(libs(), LuaOptions::new())?;
+    lua.set_memory_limit(usize::try_from(memory_limit).unwrap_or(usize::MAX))?;
+    let budget = Rc::new(Budget::new());
+    let hook_budget = budget.clone();
+    lua.set_global_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |_, _| {
+            hook_budget
+                .tick()
+                .map_err(|e| mlua::Error::runtime(e.message()))?;
+            Ok(VmState::Continue)
+        },
+    )?;
+    harden(&lua, &budget)?;
+    Ok(Vm { lua, budget })
+}
+
+fn harden(lua: &Lua, budget: &Rc<Budget>) -> mlua::Result<()> {
+    let g = lua.globals();
+    for name in REMOVED_GLOBALS {
+        g.raw_set(name, Value::Nil)?;
+    }
+    // `print` and `warn` are rebound by the log module; until then they do nothing visible.
+    g.raw_set("print", Value::Nil)?;
+    g.raw_set("warn", Value::Nil)?;
+
+    let string: Table = g.raw_get("string")?;
+    string.raw_set("dump", Value::Nil)?;
+
+    // Text-only `load` (VM-01).
+    let real_load: Function = g.raw_get("load")?;
+    g.raw_set(
+        "load",
+        lua.create_function(move |lua, args: Variadic<Value>| {
+            let mut args: Vec<Value> = args.into_iter().collect();
+            match args.first() {
+                Some(Value::String(s)) if s.as_bytes().first() == Some(&0x1b) => {
+                    return Err(policy_error(
+                        "lua.bytecode",
+                        "load refuses precompiled bytecode; pass Lua source text",
+                    ));
+                }
+                Some(Value::String(_)) | Some(Value::Function(_)) => {}
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "bad argument #1 to 'load' (string or function expected)",
+                    ))
+                }
+            }
+            match args.get(2) {
+                None | Some(Value::Nil) => {}
+                Some(Value::String(m)) if m.as_bytes() == b"t" => {}
+                Some(_) => {
+                    return Err(policy_error(
+                        "lua.bytecode",
+                        "load only accepts mode \"t\" (text); binary chunks are refused",
+                    ))
+                }
+            }
+            if args.len() < 2 {
+                args.push(Value::Nil);
+            }
+            let mode = Value::String(lua.create_string("t")?);
+            if args.len() < 3 {
+                args.push(mode);
+            } else {
+                args[2] = mode;
+            }
+            real_load.call::<MultiValue>(MultiValue::from_iter(args))
+        })?,
+    )?;
+
+    // `collectgarbage` only reports memory use.
+    g.raw_set(
+        "collectgarbage",
+        lua.create_function(|lua, opt: Option<String>| match opt.as_deref() {
+            Some("count") => Ok(lua.used_memory() as f64 / 1024.0),
+            other => Err(policy_error(
+                "lua.gc",
+                format!(
+                    "collectgarbage({:?}) is not allowed; only \"count\"",
+                    other.unwrap_or("collect")
+                ),
+            )),
+        })?,
+    )?;
+
+    // `setmetatable` refuses finalizers (VM-10) and `rawset` refuses locked tables.
+    let real_setmetatable: Function = g.raw_get("setmetatable")?;
+    g.raw_set(
+        "setmetatable",
+        lua.create_function(move |_, (t, mt): (Value, Value)| {
+            if let Value::Table(mt) = &mt {
+                if !mt.raw_get::<Value>("__gc")?.is_nil() {
+                    return Err(policy_error(
+                        "lua.gc",
+                        "metatables with a __gc finalizer are not allowed",
+                    ));
+                }
+            }
+            real_setmetatable.call::<Value>((t, mt))
+        })?,
+    )?;
+    let real_rawset: Function = g.raw_get("rawset")?;
+    g.raw_set(
+        "rawset",
+        lua.create_function(move |_, (t, k, v): (Table, Value, Value)| {
+            if is_locked(&t)? {
+                return Err(policy_error("lua.readonly", "this table is read-only"));
+            }
+            real_rawset.call::<Table>((t, k, v))
+        })?,
+    )?;
+
+    // Calls that can catch errors re-raise a spent budget, so `pcall` cannot swallow it.
+    for name in ["pcall", "xpcall"] {
+        let real: Function = g.raw_get(name)?;
+        g.raw_set(name, sticky(lua, budget, real)?)?;
+    }
+    let coroutine: Table = g.raw_get("coroutine")?;
+    for name in ["resume", "wrap", "close"] {
+        let real: Function = coroutine.raw_get(name)?;
+        coroutine.raw_set(name, sticky(lua, budget, real)?)?;
+    }
+
+    // Lock the string metatable: `getmetatable("")` returns a sentinel (VM-05).
+    let string_mt: Table = lua
+        .load("return getmetatable('')")
+        .set_mode(ChunkMode::Text)
+        .eval()?;
+    string_mt.raw_set("__metatable", LOCKED)?;
+
+    // Library tables become read-only views.
+    for name in ["string", "table", "math", "utf8", "coroutine"] {
+        let t: Table = g.raw_get(name)?;
+        g.raw_set(name, readonly(lua, &t)?)?;
+    }
+    Ok(())
+}
+
+/// Wraps `real` so that, after it returns, a spent budget is raised again.
+fn sticky(lua: &Lua, budget: &Rc<Budget>, real: Function) -> mlua::Result<Function> {
+    let budget = budget.clone();
+    lua.create_function(move |_, args: MultiValue| {
+        budget.check()?;
+        let out = real.call::<MultiValue>(args);
+        budget.check()?;
+        out
+    })
+}
+
+/// Whether `t` is a read-only view made by [`readonly`].
+pub fn is_locked(t: &Table) -> mlua::Result<bool> {
+    Ok(match t.metatable() {
+        Some(mt) => {
+            matches!(mt.raw_get::<Value>("__metatable")?, Value::String(s) if s.as_bytes() == LOCKED.as_bytes())
+        }
+        None => false,
+    })
+}
+
+/// A read-only view of `t`: reads go through, writes raise `policy violation [lua.readonly]`,
+/// and the metatable cannot be read or replaced.
+pub fn readonly(lua: &Lua, t: &Table) -> mlua::Result<Table> {
+    let proxy = lua.create_table()?;
+    let mt = lua.create_table()?;
+    mt.raw_set("__index", t.clone())?;
+    mt.raw_set(
+        "__newindex",
+        lua.create_function(
+            |_, (_t, k, _v): (Value, Value, Value)| -> mlua::Result<()> {
+                let key = match &k {
+                    Value::String(s) => s.to_string_lossy(),
+                    other => other.type_name().to_string(),
+                };
+                Err(policy_error(
+                    "lua.readonly",
+                    format!("cannot assign `{key}`: this table is read-only"),
+                ))
+            },
+        )?,
+    )?;
+    let inner = t.clone();
+    mt.raw_set(
+        "__pairs",
+        lua.create_function(move |lua, _: Value| {
+            let next: Function = lua.globals().raw_get("next")?;
+            Ok((next, inner.clone(), Value::Nil))
+        })?,
+    )?;
+    mt.raw_set(
+        "__len",
+        lua.create_function({
+            let inner = t.clone();
+            move |_, _: Value| Ok(inner.raw_len())
+        })?,
+    )?;
+    mt.raw_set("__metatable", LOCKED)?;
+    proxy.set_metatable(Some(mt))?;
+    Ok(proxy)
+}
+
+/// Loads `source` as a text chunk named `name` with `env` as its environment.
+pub fn load_text(lua: &Lua, source: &str, name: &str, env: Table) -> mlua::Result<Function> {
+    if source.as_bytes().first() == Some(&0x1b) {
+        return Err(policy_error(
+            "lua.bytecode",
+            "precompiled Lua bytecode is refused; submit source text",
+        ));
+    }
+    lua.load(source)
+        .set_name(format!("={name}"))
+        .set_mode(ChunkMode::Text)
+        .set_environment(env)
+        .into_function()
+}
