@@ -8,7 +8,10 @@ pub fn did_you_mean<'a>(
     let word_lower = word.to_ascii_lowercase();
     let mut best: Option<(usize, &'a str)> = None;
     for candidate in candidates {
-        let distance = levenshtein(&word_lower, &candidate.to_ascii_lowercase());
+        let candidate_lower = candidate.to_ascii_lowercase();
+        // A clipped word (`bool` for `boolean`) counts as one edit.
+        let clipped = word_lower.len() >= 3 && candidate_lower.starts_with(&word_lower);
+        let distance = if clipped { 1 } else { levenshtein(&word_lower, &candidate_lower) };
         // Allow roughly one edit per three characters, at least one.
         let allowed = (candidate.len().max(word.len()) / 3).max(1);
         if distance <= allowed && best.is_none_or(|(d, _)| distance < d) {
@@ -68,6 +71,7 @@ mod tests {
             Some("requires")
         );
         assert_eq!(did_you_mean("zzzzzz", ["name", "script"]), None);
+        assert_eq!(did_you_mean("bool", ["string", "number", "boolean"]), Some("boolean"));
         assert_eq!(hint("nmae", ["name"]), " (did you mean `name`?)");
         assert_eq!(hint("qqq", ["name"]), "");
     }

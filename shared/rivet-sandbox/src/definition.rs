@@ -126,6 +126,12 @@ impl Validator<'_> {
         best
     }
 
+    /// The first line holding the string literal `"text"` or `'text'`.
+    fn literal_line(&self, text: &str) -> Option<u32> {
+        let (dq, sq) = (format!("\"{text}\""), format!("'{text}'"));
+        self.source.lines().position(|l| l.contains(&dq) || l.contains(&sq)).map(|i| i as u32 + 1)
+    }
+
     fn keys(&mut self, t: &Table, allowed: &[&str], path: &str, near: Option<u32>) {
         for pair in t.clone().pairs::<Value, Value>() {
             let Ok((k, _)) = pair else { continue };
@@ -186,11 +192,12 @@ impl Validator<'_> {
     fn pipeline(&mut self, t: &Table, plugins: &BTreeSet<String>) -> Option<PipelineSpec> {
         self.keys(t, &PIPELINE_KEYS, "", None);
         let name = self.string(t, "name", "", None);
-        if name.as_deref().is_none_or(|n| n.trim().is_empty()) {
-            self.push(
-                self.key_line("name", None),
-                "`name` is required: a non-empty string".into(),
-            );
+        match name.as_deref() {
+            None => self.push(None, "`name` is required: a non-empty string".into()),
+            Some(n) if n.trim().is_empty() => {
+                self.push(self.key_line("name", None), "`name` must not be empty".into())
+            }
+            Some(_) => {}
         }
         let description = self.string(t, "description", "", None);
         let requires = self.requires(t, plugins);
@@ -470,7 +477,10 @@ impl Validator<'_> {
             let script = stage.raw_get::<Value>("script").unwrap_or(Value::Nil);
             let line = match &script {
                 Value::Function(f) => function_line(f),
-                _ => None,
+                _ => match stage.raw_get::<Value>("name") {
+                    Ok(Value::String(n)) => self.literal_line(&n.to_string_lossy()),
+                    _ => None,
+                },
             };
             let path = format!("stages[{n}]");
             self.keys(&stage, &STAGE_KEYS, &path, line);
@@ -669,5 +679,115 @@ fn display_value(v: &Value) -> String {
         Value::Number(n) => n.to_string(),
         Value::Boolean(b) => b.to_string(),
         other => other.type_name().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::new_vm;
+
+    fn check(source: &str) -> Result<PipelineSpec, Vec<Problem>> {
+        let vm = new_vm(32 << 20).unwrap();
+        let plugins: BTreeSet<String> = ["git".to_string()].into_iter().collect();
+        let env = vm.lua.globals();
+        evaluate(&vm.lua, &vm.budget, env, source, "pipeline.lua", &Limits::default(), &plugins).map(|l| l.spec)
+    }
+
+    fn messages(source: &str) -> Vec<String> {
+        check(source).unwrap_err().iter().map(|p| p.render("pipeline.lua")).collect()
+    }
+
+    const SEED: &str = r#"return {
+  name = "Build and Deploy",
+  description = "...",
+  requires = {"plugin.git", "plugin.git", "container"},
+  inputs = {
+    repo_url = {type = "string", description = "...", required = true},
+    branch   = {type = "string", default = "main"},
+  },
+  stages = {
+    {name = "checkout", script = function() git.clone({url = env.get("repo_url"), branch = env.get("branch")}) end},
+    {name = "test", container = "python:3.11", script = function() process.run({command = "pytest", args = {"tests/"}}) end},
+  },
+}"#;
+
+    #[test]
+    fn the_seed_definition_validates_as_written() {
+        let spec = check(SEED).unwrap();
+        assert_eq!(spec.name, "Build and Deploy");
+        assert_eq!(spec.requires.class_key(), "container,plugin.git");
+        assert_eq!(spec.inputs.len(), 2);
+        assert_eq!(spec.inputs[0].name, "branch");
+        assert_eq!(spec.inputs[0].default, Some(InputValue::String("main".into())));
+        assert!(spec.inputs[1].required);
+        assert_eq!(spec.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["checkout", "test"]);
+        assert_eq!(spec.stages[1].container.as_deref(), Some("python:3.11"));
+        assert_eq!(spec.stages[0].line, Some(10));
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_with_lines_and_hints() {
+        let src = r#"return {
+  nmae = "x",
+  requires = {"proces", "plugin.gti", "log"},
+  inputs = {
+    count = {type = "number", default = "three"},
+    mode = {type = "string", options = {"a", "b"}, default = "c"},
+    flag = {type = "bool"},
+  },
+  stages = {
+    {name = "one", scrpit = function() end},
+    {name = "one", script = function() end, timeout = "soon"},
+    {name = "two", script = "not a function", container = "alpine"},
+  },
+}"#;
+        let all = messages(src);
+        let text = all.join("\n");
+        let expect = [
+            "pipeline.lua:2: unknown key `nmae` (did you mean `name`?)",
+            "unknown requirement `proces` (did you mean `process`?)",
+            "no plugin named `gti` (did you mean `git`?)",
+            "`log` is always available",
+            "pipeline.lua:5: inputs.count.default: `three` is a string but the input's type is number",
+            "pipeline.lua:6: inputs.mode.default: `c` is not one of the options",
+            "pipeline.lua:7: inputs.flag.type: unknown type `bool` (did you mean `boolean`?)",
+            "pipeline.lua:10: stages[1]: unknown key `scrpit` (did you mean `script`?)",
+            "pipeline.lua:10: stage `one`: `script` is required",
+            "pipeline.lua:11: stages[2]: duplicate stage name `one` (also stages[1])",
+            "pipeline.lua:11: stage `one`: `timeout`: `soon` is not a duration",
+            "pipeline.lua:12: stage `two`: `script` must be a function, got string",
+            "stage `two`: uses `container` but the pipeline does not list \"container\" in `requires`",
+            "pipeline.lua: `name` is required: a non-empty string",
+        ];
+        for e in expect {
+            assert!(text.contains(e), "missing {e:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn syntax_and_runtime_errors_carry_their_line() {
+        assert_eq!(messages("return {\n name = \n}"), ["pipeline.lua:3: unexpected symbol near '}'"]);
+        assert_eq!(messages("local x = nil\nreturn x.y"), ["pipeline.lua:2: attempt to index a nil value (local 'x')"]);
+        assert!(messages("return 42")[0].contains("must return a table describing the pipeline (it returned integer)"));
+    }
+
+    #[test]
+    fn the_top_level_is_budgeted_and_has_no_host_access() {
+        let looped = messages("while true do end");
+        assert!(looped[0].contains("instruction budget exceeded"), "{looped:?}");
+        let no_process = messages("process.run{command='id'}; return {}");
+        assert!(no_process[0].contains("attempt to index a nil value (global 'process')"), "{no_process:?}");
+        let bytecode = messages("\x1bLua");
+        assert!(bytecode[0].contains("policy violation [lua.bytecode]"), "{bytecode:?}");
+    }
+
+    #[test]
+    fn refuses_metamethod_tricks_in_the_definition_table() {
+        // Values are read raw: an __index that would supply `stages` is never called.
+        let src = "return setmetatable({name = 'x'}, {__index = function() error('called') end})";
+        let text = messages(src).join("\n");
+        assert!(text.contains("`stages` is required"), "{text}");
+        assert!(!text.contains("called"), "{text}");
     }
 }

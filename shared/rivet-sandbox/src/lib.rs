@@ -57,7 +57,10 @@ pub fn fmt_duration(d: Duration) -> String {
 /// error was raised by a core module.
 pub fn describe_error(err: &mlua::Error) -> String {
     match err {
-        mlua::Error::RuntimeError(s) => s.clone(),
+        mlua::Error::RuntimeError(s) => match s.find("\nstack traceback:") {
+            Some(cut) => s[..cut].to_owned(),
+            None => s.clone(),
+        },
         mlua::Error::MemoryError(_) => "not enough memory (Lua memory limit reached)".into(),
         mlua::Error::SyntaxError { message, .. } => message.clone(),
         mlua::Error::CallbackError { traceback, cause } => {
