@@ -1,0 +1,189 @@
+//! `rivet lint` and `rivet run` as a user runs them: the real binary, real worker processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rivet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("RIVET_POLICY")
+        .env_remove("RIVET_PLUGIN_DIR")
+        .output()
+        .expect("rivet runs")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A file in a fresh directory outside /tmp (jobs see a private /tmp).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+fn sh(dir: &Path, cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_readme_example_runs() {
+    let out = rivet(&["run", "examples/hello.lua"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in ["▶ greet", "[greet] hello, world", "✓ greet", "✓ show", "succeeded in"] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+}
+
+#[test]
+fn a_seed_shaped_pipeline_clones_tests_and_reports() {
+    let origin = scratch();
+    sh(
+        origin.path(),
+        "git init -q -b main . && printf 'import unittest\\nclass T(unittest.TestCase):\\n    def test_ok(self):\\n        self.assertEqual(1, 1)\\n' > test_ok.py \
+         && git add . && git -c user.email=t@t -c user.name=t commit -q -m ok \
+         && git checkout -q -b broken && printf 'import unittest\\nclass T(unittest.TestCase):\\n    def test_bad(self):\\n        self.assertEqual(1, 2)\\n' > test_ok.py \
+         && git -c user.email=t@t -c user.name=t commit -q -am bad && git checkout -q main",
+    );
+    let url = format!("repo_url={}", origin.path().display());
+    let out = rivet(&["run", "examples/build-and-test.lua", "--input", &url]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in ["✓ checkout", "✓ test", "[test] stderr: OK", "tested commit", "✓ report"] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+
+    let out = rivet(&["run", "examples/build-and-test.lua", "--input", &url, "--input", "branch=broken"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("failed in stage `test`: build-and-test.lua:20: process `python3` exited with code 1"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("- report skipped: an earlier stage failed"), "{stdout}");
+}
+
+#[test]
+fn missing_and_wrong_inputs_are_field_errors() {
+    let out = rivet(&["run", "examples/build-and-test.lua", "--input", "verbose=perhaps", "--input", "brnach=x"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.contains("error: input `repo_url`: is required"), "{stdout}");
+    assert!(stdout.contains("error: input `verbose`: `perhaps` is not a boolean"), "{stdout}");
+    assert!(stdout.contains("error: input `brnach`: is not declared by the pipeline (did you mean `branch`?)"), "{stdout}");
+    assert!(!stdout.contains("▶"), "no stage may start: {stdout}");
+}
+
+#[test]
+fn lint_lists_every_problem_with_lines() {
+    let dir = scratch();
+    let file = write(
+        dir.path(),
+        "pipeline.lua",
+        "return {\n  name = 'x',\n  requires = {'proces'},\n  stages = {\n    {name = 'a', scrpit = function() end},\n  },\n}\n",
+    );
+    let out = rivet(&["lint", &file]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("{file}:3: requires[1]: unknown requirement `proces` (did you mean `process`?)")), "{stdout}");
+    assert!(stdout.contains(&format!("{file}:5: stages[1]: unknown key `scrpit` (did you mean `script`?)")), "{stdout}");
+    assert!(stderr.contains("3 problems found"), "{stderr}");
+
+    let out = rivet(&["lint", "examples/build-and-test.lua"]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    assert!(stdout.contains("ok: \"Build and Test\", 3 stages, 3 inputs, requires: process, plugin.git"), "{stdout}");
+
+    let out = rivet(&["lint", "--json", "examples/hello.lua"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["definition"]["stages"][1]["name"], "show");
+}
+
+#[test]
+fn json_output_is_one_event_per_line() {
+    let out = rivet(&["run", "--json", "examples/hello.lua", "--input", "who=json"]);
+    assert!(out.status.success());
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+    assert!(events.iter().any(|e| e["event"] == "log" && e["line"] == "hello, json"));
+    assert_eq!(events.last().unwrap()["event"], "summary");
+    assert_eq!(events.last().unwrap()["outcome"]["status"], "succeeded");
+}
+
+#[test]
+fn bytecode_and_bad_files_are_refused_clearly() {
+    let dir = scratch();
+    let file = write(dir.path(), "evil.lua", "\x1bLuaT\0junk");
+    let out = rivet(&["run", &file]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("policy violation [lua.bytecode]"), "{}", text(&out).1);
+
+    let out = rivet(&["run", "no/such/file.lua"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("reading no/such/file.lua"));
+
+    let policy = write(dir.path(), "policy.toml", "[process]\nalow = ['sh']\n");
+    let out = rivet(&["run", "examples/hello.lua", "--policy", &policy]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("unknown field `alow`"), "{}", text(&out).1);
+}
+
+#[test]
+fn workspace_secrets_and_policy_flags_work() {
+    let dir = scratch();
+    let ws = dir.path().join("ws");
+    let pipeline = write(
+        dir.path(),
+        "p.lua",
+        "return { name = 'p', requires = {'filesystem', 'process'}, stages = { { name = 's', script = function()\n\
+           filesystem.write('out.txt', env.get('TOKEN'))\n\
+           log.info('token is ' .. env.get('TOKEN'))\n\
+           process.run{command = 'sh', args = {'-c', 'echo from sh'}}\n\
+         end } } }",
+    );
+    let policy = write(dir.path(), "policy.toml", "[process]\nallow = ['sh']\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(["run", &pipeline, "--workspace", ws.to_str().unwrap(), "--secret", "MY_TOKEN_FOR_TEST", "--policy", &policy])
+        .env("MY_TOKEN_FOR_TEST", "hunter2-secret")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    // The secret is named MY_TOKEN_FOR_TEST; the pipeline asks for TOKEN, which is nil.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+
+    let pipeline = pipeline.replace("p.lua", "q.lua");
+    std::fs::write(&pipeline, std::fs::read_to_string(dir.path().join("p.lua")).unwrap().replace("'TOKEN'", "'MY_TOKEN_FOR_TEST'")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(["run", &pipeline, "--workspace", ws.to_str().unwrap(), "--secret", "MY_TOKEN_FOR_TEST", "--policy", &policy])
+        .env("MY_TOKEN_FOR_TEST", "hunter2-secret")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("token is ***") && !stdout.contains("hunter2"), "{stdout}");
+    assert!(stdout.contains("[s] from sh"), "{stdout}");
+    assert!(stdout.contains(&format!("workspace: {}", std::fs::canonicalize(&ws).unwrap().display())), "{stdout}");
+    assert_eq!(std::fs::read_to_string(ws.join("out.txt")).unwrap(), "hunter2-secret");
+}
+
+#[test]
+fn run_help_is_a_complete_reference() {
+    let out = rivet(&["run", "--help"]);
+    let (stdout, _) = text(&out);
+    for want in ["--input", "--secret", "--workspace", "--keep-workspace", "--policy", "--plugins", "--json", "Exit status", "Examples"] {
+        assert!(stdout.contains(want), "missing {want} in --help");
+    }
+}
