@@ -18,7 +18,10 @@ fn root() -> PathBuf {
 }
 
 fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A file in a fresh directory outside /tmp (jobs see a private /tmp).
@@ -33,8 +36,17 @@ fn write(dir: &Path, name: &str, body: &str) -> String {
 }
 
 fn sh(dir: &Path, cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -42,7 +54,13 @@ fn the_readme_example_runs() {
     let out = rivet(&["run", "examples/hello.lua"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for want in ["▶ greet", "[greet] hello, world", "✓ greet", "✓ show", "succeeded in"] {
+    for want in [
+        "▶ greet",
+        "[greet] hello, world",
+        "✓ greet",
+        "✓ show",
+        "succeeded in",
+    ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }
 }
@@ -61,28 +79,64 @@ fn a_seed_shaped_pipeline_clones_tests_and_reports() {
     let out = rivet(&["run", "examples/build-and-test.lua", "--input", &url]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for want in ["✓ checkout", "✓ test", "[test] stderr: OK", "tested commit", "✓ report"] {
+    for want in [
+        "✓ checkout",
+        "✓ test",
+        "[test] stderr: OK",
+        "tested commit",
+        "✓ report",
+    ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }
 
-    let out = rivet(&["run", "examples/build-and-test.lua", "--input", &url, "--input", "branch=broken"]);
+    let out = rivet(&[
+        "run",
+        "examples/build-and-test.lua",
+        "--input",
+        &url,
+        "--input",
+        "branch=broken",
+    ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stderr.contains("failed in stage `test`: build-and-test.lua:20: process `python3` exited with code 1"),
+        stderr.contains(
+            "failed in stage `test`: build-and-test.lua:20: process `python3` exited with code 1"
+        ),
         "{stderr}"
     );
-    assert!(stdout.contains("- report skipped: an earlier stage failed"), "{stdout}");
+    assert!(
+        stdout.contains("- report skipped: an earlier stage failed"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn missing_and_wrong_inputs_are_field_errors() {
-    let out = rivet(&["run", "examples/build-and-test.lua", "--input", "verbose=perhaps", "--input", "brnach=x"]);
+    let out = rivet(&[
+        "run",
+        "examples/build-and-test.lua",
+        "--input",
+        "verbose=perhaps",
+        "--input",
+        "brnach=x",
+    ]);
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout.contains("error: input `repo_url`: is required"), "{stdout}");
-    assert!(stdout.contains("error: input `verbose`: `perhaps` is not a boolean"), "{stdout}");
-    assert!(stdout.contains("error: input `brnach`: is not declared by the pipeline (did you mean `branch`?)"), "{stdout}");
+    assert!(
+        stdout.contains("error: input `repo_url`: is required"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("error: input `verbose`: `perhaps` is not a boolean"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "error: input `brnach`: is not declared by the pipeline (did you mean `branch`?)"
+        ),
+        "{stdout}"
+    );
     assert!(!stdout.contains("▶"), "no stage may start: {stdout}");
 }
 
@@ -97,14 +151,28 @@ fn lint_lists_every_problem_with_lines() {
     let out = rivet(&["lint", &file]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("{file}:3: requires[1]: unknown requirement `proces` (did you mean `process`?)")), "{stdout}");
-    assert!(stdout.contains(&format!("{file}:5: stages[1]: unknown key `scrpit` (did you mean `script`?)")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{file}:3: requires[1]: unknown requirement `proces` (did you mean `process`?)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{file}:5: stages[1]: unknown key `scrpit` (did you mean `script`?)"
+        )),
+        "{stdout}"
+    );
     assert!(stderr.contains("3 problems found"), "{stderr}");
 
     let out = rivet(&["lint", "examples/build-and-test.lua"]);
     let (stdout, _) = text(&out);
     assert!(out.status.success());
-    assert!(stdout.contains("ok: \"Build and Test\", 3 stages, 3 inputs, requires: process, plugin.git"), "{stdout}");
+    assert!(
+        stdout
+            .contains("ok: \"Build and Test\", 3 stages, 3 inputs, requires: process, plugin.git"),
+        "{stdout}"
+    );
 
     let out = rivet(&["lint", "--json", "examples/hello.lua"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -116,9 +184,13 @@ fn lint_lists_every_problem_with_lines() {
 fn json_output_is_one_event_per_line() {
     let out = rivet(&["run", "--json", "examples/hello.lua", "--input", "who=json"]);
     assert!(out.status.success());
-    let events: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
-    assert!(events.iter().any(|e| e["event"] == "log" && e["line"] == "hello, json"));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "log" && e["line"] == "hello, json"));
     assert_eq!(events.last().unwrap()["event"], "summary");
     assert_eq!(events.last().unwrap()["outcome"]["status"], "succeeded");
 }
@@ -129,7 +201,11 @@ fn bytecode_and_bad_files_are_refused_clearly() {
     let file = write(dir.path(), "evil.lua", "\x1bLuaT\0junk");
     let out = rivet(&["run", &file]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("policy violation [lua.bytecode]"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("policy violation [lua.bytecode]"),
+        "{}",
+        text(&out).1
+    );
 
     let out = rivet(&["run", "no/such/file.lua"]);
     assert_eq!(out.status.code(), Some(2));
@@ -138,7 +214,11 @@ fn bytecode_and_bad_files_are_refused_clearly() {
     let policy = write(dir.path(), "policy.toml", "[process]\nalow = ['sh']\n");
     let out = rivet(&["run", "examples/hello.lua", "--policy", &policy]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("unknown field `alow`"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("unknown field `alow`"),
+        "{}",
+        text(&out).1
+    );
 }
 
 #[test]
@@ -156,7 +236,16 @@ fn workspace_secrets_and_policy_flags_work() {
     );
     let policy = write(dir.path(), "policy.toml", "[process]\nallow = ['sh']\n");
     let out = Command::new(env!("CARGO_BIN_EXE_rivet"))
-        .args(["run", &pipeline, "--workspace", ws.to_str().unwrap(), "--secret", "MY_TOKEN_FOR_TEST", "--policy", &policy])
+        .args([
+            "run",
+            &pipeline,
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--secret",
+            "MY_TOKEN_FOR_TEST",
+            "--policy",
+            &policy,
+        ])
         .env("MY_TOKEN_FOR_TEST", "hunter2-secret")
         .output()
         .unwrap();
@@ -165,25 +254,62 @@ fn workspace_secrets_and_policy_flags_work() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
 
     let pipeline = pipeline.replace("p.lua", "q.lua");
-    std::fs::write(&pipeline, std::fs::read_to_string(dir.path().join("p.lua")).unwrap().replace("'TOKEN'", "'MY_TOKEN_FOR_TEST'")).unwrap();
+    std::fs::write(
+        &pipeline,
+        std::fs::read_to_string(dir.path().join("p.lua"))
+            .unwrap()
+            .replace("'TOKEN'", "'MY_TOKEN_FOR_TEST'"),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rivet"))
-        .args(["run", &pipeline, "--workspace", ws.to_str().unwrap(), "--secret", "MY_TOKEN_FOR_TEST", "--policy", &policy])
+        .args([
+            "run",
+            &pipeline,
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--secret",
+            "MY_TOKEN_FOR_TEST",
+            "--policy",
+            &policy,
+        ])
         .env("MY_TOKEN_FOR_TEST", "hunter2-secret")
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("token is ***") && !stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("token is ***") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
     assert!(stdout.contains("[s] from sh"), "{stdout}");
-    assert!(stdout.contains(&format!("workspace: {}", std::fs::canonicalize(&ws).unwrap().display())), "{stdout}");
-    assert_eq!(std::fs::read_to_string(ws.join("out.txt")).unwrap(), "hunter2-secret");
+    assert!(
+        stdout.contains(&format!(
+            "workspace: {}",
+            std::fs::canonicalize(&ws).unwrap().display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("out.txt")).unwrap(),
+        "hunter2-secret"
+    );
 }
 
 #[test]
 fn run_help_is_a_complete_reference() {
     let out = rivet(&["run", "--help"]);
     let (stdout, _) = text(&out);
-    for want in ["--input", "--secret", "--workspace", "--keep-workspace", "--policy", "--plugins", "--json", "Exit status", "Examples"] {
+    for want in [
+        "--input",
+        "--secret",
+        "--workspace",
+        "--keep-workspace",
+        "--policy",
+        "--plugins",
+        "--json",
+        "Exit status",
+        "Examples",
+    ] {
         assert!(stdout.contains(want), "missing {want} in --help");
     }
 }

@@ -1,4 +1,4 @@
-//! OS-level isolation of the worker: fresh user, pid, mount, IPC, UTS and (by policy) network
+//! OS-level isolation of the worker: fresh user, pid, mount, IPC and (by policy) network
 //! namespaces where the kernel allows, with a private `/proc`, private temporary directories,
 //! the host filesystem read-only and only the workspace writable.
 //!
@@ -75,11 +75,8 @@ fn namespaces(request: &JobRequest) -> Result<Isolation, Failure> {
     unsafe {
         let uid = libc::geteuid();
         let gid = libc::getegid();
-        let mut flags = libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS;
+        let mut flags =
+            libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
         if request.policy.sandbox.network == NetworkMode::None {
             flags |= libc::CLONE_NEWNET;
         }
@@ -113,11 +110,6 @@ fn namespaces(request: &JobRequest) -> Result<Isolation, Failure> {
                 "isolation: could not bring up the loopback device: {e}"
             ));
         }
-    }
-    // SAFETY: sethostname with a valid buffer; cosmetic, failure is harmless.
-    unsafe {
-        let name = b"rivet-job";
-        libc::sethostname(name.as_ptr().cast(), name.len());
     }
     let home = PathBuf::from("/tmp/home");
     std::fs::create_dir_all(&home)

@@ -289,16 +289,20 @@ pub fn run_worker(
 
     if killed.is_some() {
         kill_group(pgid);
+    } else if finished.is_some() {
+        // The worker exits right after `Finished`; its stdout closing says it has. One that
+        // lingers is killed after a grace period.
+        let closed = matches!(
+            rx.recv_timeout(EXIT_GRACE),
+            Ok(Msg::End(_)) | Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+        if !closed {
+            kill_group(pgid);
+        }
+    } else {
+        kill_group(pgid);
     }
-    let status = wait_bounded(
-        &mut child,
-        pgid,
-        if finished.is_some() {
-            EXIT_GRACE
-        } else {
-            Duration::ZERO
-        },
-    )?;
+    let status = child.wait()?;
     kill_group(pgid);
     report.stderr = stderr_thread.join().unwrap_or_default();
     report.outcome = match (finished, killed) {
@@ -317,23 +321,4 @@ pub fn run_worker(
     };
     report.duration = started.elapsed();
     Ok(report)
-}
-
-/// Waits for the worker to exit, killing its group if it takes longer than `grace`.
-fn wait_bounded(
-    child: &mut std::process::Child,
-    pgid: i32,
-    grace: Duration,
-) -> io::Result<ExitStatus> {
-    let until = Instant::now() + grace;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() >= until {
-            kill_group(pgid);
-            return child.wait();
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
