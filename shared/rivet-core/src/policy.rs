@@ -62,7 +62,7 @@ pub const ENV_DENY: &[&str] = &[
 ];
 
 /// The whole policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// VM and job limits.
@@ -75,18 +75,6 @@ pub struct Policy {
     pub log: LogPolicy,
     /// The worker process's OS-level isolation.
     pub sandbox: SandboxPolicy,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            limits: Limits::default(),
-            process: ProcessPolicy::default(),
-            filesystem: FilesystemPolicy::default(),
-            log: LogPolicy::default(),
-            sandbox: SandboxPolicy::default(),
-        }
-    }
 }
 
 /// Limits on the Lua VM and on the job as a whole.

@@ -11,7 +11,11 @@ pub fn did_you_mean<'a>(
         let candidate_lower = candidate.to_ascii_lowercase();
         // A clipped word (`bool` for `boolean`) counts as one edit.
         let clipped = word_lower.len() >= 3 && candidate_lower.starts_with(&word_lower);
-        let distance = if clipped { 1 } else { levenshtein(&word_lower, &candidate_lower) };
+        let distance = if clipped {
+            1
+        } else {
+            levenshtein(&word_lower, &candidate_lower)
+        };
         // Allow roughly one edit per three characters, at least one.
         let allowed = (candidate.len().max(word.len()) / 3).max(1);
         if distance <= allowed && best.is_none_or(|(d, _)| distance < d) {
@@ -38,8 +42,8 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -71,7 +75,10 @@ mod tests {
             Some("requires")
         );
         assert_eq!(did_you_mean("zzzzzz", ["name", "script"]), None);
-        assert_eq!(did_you_mean("bool", ["string", "number", "boolean"]), Some("boolean"));
+        assert_eq!(
+            did_you_mean("bool", ["string", "number", "boolean"]),
+            Some("boolean")
+        );
         assert_eq!(hint("nmae", ["name"]), " (did you mean `name`?)");
         assert_eq!(hint("qqq", ["name"]), "");
     }

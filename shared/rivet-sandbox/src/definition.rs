@@ -129,7 +129,10 @@ impl Validator<'_> {
     /// The first line holding the string literal `"text"` or `'text'`.
     fn literal_line(&self, text: &str) -> Option<u32> {
         let (dq, sq) = (format!("\"{text}\""), format!("'{text}'"));
-        self.source.lines().position(|l| l.contains(&dq) || l.contains(&sq)).map(|i| i as u32 + 1)
+        self.source
+            .lines()
+            .position(|l| l.contains(&dq) || l.contains(&sq))
+            .map(|i| i as u32 + 1)
     }
 
     fn keys(&mut self, t: &Table, allowed: &[&str], path: &str, near: Option<u32>) {
@@ -194,9 +197,10 @@ impl Validator<'_> {
         let name = self.string(t, "name", "", None);
         match name.as_deref() {
             None => self.push(None, "`name` is required: a non-empty string".into()),
-            Some(n) if n.trim().is_empty() => {
-                self.push(self.key_line("name", None), "`name` must not be empty".into())
-            }
+            Some(n) if n.trim().is_empty() => self.push(
+                self.key_line("name", None),
+                "`name` must not be empty".into(),
+            ),
             Some(_) => {}
         }
         let description = self.string(t, "description", "", None);
@@ -691,11 +695,24 @@ mod tests {
         let vm = new_vm(32 << 20).unwrap();
         let plugins: BTreeSet<String> = ["git".to_string()].into_iter().collect();
         let env = vm.lua.globals();
-        evaluate(&vm.lua, &vm.budget, env, source, "pipeline.lua", &Limits::default(), &plugins).map(|l| l.spec)
+        evaluate(
+            &vm.lua,
+            &vm.budget,
+            env,
+            source,
+            "pipeline.lua",
+            &Limits::default(),
+            &plugins,
+        )
+        .map(|l| l.spec)
     }
 
     fn messages(source: &str) -> Vec<String> {
-        check(source).unwrap_err().iter().map(|p| p.render("pipeline.lua")).collect()
+        check(source)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.render("pipeline.lua"))
+            .collect()
     }
 
     const SEED: &str = r#"return {
@@ -719,9 +736,18 @@ mod tests {
         assert_eq!(spec.requires.class_key(), "container,plugin.git");
         assert_eq!(spec.inputs.len(), 2);
         assert_eq!(spec.inputs[0].name, "branch");
-        assert_eq!(spec.inputs[0].default, Some(InputValue::String("main".into())));
+        assert_eq!(
+            spec.inputs[0].default,
+            Some(InputValue::String("main".into()))
+        );
         assert!(spec.inputs[1].required);
-        assert_eq!(spec.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["checkout", "test"]);
+        assert_eq!(
+            spec.stages
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["checkout", "test"]
+        );
         assert_eq!(spec.stages[1].container.as_deref(), Some("python:3.11"));
         assert_eq!(spec.stages[0].line, Some(10));
     }
@@ -767,19 +793,35 @@ mod tests {
 
     #[test]
     fn syntax_and_runtime_errors_carry_their_line() {
-        assert_eq!(messages("return {\n name = \n}"), ["pipeline.lua:3: unexpected symbol near '}'"]);
-        assert_eq!(messages("local x = nil\nreturn x.y"), ["pipeline.lua:2: attempt to index a nil value (local 'x')"]);
-        assert!(messages("return 42")[0].contains("must return a table describing the pipeline (it returned integer)"));
+        assert_eq!(
+            messages("return {\n name = \n}"),
+            ["pipeline.lua:3: unexpected symbol near '}'"]
+        );
+        assert_eq!(
+            messages("local x = nil\nreturn x.y"),
+            ["pipeline.lua:2: attempt to index a nil value (local 'x')"]
+        );
+        assert!(messages("return 42")[0]
+            .contains("must return a table describing the pipeline (it returned integer)"));
     }
 
     #[test]
     fn the_top_level_is_budgeted_and_has_no_host_access() {
         let looped = messages("while true do end");
-        assert!(looped[0].contains("instruction budget exceeded"), "{looped:?}");
+        assert!(
+            looped[0].contains("instruction budget exceeded"),
+            "{looped:?}"
+        );
         let no_process = messages("process.run{command='id'}; return {}");
-        assert!(no_process[0].contains("attempt to index a nil value (global 'process')"), "{no_process:?}");
+        assert!(
+            no_process[0].contains("attempt to index a nil value (global 'process')"),
+            "{no_process:?}"
+        );
         let bytecode = messages("\x1bLua");
-        assert!(bytecode[0].contains("policy violation [lua.bytecode]"), "{bytecode:?}");
+        assert!(
+            bytecode[0].contains("policy violation [lua.bytecode]"),
+            "{bytecode:?}"
+        );
     }
 
     #[test]

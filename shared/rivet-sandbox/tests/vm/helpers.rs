@@ -25,7 +25,9 @@ impl Run {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Log { line, source: s, .. } if source.is_none_or(|want| want == *s) => Some(line.clone()),
+                Event::Log {
+                    line, source: s, ..
+                } if source.is_none_or(|want| want == *s) => Some(line.clone()),
                 _ => None,
             })
             .collect()
@@ -35,7 +37,10 @@ impl Run {
         match &self.report.outcome {
             JobOutcome::Failed { error, .. } | JobOutcome::TimedOut { error, .. } => error.clone(),
             JobOutcome::Crashed { reason } => reason.clone(),
-            other => panic!("expected a failure, got {other:?}; logs: {:?}", self.lines(None)),
+            other => panic!(
+                "expected a failure, got {other:?}; logs: {:?}",
+                self.lines(None)
+            ),
         }
     }
 }
@@ -52,12 +57,16 @@ pub fn policy() -> Policy {
 }
 
 pub fn options() -> WorkerOptions {
-    WorkerOptions { program: env!("CARGO_BIN_EXE_rivet-sandbox-worker").into(), cancel: None }
+    WorkerOptions {
+        program: env!("CARGO_BIN_EXE_rivet-sandbox-worker").into(),
+        cancel: None,
+    }
 }
 
 pub struct Job {
     pub request: JobRequest,
-    pub workspace: tempfile::TempDir,
+    /// Keeps the workspace directory alive while the job may run.
+    pub _workspace: tempfile::TempDir,
 }
 
 pub fn job(source: &str) -> Job {
@@ -75,7 +84,7 @@ pub fn job(source: &str) -> Job {
         policy,
         plugins: rivet_sandbox::plugins::read_dir(&plugins_dir()).expect("reading plugins/"),
     };
-    Job { request, workspace }
+    Job { request, _workspace: workspace }
 }
 
 pub fn plugins_dir() -> std::path::PathBuf {
@@ -89,7 +98,8 @@ impl Job {
 
     pub fn run_with(&self, options: &WorkerOptions) -> Run {
         let mut events = Vec::new();
-        let report = rivet_sandbox::run_worker(&self.request, options, |e| events.push(e.clone())).expect("worker starts");
+        let report = rivet_sandbox::run_worker(&self.request, options, |e| events.push(e.clone()))
+            .expect("worker starts");
         Run { report, events }
     }
 }

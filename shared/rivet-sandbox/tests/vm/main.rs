@@ -28,30 +28,56 @@ fn globals_match_the_checked_in_allow_list() {
       print(table.concat(out, "\n"))
     "#;
     let run = run_stage("'process', 'filesystem', 'plugin.git'", body);
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
     let actual = run.script_lines().join("\n") + "\n";
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/globals.allow");
     if std::env::var_os("RIVET_UPDATE_ALLOWLIST").is_some() {
         std::fs::write(&path, &actual).unwrap();
     }
     let expected = std::fs::read_to_string(&path).expect("tests/vm/globals.allow exists");
-    assert_eq!(actual, expected, "the job's globals changed; review and regenerate the allow-list");
+    assert_eq!(
+        actual, expected,
+        "the job's globals changed; review and regenerate the allow-list"
+    );
 }
 
 #[test]
 fn modules_are_present_only_when_required() {
     let run = run_stage("", "assert(process == nil and filesystem == nil and http == nil and container == nil); assert(log and env and json)");
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
     let run = run_stage("", "return require('plugin.git')");
-    assert!(run.error().contains("policy violation [plugin.undeclared]"), "{}", run.error());
+    assert!(
+        run.error().contains("policy violation [plugin.undeclared]"),
+        "{}",
+        run.error()
+    );
     let run = run_stage("'http'", "");
-    assert!(run.error().contains("requirement `http` is not available"), "{}", run.error());
+    assert!(
+        run.error().contains("requirement `http` is not available"),
+        "{}",
+        run.error()
+    );
 }
 
 #[test]
 fn plugins_grant_their_requirements_and_are_injected() {
     let run = run_stage("'plugin.git'", "assert(git == require('plugin.git')); assert(type(process.run) == 'function'); assert(git.requires[1] == 'process')");
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
 }
 
 #[test]
@@ -71,7 +97,12 @@ fn stages_run_in_order_with_env_conditions_and_stage_env() {
     }"#);
     j.request.inputs.insert("n".into(), "3".into());
     let run = j.run();
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
     assert_eq!(run.script_lines(), ["integer\ttrue", "bee A:world\t1"]);
     let finished: Vec<(String, StageOutcome)> = run
         .events
@@ -83,7 +114,11 @@ fn stages_run_in_order_with_env_conditions_and_stage_env() {
         .collect();
     assert_eq!(
         finished,
-        [("a".into(), StageOutcome::Succeeded), ("skipped".into(), StageOutcome::Skipped), ("b".into(), StageOutcome::Succeeded)]
+        [
+            ("a".into(), StageOutcome::Succeeded),
+            ("skipped".into(), StageOutcome::Skipped),
+            ("b".into(), StageOutcome::Succeeded)
+        ]
     );
 }
 
@@ -106,15 +141,25 @@ fn a_failing_stage_names_itself_and_skips_the_rest() {
 
 #[test]
 fn inputs_are_checked_before_anything_runs() {
-    let mut j = job(r#"return { name = "i", inputs = { n = {type = "number", required = true}, mode = {type = "string", options = {"a"}} },
-      stages = { { name = "s", script = function() error("ran") end } } }"#);
+    let mut j = job(
+        r#"return { name = "i", inputs = { n = {type = "number", required = true}, mode = {type = "string", options = {"a"}} },
+      stages = { { name = "s", script = function() error("ran") end } } }"#,
+    );
     j.request.inputs.insert("mode".into(), "b".into());
     j.request.inputs.insert("extra".into(), "1".into());
     let run = j.run();
-    let errors: Vec<String> = run.report.input_errors.iter().map(ToString::to_string).collect();
+    let errors: Vec<String> = run
+        .report
+        .input_errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(errors.iter().any(|e| e == "input `n`: is required"));
-    assert!(!run.events.iter().any(|e| matches!(e, Event::StageStarted { .. })));
+    assert!(!run
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::StageStarted { .. })));
 }
 
 #[test]
@@ -136,7 +181,12 @@ fn process_run_captures_output_and_reports_exit_codes() {
         assert(not ok3 and tostring(e3):find("unknown option `argz` %(did you mean `args`%?%)"), tostring(e3))
         "#,
     );
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
     let stderr = run.lines(Some(Source::Stderr));
     assert!(stderr.contains(&"err".to_string()), "{stderr:?}");
 }
@@ -160,7 +210,12 @@ fn filesystem_operations_stay_in_the_workspace() {
         assert(#filesystem.list() == 0)
         "#,
     );
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
 }
 
 #[test]
@@ -171,12 +226,18 @@ fn secrets_are_masked_in_every_sink() {
            process.run{ command = "echo", args = { "x" .. t .. "y" } }
            error("token=" .. t)"#,
     ));
-    j.request.secrets.insert("TOKEN".into(), "s3cr3t-value".into());
+    j.request
+        .secrets
+        .insert("TOKEN".into(), "s3cr3t-value".into());
     let run = j.run();
     let all = run.lines(None).join("\n");
     assert!(!all.contains("s3cr3t-value"), "{all}");
     assert!(all.contains("t=***") && all.contains("x***y"), "{all}");
-    assert!(!run.error().contains("s3cr3t-value") && run.error().contains("token=***"), "{}", run.error());
+    assert!(
+        !run.error().contains("s3cr3t-value") && run.error().contains("token=***"),
+        "{}",
+        run.error()
+    );
 }
 
 #[test]
@@ -193,7 +254,11 @@ fn a_stage_past_its_timeout_is_timed_out() {
     }
     // A process that outlives the stage is killed with it.
     let run = job("return { name = 't', requires = {'process'}, stages = { { name = 'slow', timeout = 0.3, script = function() process.run{command = 'sleep', args = {'30'}} end } } }").run();
-    assert!(matches!(run.outcome(), JobOutcome::TimedOut { .. }), "{:?}", run.outcome());
+    assert!(
+        matches!(run.outcome(), JobOutcome::TimedOut { .. }),
+        "{:?}",
+        run.outcome()
+    );
     assert!(run.report.duration < Duration::from_secs(5));
 }
 
@@ -204,7 +269,10 @@ fn an_os_limit_that_kills_the_worker_is_reported_as_a_crash() {
     j.request.policy.limits.instructions = u64::MAX;
     let run = j.run();
     match run.outcome() {
-        JobOutcome::Crashed { reason } => assert!(reason.contains("SIGXCPU") || reason.contains("SIGKILL"), "{reason}"),
+        JobOutcome::Crashed { reason } => assert!(
+            reason.contains("SIGXCPU") || reason.contains("SIGKILL"),
+            "{reason}"
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -239,7 +307,12 @@ fn background_and_setsid_children_do_not_outlive_the_call() {
     let mut j = job(&stage("'process'", &body));
     j.request.workspace = ws.path().to_path_buf();
     let run = j.run();
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
     // Wait on the clock the children would have used, then check nothing appeared.
     let check_at = std::time::Instant::now() + Duration::from_millis(1500);
     while std::time::Instant::now() < check_at {
@@ -267,8 +340,17 @@ fn the_git_plugin_clones_and_checks_out_a_branch() {
     // Not under /tmp: the job's /tmp is private, so a host repository there is invisible to it.
     let origin = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sh = |cmd: &str| {
-        let out = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(origin.path()).output().unwrap();
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(origin.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     sh("git init -q -b main . && git -c user.email=t@t -c user.name=t commit -q --allow-empty -m one \
         && git checkout -q -b dev && echo dev > f && git add f && git -c user.email=t@t -c user.name=t commit -q -m two \
@@ -284,5 +366,10 @@ fn the_git_plugin_clones_and_checks_out_a_branch() {
         url = origin.path().display()
     );
     let run = run_stage("'plugin.git'", &body);
-    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{:?}", run.lines(None));
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
+    );
 }

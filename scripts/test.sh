@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: format, lints, and every test against the real services.
+# Usage: scripts/test.sh            (from anywhere in the repository)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null || { echo "test.sh: $1 is required ($2)" >&2; exit 1; }; }
+need cargo "install Rust with rustup"
+need git "the git plugin's tests run git: apt-get install git"
+need python3 "the CLI tests run a Python test suite: apt-get install python3"
+
+# The sandbox's namespace tests need user namespaces; say so loudly instead of failing obscurely.
+if ! unshare --user --map-root-user true 2>/dev/null; then
+  echo "test.sh: user namespaces are unavailable here; sandbox isolation tests will fail" >&2
+fi
+
+# Services for the crates that talk to RabbitMQ, PostgreSQL and Redis.
+scripts/services.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
