@@ -10,18 +10,36 @@ pub struct Renderer {
     json: bool,
     file: String,
     out: std::io::Stdout,
+    /// Input errors are held back until the summary: on a terminal, missing inputs are asked
+    /// for and the run starts again, and the first attempt's errors would only confuse.
+    held: Vec<Event>,
+    /// Whether to skip the "pipeline NAME" line, already shown by an earlier attempt.
+    quiet_definition: bool,
 }
 
 impl Renderer {
-    pub fn new(json: bool, file: String) -> Self {
+    pub fn new(json: bool, file: String, quiet_definition: bool) -> Self {
         Self {
             json,
             file,
             out: std::io::stdout(),
+            held: Vec::new(),
+            quiet_definition,
         }
     }
 
     pub fn event(&mut self, ev: &Event) {
+        if !self.json && matches!(ev, Event::InputErrors { .. }) {
+            self.held.push(ev.clone());
+            return;
+        }
+        if !self.json && self.quiet_definition && matches!(ev, Event::Definition { .. }) {
+            return;
+        }
+        self.show(ev);
+    }
+
+    fn show(&mut self, ev: &Event) {
         let mut out = self.out.lock();
         if self.json {
             if let Ok(line) = serde_json::to_string(ev) {
@@ -102,6 +120,9 @@ impl Renderer {
     }
 
     pub fn summary(&mut self, report: &WorkerReport, workspace: &Path, kept: bool) {
+        for ev in std::mem::take(&mut self.held) {
+            self.show(&ev);
+        }
         let mut out = self.out.lock();
         let took = rivet_sandbox::fmt_duration(report.duration);
         if self.json {

@@ -147,8 +147,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let options = worker_options()?;
     let interactive = std::io::stdin().is_terminal() && !args.json;
     let display = args.file.display().to_string();
+    let mut asked = false;
     loop {
-        let mut renderer = Renderer::new(args.json, display.clone());
+        let mut renderer = Renderer::new(args.json, display.clone(), asked);
         let report = rivet_sandbox::run_worker(&request, &options, |ev| renderer.event(ev))
             .context("starting the sandbox worker")?;
         let missing: Vec<_> = report
@@ -163,6 +164,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
                     let value = prompt(&err.field, decl)?;
                     request.inputs.insert(err.field.clone(), value);
                 }
+                asked = true;
                 continue;
             }
         }

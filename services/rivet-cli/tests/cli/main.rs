@@ -313,3 +313,36 @@ fn run_help_is_a_complete_reference() {
         assert!(stdout.contains(want), "missing {want} in --help");
     }
 }
+
+/// On a terminal, a missing required input is asked for. `script` (util-linux) gives rivet a
+/// pseudo-terminal; the answer is typed on its stdin.
+#[test]
+fn a_missing_required_input_is_asked_for_on_a_terminal() {
+    let dir = scratch();
+    let file = write(
+        dir.path(),
+        "ask.lua",
+        "return { name = 'ask', inputs = { who = {type = 'string', required = true, description = 'Who to greet'} },\n\
+         stages = { { name = 's', script = function() log.info('hello ' .. env.get('who')) end } } }",
+    );
+    let command = format!("{} run {file}", env!("CARGO_BIN_EXE_rivet"));
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("`script` from util-linux is installed (apt-get install bsdutils)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"terminal user\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("who (string) — Who to greet: "), "{stdout}");
+    assert!(stdout.contains("[s] hello terminal user"), "{stdout}");
+    assert!(!stdout.contains("is required"), "{stdout}");
+}
