@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// How often (in VM instructions) the hook runs.
 const HOOK_EVERY: u32 = 1000;
 
+/// Registry key of the original `next`, used by read-only views.
+const REAL_NEXT: &str = "rivet.next";
+
 /// Value of the `__metatable` field of locked metatables; `getmetatable` returns it.
 pub const LOCKED: &str = "locked";
 
@@ -157,6 +160,7 @@ pub fn new_vm(memory_limit: u64) -> mlua::Result<Vm> {
 
 fn harden(lua: &Lua, budget: &Rc<Budget>) -> mlua::Result<()> {
     let g = lua.globals();
+    lua.set_named_registry_value(REAL_NEXT, g.raw_get::<Function>("next")?)?;
     for name in REMOVED_GLOBALS {
         g.raw_set(name, Value::Nil)?;
     }
@@ -167,11 +171,14 @@ fn harden(lua: &Lua, budget: &Rc<Budget>) -> mlua::Result<()> {
     let string: Table = g.raw_get("string")?;
     string.raw_set("dump", Value::Nil)?;
 
-    // Text-only `load` (VM-01).
+    // Text-only `load` (VM-01). Lua runs a reader function in protected mode and returns its
+    // error as a value, so a spent budget is re-raised after the call (VM-09).
     let real_load: Function = g.raw_get("load")?;
+    let load_budget = budget.clone();
     g.raw_set(
         "load",
         lua.create_function(move |lua, args: Variadic<Value>| {
+            load_budget.check()?;
             let mut args: Vec<Value> = args.into_iter().collect();
             match args.first() {
                 Some(Value::String(s)) if s.as_bytes().first() == Some(&0x1b) => {
@@ -206,7 +213,9 @@ fn harden(lua: &Lua, budget: &Rc<Budget>) -> mlua::Result<()> {
             } else {
                 args[2] = mode;
             }
-            real_load.call::<MultiValue>(MultiValue::from_iter(args))
+            let out = real_load.call::<MultiValue>(MultiValue::from_iter(args));
+            load_budget.check()?;
+            out
         })?,
     )?;
 
@@ -253,10 +262,29 @@ fn harden(lua: &Lua, budget: &Rc<Budget>) -> mlua::Result<()> {
     )?;
 
     // Calls that can catch errors re-raise a spent budget, so `pcall` cannot swallow it.
-    for name in ["pcall", "xpcall"] {
-        let real: Function = g.raw_get(name)?;
-        g.raw_set(name, sticky(lua, budget, real)?)?;
-    }
+    let real_pcall: Function = g.raw_get("pcall")?;
+    g.raw_set("pcall", sticky(lua, budget, real_pcall)?)?;
+    // The hook raises the budget error with hooks disabled (Lua clears `allowhook` while a
+    // hook runs), and Lua calls the message handler before unwinding: a looping handler could
+    // never be interrupted. Once the budget is spent the script's handler is skipped (VM-09).
+    let sticky_xpcall = sticky(lua, budget, g.raw_get("xpcall")?)?;
+    let handler_budget = budget.clone();
+    g.raw_set(
+        "xpcall",
+        lua.create_function(move |lua, args: MultiValue| {
+            let mut args: Vec<Value> = args.into_iter().collect();
+            if let Some(Value::Function(handler)) = args.get(1).cloned() {
+                let budget = handler_budget.clone();
+                args[1] = Value::Function(lua.create_function(move |_, err: MultiValue| {
+                    if budget.exhausted().is_some() {
+                        return Ok(err);
+                    }
+                    handler.call::<MultiValue>(err)
+                })?);
+            }
+            sticky_xpcall.call::<MultiValue>(MultiValue::from_iter(args))
+        })?,
+    )?;
     let coroutine: Table = g.raw_get("coroutine")?;
     for name in ["resume", "wrap", "close"] {
         let real: Function = coroutine.raw_get(name)?;
@@ -320,12 +348,21 @@ pub fn readonly(lua: &Lua, t: &Table) -> mlua::Result<Table> {
             },
         )?,
     )?;
+    // `pairs` gets an iterator closure, never the backing table itself (it would be writable),
+    // and uses the real `next`, not whatever the script put in the global.
     let inner = t.clone();
     mt.raw_set(
         "__pairs",
         lua.create_function(move |lua, _: Value| {
-            let next: Function = lua.globals().raw_get("next")?;
-            Ok((next, inner.clone(), Value::Nil))
+            let next: Function = match lua.named_registry_value::<Option<Function>>(REAL_NEXT)? {
+                Some(f) => f,
+                None => lua.globals().raw_get("next")?,
+            };
+            let inner = inner.clone();
+            let iter = lua.create_function(move |_, (_, k): (Value, Value)| {
+                next.call::<MultiValue>((inner.clone(), k))
+            })?;
+            Ok((iter, Value::Nil, Value::Nil))
         })?,
     )?;
     mt.raw_set(

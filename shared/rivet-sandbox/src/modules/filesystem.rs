@@ -115,9 +115,19 @@ impl Fs {
         Ok(())
     }
 
+    /// Whether `path` exists (following symlinks). Unlike `Dir::exists`, a path that resolves
+    /// outside the workspace is an `[fs.path]` error, not "absent" (FS-03).
+    fn exists_beneath(&self, path: &Path, raw: &str, op: &str) -> mlua::Result<bool> {
+        match self.dir()?.metadata(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error(op, raw, e)),
+        }
+    }
+
     fn ensure_parent(&self, path: &Path, raw: &str) -> mlua::Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !self.dir()?.exists(parent) {
+            if !self.exists_beneath(parent, raw, "write")? {
                 self.charge(0, parent.components().count() as u64)?;
                 self.dir()?
                     .create_dir_all(parent)
@@ -240,7 +250,7 @@ pub fn register(lua: &Lua, ctx: &Rc<JobContext>, env: &Table) -> mlua::Result<()
         "mkdir",
         lua.create_function(move |_, path: String| {
             let p = check_path(&path)?;
-            if f.dir()?.is_dir(&p) {
+            if f.exists_beneath(&p, &path, "mkdir")? && f.dir()?.is_dir(&p) {
                 return Ok(());
             }
             f.charge(0, p.components().count() as u64)?;

@@ -351,6 +351,17 @@ fn run(lua: &Lua, ctx: &Rc<JobContext>, opts: Table) -> mlua::Result<Table> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    // Both pipes can reach EOF before the child has exited (coreutils close stdout and stderr
+    // in an atexit handler): wait for it, up to the deadline, before killing its group, or a
+    // program that succeeded is reported as killed by SIGKILL.
+    while status.is_none() && !overflow && !timed_out {
+        match child.try_wait() {
+            Ok(Some(s)) => status = Some(s),
+            Ok(None) if Instant::now() >= deadline => timed_out = true,
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => break,
+        }
+    }
     kill_group(pgid);
     let status = match status {
         Some(s) => s,

@@ -84,7 +84,10 @@ pub fn job(source: &str) -> Job {
         policy,
         plugins: rivet_sandbox::plugins::read_dir(&plugins_dir()).expect("reading plugins/"),
     };
-    Job { request, _workspace: workspace }
+    Job {
+        request,
+        _workspace: workspace,
+    }
 }
 
 pub fn plugins_dir() -> std::path::PathBuf {
