@@ -19,6 +19,7 @@ pub const STAGE_KEYS: [&str; 6] = ["name", "script", "container", "condition", "
 
 /// A declared input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InputSpec {
     /// The input's name, as `env.get` reads it.
     pub name: String,
@@ -41,6 +42,7 @@ pub struct InputSpec {
 
 /// A stage, without its script.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StageSpec {
     /// Unique name within the pipeline.
     pub name: String,
@@ -56,6 +58,7 @@ pub struct StageSpec {
         skip_serializing_if = "Option::is_none",
         with = "opt_duration"
     )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>"))]
     pub timeout: Option<Duration>,
     /// Variables visible to `env.get` and to processes during this stage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -67,6 +70,7 @@ pub struct StageSpec {
 
 /// A validated pipeline definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PipelineSpec {
     /// Display name.
     pub name: String,
@@ -83,6 +87,7 @@ pub struct PipelineSpec {
 
 /// One validation problem, with the line in the definition file when it is known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Problem {
     /// 1-based line in the definition file.
     #[serde(default, skip_serializing_if = "Option::is_none")]

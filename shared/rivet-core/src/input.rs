@@ -8,6 +8,7 @@ use std::fmt;
 
 /// The type of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum InputType {
     /// Any UTF-8 text.
@@ -63,6 +64,7 @@ impl InputType {
 
 /// A typed input value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum InputValue {
     /// A boolean.
@@ -97,6 +99,7 @@ impl fmt::Display for InputValue {
 
 /// One problem with one supplied input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InputError {
     /// The input's name.
     pub field: String,

@@ -7,6 +7,7 @@ use std::fmt;
 
 /// How one stage ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StageOutcome {
     /// The script returned normally.
@@ -21,6 +22,7 @@ pub enum StageOutcome {
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum JobOutcome {
     /// Every stage succeeded or was skipped by its condition.

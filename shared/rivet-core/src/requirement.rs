@@ -9,6 +9,7 @@ use std::fmt;
 
 /// A core module that must be granted explicitly. `log`, `env` and `json` are always present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CoreModule {
     /// `process.run`: allow-listed binaries only.
@@ -39,8 +40,12 @@ impl CoreModule {
 /// Names that are always present and must not be listed in `requires`.
 pub const ALWAYS_PRESENT: [&str; 3] = ["log", "env", "json"];
 
+/// Longest class key kept readable; longer ones are hashed.
+pub const MAX_CLASS_KEY: usize = 200;
+
 /// One entry of a `requires` list.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Requirement {
     /// A core module such as `process`.
@@ -160,6 +165,7 @@ impl fmt::Display for Requirement {
 
 /// A sorted, de-duplicated set of requirements.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RequirementSet(pub BTreeSet<Requirement>);
 
 impl RequirementSet {
@@ -176,16 +182,26 @@ impl RequirementSet {
         })
     }
 
-    /// The canonical class key: entries sorted and joined with `,`; `any` when empty.
+    /// The canonical class key: entries sorted and joined with `,`; `any` when empty; longer
+    /// than [`MAX_CLASS_KEY`] bytes, `h-` and the SHA-256 of that text (queue names and routing
+    /// keys are limited to 255 bytes).
     pub fn class_key(&self) -> String {
+        use sha2::Digest;
         if self.0.is_empty() {
             return "any".into();
         }
-        self.0
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        let joined = self.to_strings().join(",");
+        if joined.len() <= MAX_CLASS_KEY {
+            return joined;
+        }
+        let digest = sha2::Sha256::digest(joined.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("h-{hex}")
+    }
+
+    /// The entries as written, sorted.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
     }
 }
 
@@ -248,5 +264,13 @@ mod tests {
         );
         assert_eq!(a.class_key(), b.class_key());
         assert_eq!(RequirementSet::default().class_key(), "any");
+        let long = RequirementSet(
+            (0..40)
+                .map(|i| Requirement::parse(&format!("label:key{i}=value{i}")).unwrap())
+                .collect(),
+        );
+        let key = long.class_key();
+        assert!(key.starts_with("h-") && key.len() == 66, "{key}");
+        assert_eq!(key, long.clone().class_key());
     }
 }

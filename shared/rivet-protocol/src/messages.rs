@@ -1,0 +1,137 @@
+//! Messages on the broker.
+
+use crate::{Message, SCHEMA_VERSION};
+use rivet_core::{JobOutcome, StageOutcome};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+fn schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// A job attempt for a runner: published to the job's class queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobDispatch {
+    /// Always [`SCHEMA_VERSION`].
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// The job.
+    pub job_id: Uuid,
+    /// The attempt number, from 1: the fencing token for everything the attempt reports.
+    pub attempt: u32,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The pipeline version the job runs.
+    pub pipeline_version: i32,
+    /// The definition's file name, for messages.
+    pub file_name: String,
+    /// The definition's source.
+    pub source: String,
+    /// Inputs as text, already validated by the orchestrator.
+    pub inputs: BTreeMap<String, String>,
+    /// The class key (routing key) the job was published with.
+    pub class_key: String,
+    /// The requirement set, as written (`process`, `plugin.git`, `label:region=eu`).
+    pub requires: Vec<String>,
+}
+
+impl Message for JobDispatch {
+    const KIND: &'static str = "job-dispatch";
+}
+
+/// Something a runner reports about one attempt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerReport {
+    /// Always [`SCHEMA_VERSION`].
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// The job.
+    pub job_id: Uuid,
+    /// The attempt this report belongs to; reports from other attempts are ignored.
+    pub attempt: u32,
+    /// The reporting runner; reports from a runner not holding the lease are ignored.
+    pub runner_id: String,
+    /// What happened.
+    pub body: ReportBody,
+}
+
+impl Message for RunnerReport {
+    const KIND: &'static str = "runner-report";
+}
+
+/// The content of a [`RunnerReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReportBody {
+    /// The runner took the lease and started the worker.
+    Started,
+    /// A stage began.
+    StageStarted {
+        /// 0-based position.
+        index: u32,
+        /// Stage name.
+        name: String,
+        /// Its wall-clock limit.
+        timeout_ms: u64,
+    },
+    /// A stage ended.
+    StageFinished {
+        /// 0-based position.
+        index: u32,
+        /// Stage name.
+        name: String,
+        /// How it ended.
+        outcome: StageOutcome,
+        /// How long it ran.
+        duration_ms: u64,
+        /// Why it failed or was skipped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Log lines, in order (flushed at 100 lines or 200 ms).
+    Logs {
+        /// The lines.
+        lines: Vec<LogLine>,
+    },
+    /// The attempt ended. Always the last report of an attempt.
+    Finished {
+        /// How it ended.
+        outcome: JobOutcome,
+    },
+}
+
+/// One log line of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LogLine {
+    /// Sequence number within the attempt, from 0, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the attempt's worker started.
+    pub at_ms: u64,
+    /// The stage running, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// `script`, `stdout`, `stderr` or `system`.
+    pub source: String,
+    /// The text.
+    pub line: String,
+}
+
+/// A class (requirement set) exists: runners that cover it start consuming its queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClassAnnounce {
+    /// Always [`SCHEMA_VERSION`].
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// The class key.
+    pub class_key: String,
+    /// Its requirement set.
+    pub requires: Vec<String>,
+}
+
+impl Message for ClassAnnounce {
+    const KIND: &'static str = "class-announce";
+}

@@ -1,0 +1,133 @@
+//! Redis keys and records. Redis holds coordination only; everything here can be rebuilt.
+
+use crate::SCHEMA_VERSION;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Redis key names under a namespace (`rivet` in production; tests use a unique one each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    namespace: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new("rivet")
+    }
+}
+
+impl Keys {
+    /// Keys under `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// A runner's presence record (JSON [`RunnerPresence`]), refreshed every
+    /// [`PRESENCE_REFRESH_MS`] with a TTL of [`PRESENCE_TTL_MS`]. Expired means offline.
+    pub fn runner(&self, id: &str) -> String {
+        format!("{}:runner:{id}", self.namespace)
+    }
+
+    /// Pattern matching every runner presence key.
+    pub fn runner_pattern(&self) -> String {
+        format!("{}:runner:*", self.namespace)
+    }
+
+    /// The lease of a job: value [`lease_value`], set with `NX PX`.
+    pub fn lease(&self, job_id: Uuid) -> String {
+        format!("{}:lease:{job_id}", self.namespace)
+    }
+
+    /// Hash of every known class: field = class key, value = JSON list of requirements.
+    pub fn classes(&self) -> String {
+        format!("{}:classes", self.namespace)
+    }
+}
+
+/// The value a lease holds.
+pub fn lease_value(runner_id: &str, attempt: u32) -> String {
+    format!("{runner_id}:{attempt}")
+}
+
+/// How long a presence record lives without refresh.
+pub const PRESENCE_TTL_MS: u64 = 10_000;
+/// How often a runner refreshes its presence.
+pub const PRESENCE_REFRESH_MS: u64 = 2_000;
+/// How long a lease lives without renewal.
+pub const LEASE_TTL_MS: u64 = 30_000;
+/// How often a runner renews the leases of its running jobs.
+pub const LEASE_RENEW_MS: u64 = 10_000;
+
+fn schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// What a runner says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerPresence {
+    /// Always [`SCHEMA_VERSION`].
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// Unique runner id.
+    pub id: String,
+    /// Capabilities: core modules (`process`, `filesystem`), `plugin.NAME`, `container.podman`.
+    pub capabilities: Vec<String>,
+    /// Labels (`region` → `eu`).
+    pub labels: BTreeMap<String, String>,
+    /// Jobs it runs at once.
+    pub slots: u32,
+    /// Jobs running now.
+    pub running: Vec<RunningJob>,
+    /// Whether it is draining (takes no new jobs).
+    #[serde(default)]
+    pub draining: bool,
+    /// Rivet version.
+    pub version: String,
+    /// When it started, in Unix milliseconds.
+    pub started_at_ms: i64,
+    /// When this record was written, in Unix milliseconds.
+    pub updated_at_ms: i64,
+}
+
+/// A job a runner is running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunningJob {
+    /// The job.
+    pub job_id: Uuid,
+    /// The attempt.
+    pub attempt: u32,
+}
+
+impl RunnerPresence {
+    /// Everything this runner can satisfy: capabilities, `label:k=v` for each label, and
+    /// `container` when it has any container engine.
+    pub fn satisfiable(&self) -> std::collections::BTreeSet<String> {
+        let mut out: std::collections::BTreeSet<String> =
+            self.capabilities.iter().cloned().collect();
+        if self
+            .capabilities
+            .iter()
+            .any(|c| c.starts_with("container."))
+        {
+            out.insert("container".into());
+        }
+        for (k, v) in &self.labels {
+            out.insert(format!("label:{k}={v}"));
+        }
+        out
+    }
+
+    /// The requirements of `requires` this runner lacks.
+    pub fn missing<'a>(&self, requires: &'a [String]) -> Vec<&'a str> {
+        let have = self.satisfiable();
+        requires
+            .iter()
+            .filter(|r| !have.contains(*r))
+            .map(String::as_str)
+            .collect()
+    }
+}
