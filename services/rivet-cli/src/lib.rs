@@ -1,12 +1,16 @@
 //! The `rivet` command line.
 //!
-//! `rivet lint` and `rivet run` work on one machine with no server: they start sandbox worker
-//! processes from this same executable (see `rivet_sandbox::worker`). Remote commands (submit,
-//! follow, cancel, retry, list runners and queues) come with the orchestrator.
+//! `rivet lint` and `rivet run FILE` work on one machine with no server: they start sandbox
+//! worker processes from this same executable (see `rivet_sandbox::worker`). The remote
+//! commands (`rivet pipeline`, `rivet run NAME`, `rivet job`, `rivet runner`, `rivet queue`)
+//! talk to an orchestrator through `rivet-client` (module `remote`).
 //!
-//! Depends on the sandbox and core crates only; never on a service crate.
+//! Depends on shared crates only (core, sandbox, protocol, client); never on a service crate
+//! (its end-to-end tests start an orchestrator, as a dev-dependency).
 
 mod lint;
+mod prompt;
+mod remote;
 mod render;
 mod run;
 mod setup;
@@ -27,8 +31,21 @@ pub struct Cli {
 pub enum Command {
     /// Check a pipeline definition and list every problem in it.
     Lint(lint::LintArgs),
-    /// Run a pipeline on this machine, with no server.
+    /// Run a pipeline: a local FILE on this machine with no server, or a pipeline NAME on the
+    /// orchestrator.
     Run(run::RunArgs),
+    /// Pipelines on the orchestrator: push a definition, list, show.
+    #[command(subcommand)]
+    Pipeline(remote::pipeline::PipelineCommand),
+    /// Jobs on the orchestrator: list, show, logs.
+    #[command(subcommand)]
+    Job(remote::job::JobCommand),
+    /// The orchestrator's runners.
+    #[command(subcommand)]
+    Runner(remote::fleet::RunnerCommand),
+    /// The orchestrator's class queues.
+    #[command(subcommand)]
+    Queue(remote::fleet::QueueCommand),
 }
 
 /// Runs the command and returns the process exit code.
@@ -36,11 +53,15 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Lint(args) => lint::lint(args),
         Command::Run(args) => run::run(args),
+        Command::Pipeline(cmd) => remote::pipeline::run(cmd),
+        Command::Job(cmd) => remote::job::run(cmd),
+        Command::Runner(cmd) => remote::fleet::runner(cmd),
+        Command::Queue(cmd) => remote::fleet::queue(cmd),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", remote::describe(&e));
             2
         }
     }

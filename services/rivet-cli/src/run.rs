@@ -1,16 +1,28 @@
-//! `rivet run FILE`: validate inputs, run the stages in a fresh workspace, stream progress and
-//! logs, exit non-zero naming the failing stage.
+//! `rivet run FILE|NAME`. A local run (FILE) validates inputs, runs the stages in a fresh
+//! workspace, streams progress and logs, and exits non-zero naming the failing stage; a remote
+//! run (NAME) is handed to `crate::remote::submit`.
 
+use crate::prompt::prompt;
+use crate::remote::RemoteArgs;
 use crate::render::Renderer;
 use crate::setup::{prepare, worker_options, PipelineOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rivet_sandbox::{JobRequest, Mode};
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 const RUN_HELP: &str = "\
+Local or remote:
+  If the argument is an existing file, ends in `.lua`, or contains a `/`, it is a local run: the
+  file is evaluated and run on this machine, no server needed. Otherwise it is the NAME of a
+  pipeline pushed to the orchestrator (`rivet pipeline push FILE`; names are letters, digits,
+  `-` and `_`), and the run is queued there for a runner: rivet prints the job id, and with
+  --follow streams its logs until it ends. --url and --token (or RIVET_URL and RIVET_TOKEN) say
+  which orchestrator; --secret, --workspace, --keep-workspace, --policy and --plugins apply to
+  local runs only.
+
 Inputs:
   Each --input NAME=VALUE is checked against the definition's `inputs`: its type (string,
   number, boolean: true/false/yes/no/1/0), its `options`, and `required`. Declared defaults fill
@@ -33,25 +45,30 @@ Sandbox:
 
 Output:
   Stage progress and log lines go to standard output as they happen. --json prints one JSON
-  event per line instead (log, stage_started, stage_finished, finished, ...).
+  event per line instead (log, stage_started, stage_finished, finished, ...). A remote run
+  prints the job id (--json: the job as JSON); with --follow, its log lines, the stages and the
+  final state (--json: one JSON object per line: the job, each log line, the finished job).
 
 Exit status:
-  0 when every stage succeeded or was skipped by its condition; 1 when a stage failed or timed
-  out, the worker crashed, or the definition or inputs are invalid; 2 on usage errors and
-  unreadable files.
+  0 when every stage succeeded or was skipped by its condition (remote without --follow: when
+  the job was queued); 1 when a stage failed or timed out, the worker crashed, or the definition
+  or inputs are invalid; 2 on usage errors, unreadable files and orchestrator errors.
 
 Examples:
   rivet run examples/hello.lua
   rivet run pipeline.lua --input repo_url=https://example.org/repo.git --input branch=dev
   rivet run pipeline.lua --policy policy.toml --workspace ./ws --keep-workspace
+  rivet run build-and-test --input repo_url=https://example.org/repo.git --follow
 ";
 
 /// Arguments of `rivet run`.
 #[derive(Debug, Args)]
-#[command(after_long_help = RUN_HELP)]
+#[command(after_long_help = RUN_HELP, disable_version_flag = true)]
 pub struct RunArgs {
-    /// The pipeline definition (a Lua file returning a table).
-    pub file: PathBuf,
+    /// A pipeline definition to run here (a Lua file returning a table), or the name of a
+    /// pipeline on the orchestrator (see "Local or remote" in --help).
+    #[arg(value_name = "FILE|NAME")]
+    pub target: String,
     /// An input value, as NAME=VALUE. Repeat for several inputs.
     #[arg(long = "input", short = 'i', value_name = "NAME=VALUE", value_parser = parse_pair)]
     pub inputs: Vec<(String, String)>,
@@ -69,6 +86,32 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub pipeline: PipelineOptions,
+    /// Stream the job's logs until it ends, and exit with its result (a local run always does).
+    #[arg(long, short = 'f', help_heading = "Remote runs")]
+    pub follow: bool,
+    /// Run this version of the pipeline instead of the latest.
+    #[arg(long, value_name = "N", help_heading = "Remote runs")]
+    pub version: Option<i32>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// Whether `rivet run ARG` runs a local file (rather than a pipeline on the orchestrator): ARG
+/// is an existing file, ends in `.lua`, or contains a `/` (pipeline names never do, so a
+/// mistyped path is reported as a missing file, not as an unknown pipeline).
+pub fn is_local(arg: &str, is_file: impl Fn(&Path) -> bool) -> bool {
+    arg.ends_with(".lua") || arg.contains('/') || is_file(Path::new(arg))
+}
+
+/// The given inputs as a map; a name given twice is an error.
+pub fn collect_inputs(pairs: &[(String, String)]) -> Result<BTreeMap<String, String>> {
+    let mut inputs = BTreeMap::new();
+    for (k, v) in pairs {
+        if inputs.insert(k.clone(), v.clone()).is_some() {
+            bail!("input `{k}` is given twice");
+        }
+    }
+    Ok(inputs)
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -78,14 +121,20 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `rivet run`: local or remote by [`is_local`].
 pub fn run(args: RunArgs) -> Result<i32> {
-    let prepared = prepare(&args.file, &args.pipeline)?;
-    let mut inputs: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in &args.inputs {
-        if inputs.insert(k.clone(), v.clone()).is_some() {
-            bail!("input `{k}` is given twice");
-        }
+    if !is_local(&args.target, Path::is_file) {
+        return crate::remote::submit::run(args);
     }
+    if args.version.is_some() {
+        bail!(
+            "--version applies to remote runs (a pipeline NAME), not to the local file {}",
+            args.target
+        );
+    }
+    let file = PathBuf::from(&args.target);
+    let prepared = prepare(&file, &args.pipeline)?;
+    let inputs = collect_inputs(&args.inputs)?;
     let mut secrets = BTreeMap::new();
     for name in &args.secrets {
         let value = std::env::var(name).with_context(|| {
@@ -146,7 +195,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     let options = worker_options()?;
     let interactive = std::io::stdin().is_terminal() && !args.json;
-    let display = args.file.display().to_string();
+    let display = args.target.clone();
     let mut asked = false;
     loop {
         let mut renderer = Renderer::new(args.json, display.clone(), asked);
@@ -184,18 +233,34 @@ enum TempGuard {
     Kept(PathBuf),
 }
 
-fn prompt(name: &str, decl: Option<&rivet_core::InputSpec>) -> Result<String> {
-    let mut stderr = std::io::stderr();
-    let ty = decl.map(|d| d.ty.name()).unwrap_or("string");
-    let about = decl
-        .and_then(|d| d.description.as_deref())
-        .map(|d| format!(" — {d}"))
-        .unwrap_or_default();
-    write!(stderr, "{name} ({ty}){about}: ")?;
-    stderr.flush()?;
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line)? == 0 {
-        bail!("input `{name}` is required and none was given");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_run_here_and_names_run_on_the_orchestrator() {
+        let existing = |p: &Path| p == Path::new("Makefile-pipeline");
+        for local in [
+            "pipeline.lua",
+            "missing.lua",
+            "./build",
+            "ci/build",
+            "/abs/path",
+            "Makefile-pipeline",
+        ] {
+            assert!(is_local(local, existing), "{local} is local");
+        }
+        for remote in ["build-and-test", "deploy_prod", "hello", "lua"] {
+            assert!(!is_local(remote, existing), "{remote} is remote");
+        }
     }
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+
+    #[test]
+    fn an_input_given_twice_is_an_error() {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let ok = collect_inputs(&[pair("a", "1"), pair("b", "=2")]).unwrap();
+        assert_eq!(ok.get("b").map(String::as_str), Some("=2"));
+        let err = collect_inputs(&[pair("a", "1"), pair("a", "2")]).unwrap_err();
+        assert_eq!(err.to_string(), "input `a` is given twice");
+    }
 }

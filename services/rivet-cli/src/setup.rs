@@ -6,10 +6,6 @@ use rivet_core::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Plugins compiled into the binary, so `rivet run` works from any directory. A plugin of the
-/// same name in the plugin directory takes precedence.
-const BUILTIN_PLUGINS: &[(&str, &str)] = &[("git", include_str!("../../../plugins/git.lua"))];
-
 /// Options shared by every command that evaluates a pipeline.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineOptions {
@@ -45,29 +41,9 @@ pub fn prepare(file: &Path, opts: &PipelineOptions) -> Result<Prepared> {
         }
         None => Policy::default(),
     };
-    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
-    if meta.len() > policy.limits.max_source {
-        bail!(
-            "{} is larger than the limit of {} bytes (limits.max_source)",
-            file.display(),
-            policy.limits.max_source
-        );
-    }
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    if bytes.first() == Some(&0x1b) {
-        bail!("policy violation [lua.bytecode]: {} is precompiled Lua bytecode; Rivet runs source text only", file.display());
-    }
-    let source = String::from_utf8(bytes)
-        .with_context(|| format!("{} is not UTF-8 text", file.display()))?;
-    let file_name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "pipeline.lua".into());
+    let source = read_source(file, policy.limits.max_source)?;
+    let file_name = file_name(file);
 
-    let mut plugins: BTreeMap<String, String> = BUILTIN_PLUGINS
-        .iter()
-        .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
-        .collect();
     let dir = match &opts.plugins {
         Some(d) => {
             if !d.is_dir() {
@@ -80,17 +56,40 @@ pub fn prepare(file: &Path, opts: &PipelineOptions) -> Result<Prepared> {
             .map(|p| p.join("plugins"))
             .filter(|p| p.is_dir()),
     };
-    if let Some(dir) = dir {
-        let found = rivet_sandbox::plugins::read_dir(&dir)
-            .with_context(|| format!("reading plugins in {}", dir.display()))?;
-        plugins.extend(found);
-    }
+    let plugins = rivet_sandbox::plugins::catalog(dir.as_deref()).with_context(|| match &dir {
+        Some(d) => format!("reading plugins in {}", d.display()),
+        None => "reading plugins".to_owned(),
+    })?;
     Ok(Prepared {
         file_name,
         source,
         policy,
         plugins,
     })
+}
+
+/// Reads a definition as text, refusing files over `max_source` bytes and precompiled Lua
+/// bytecode before anything evaluates or sends them.
+pub fn read_source(file: &Path, max_source: u64) -> Result<String> {
+    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    if meta.len() > max_source {
+        bail!(
+            "{} is larger than the limit of {max_source} bytes (limits.max_source)",
+            file.display()
+        );
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if bytes.first() == Some(&0x1b) {
+        bail!("policy violation [lua.bytecode]: {} is precompiled Lua bytecode; Rivet runs source text only", file.display());
+    }
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", file.display()))
+}
+
+/// The file name a definition is known by in messages.
+pub fn file_name(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline.lua".into())
 }
 
 /// Options to start workers from this executable.

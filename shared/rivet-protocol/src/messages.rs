@@ -100,6 +100,12 @@ pub enum ReportBody {
         /// How it ended.
         outcome: JobOutcome,
     },
+    /// Several of the above, in order (a runner flushes what happened in the last 200 ms as one
+    /// message). Batches do not nest.
+    Batch {
+        /// The reports, oldest first.
+        bodies: Vec<ReportBody>,
+    },
 }
 
 /// One log line of a job.

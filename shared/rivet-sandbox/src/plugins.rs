@@ -25,6 +25,22 @@ pub struct Manifest {
     pub description: Option<String>,
 }
 
+/// Plugins compiled into every Rivet binary, so a pipeline runs from any directory. A plugin of
+/// the same name in a plugin directory takes precedence.
+pub const BUILTIN: &[(&str, &str)] = &[("git", include_str!("../../../plugins/git.lua"))];
+
+/// The built-in plugins, then those of `dir` (if given) over them.
+pub fn catalog(dir: Option<&Path>) -> std::io::Result<BTreeMap<String, String>> {
+    let mut plugins: BTreeMap<String, String> = BUILTIN
+        .iter()
+        .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
+        .collect();
+    if let Some(dir) = dir {
+        plugins.extend(read_dir(dir)?);
+    }
+    Ok(plugins)
+}
+
 /// Reads every `*.lua` in `dir` into a name → source map. Names that are not valid plugin names
 /// are skipped with an error, never loaded.
 pub fn read_dir(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
@@ -110,4 +126,22 @@ pub fn load(lua: &Lua, env: Table, name: &str, source: &str) -> Result<(Table, M
             description,
         },
     ))
+}
+
+/// Reads a plugin's manifest by evaluating its file in a fresh hardened VM under the definition
+/// limits, in this process. For operator-installed plugin files (runner start-up), never for
+/// pipeline code. The VM is never closed (no finalizer can run).
+pub fn manifest(
+    name: &str,
+    source: &str,
+    limits: &rivet_core::policy::Limits,
+) -> Result<Manifest, String> {
+    let vm =
+        crate::vm::new_vm(limits.definition_memory).map_err(|e| format!("plugin `{name}`: {e}"))?;
+    vm.budget
+        .arm(limits.definition_instructions, limits.definition_timeout);
+    let globals = vm.lua.globals();
+    let result = load(&vm.lua, globals, name, source).map(|(_, m)| m);
+    std::mem::forget(vm);
+    result
 }

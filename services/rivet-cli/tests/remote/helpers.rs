@@ -1,0 +1,293 @@
+//! A real orchestrator on a random port (its own database, broker namespace and Redis keys),
+//! the `rivet` binary pointed at it, and a test double of a runner that takes a job from its
+//! class queue and reports on it the way a runner does.
+
+use rivet_amqp::Broker;
+use rivet_core::JobOutcome;
+use rivet_orchestrator::Config;
+use rivet_protocol::messages::{JobDispatch, LogLine, ReportBody, RunnerReport};
+use rivet_protocol::redis_keys::{lease_value, Keys};
+use rivet_protocol::topology::Topology;
+use rivet_protocol::SCHEMA_VERSION;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS: &str = "redis://127.0.0.1:6379/";
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// How long anything in these tests may take before it counts as hung.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct TestApp {
+    pub url: String,
+    pub token: String,
+    pub namespace: String,
+    database: String,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Runs SQL as the PostgreSQL superuser with `psql`; fails loudly with a hint when PostgreSQL is
+/// not there.
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            &format!("{PG}/postgres"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .expect("psql must be installed (scripts/services.sh installs PostgreSQL)");
+    assert!(
+        out.status.success(),
+        "{sql}: {} (is PostgreSQL running on 127.0.0.1:5432? scripts/services.sh starts it)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub async fn spawn_app() -> TestApp {
+    let database = format!("rivet_cli_test_{}", Uuid::new_v4().simple());
+    psql(&format!("CREATE DATABASE {database}"));
+    let namespace = format!("rivet-cli-test-{}", Uuid::new_v4().simple());
+    let token = format!("test-admin-{}", Uuid::new_v4().simple());
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("{PG}/{database}"),
+        redis_url: REDIS.into(),
+        amqp_url: AMQP.into(),
+        namespace: namespace.clone(),
+        bootstrap_token: Some(token.clone()),
+        plugin_dir: None,
+        // The `rivet` binary is a sandbox worker too: the orchestrator lints pushes with it.
+        worker_program: Some(env!("CARGO_BIN_EXE_rivet").into()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(rivet_orchestrator::run(config, listener, shutdown.clone()));
+    let client = rivet_client::Client::new(&url, &token).unwrap();
+    let ready = async {
+        loop {
+            if client.readyz().await.is_ok_and(|r| r.ready) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    if tokio::time::timeout(PATIENCE, ready).await.is_err() {
+        panic!("the orchestrator did not become ready; are RabbitMQ, Redis and PostgreSQL running? (scripts/services.sh)");
+    }
+    TestApp {
+        url,
+        token,
+        namespace,
+        database,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    /// The `rivet` command, pointed at this orchestrator through the environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rivet"));
+        cmd.args(args)
+            .current_dir(root())
+            .env("RIVET_URL", &self.url)
+            .env("RIVET_TOKEN", &self.token)
+            .env_remove("RIVET_POLICY")
+            .env_remove("RIVET_PLUGIN_DIR")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `rivet ARGS` to completion.
+    pub async fn rivet(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        wait(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        if let Ok(broker) =
+            Broker::connect(AMQP, Topology::new(&self.namespace), Duration::from_secs(5)).await
+        {
+            let _ = broker.delete_topology(&["process"]).await;
+            broker.close().await;
+        }
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        ));
+    }
+}
+
+/// Waits for a `rivet` process (at most [`PATIENCE`]; then kills it and fails).
+pub async fn wait(child: std::process::Child) -> Output {
+    let pid = child.id();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    match tokio::time::timeout(PATIENCE, waiting).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("rivet did not finish within {PATIENCE:?}");
+        }
+    }
+}
+
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A directory for pipeline files.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+pub fn write(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+/// Plays a runner: takes the next job of class `process` and reports what it is told to.
+pub struct FakeRunner {
+    broker: Broker,
+    redis: redis::aio::ConnectionManager,
+    keys: Keys,
+    id: String,
+}
+
+/// A job the fake runner took.
+pub struct Taken {
+    pub job: JobDispatch,
+    reply_to: String,
+}
+
+impl FakeRunner {
+    pub async fn connect(app: &TestApp) -> FakeRunner {
+        let broker = Broker::connect(AMQP, Topology::new(&app.namespace), PATIENCE)
+            .await
+            .expect("RabbitMQ must run on 127.0.0.1:5672 (scripts/services.sh starts it)");
+        let redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
+            .await
+            .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
+        FakeRunner {
+            broker,
+            redis,
+            keys: Keys::new(&app.namespace),
+            id: "fake-runner".into(),
+        }
+    }
+
+    /// Takes the next job from the `process` class queue and holds its lease, as a runner does.
+    pub async fn take(&mut self) -> Taken {
+        // As a runner does on a class announcement: the queue may not exist before the first
+        // job of its class.
+        self.broker.declare_class("process").await.unwrap();
+        let queue = self.broker.topology().class_queue("process");
+        let mut sub = self
+            .broker
+            .consume::<JobDispatch>(&queue, 1, "fake-runner")
+            .await
+            .unwrap();
+        let delivery = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .expect("a job reaches its class queue")
+            .unwrap()
+            .unwrap();
+        let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
+        delivery.ack().await.unwrap();
+        sub.cancel().await.ok();
+        let job = delivery.message;
+        let _: () = redis::AsyncCommands::set(
+            &mut self.redis,
+            self.keys.lease(job.job_id),
+            lease_value(&self.id, job.attempt),
+        )
+        .await
+        .unwrap();
+        Taken { job, reply_to }
+    }
+
+    /// Runs one stage named `stage` that logs `lines`, then ends with `outcome`.
+    pub async fn run(&self, taken: &Taken, stage: &str, lines: &[&str], outcome: JobOutcome) {
+        let stage_outcome = match &outcome {
+            JobOutcome::Succeeded => rivet_core::StageOutcome::Succeeded,
+            _ => rivet_core::StageOutcome::Failed,
+        };
+        let error = match &outcome {
+            JobOutcome::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        };
+        let logs = lines
+            .iter()
+            .enumerate()
+            .map(|(i, text)| LogLine {
+                seq: i as u64,
+                at_ms: i as u64,
+                stage: Some(stage.into()),
+                level: "info".into(),
+                source: "script".into(),
+                line: (*text).into(),
+            })
+            .collect();
+        let bodies = [
+            ReportBody::Started,
+            ReportBody::StageStarted {
+                index: 0,
+                name: stage.into(),
+                timeout_ms: 60_000,
+            },
+            ReportBody::Logs { lines: logs },
+            ReportBody::StageFinished {
+                index: 0,
+                name: stage.into(),
+                outcome: stage_outcome,
+                duration_ms: 1200,
+                error,
+            },
+            ReportBody::Finished { outcome },
+        ];
+        for body in bodies {
+            let report = RunnerReport {
+                schema: SCHEMA_VERSION,
+                job_id: taken.job.job_id,
+                attempt: taken.job.attempt,
+                runner_id: self.id.clone(),
+                body,
+            };
+            self.broker
+                .publish_report(&taken.reply_to, &report)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn close(self) {
+        self.broker.close().await;
+    }
+}

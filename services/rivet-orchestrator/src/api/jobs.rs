@@ -1,0 +1,105 @@
+//! Jobs: list, show, logs.
+
+use crate::error::ApiError;
+use crate::{db, AppState};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use rivet_protocol::http::{JobState, JobView, LogPage};
+use serde::Deserialize;
+use uuid::Uuid;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+    pipeline: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let job_state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!("unknown state `{s}`; one of: {}", all.join(", ")))
+        })?),
+    };
+    let filter = db::jobs::Filter {
+        state: job_state,
+        pipeline: q.pipeline,
+        limit: q.limit.unwrap_or(50).clamp(1, 1000),
+    };
+    let mut jobs = db::jobs::list(&state.db, &filter).await?;
+    annotate(&state, &mut jobs).await?;
+    Ok(Json(jobs))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no job `{id}`")))
+}
+
+/// Adds schedulability to queued jobs.
+async fn annotate(state: &AppState, jobs: &mut [JobView]) -> Result<(), ApiError> {
+    if jobs.iter().any(|j| j.state == JobState::Queued) {
+        let runners = crate::fleet::live_runners(state).await?;
+        for job in jobs.iter_mut().filter(|j| j.state == JobState::Queued) {
+            job.schedulability = Some(crate::fleet::schedulability(&job.requires, &runners));
+        }
+    }
+    Ok(())
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut job = db::jobs::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+    job.attempts = db::jobs::attempts(&state.db, id).await?;
+    annotate(&state, std::slice::from_mut(&mut job)).await?;
+    Ok(Json(job))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    attempt: Option<u32>,
+    after: Option<u64>,
+    limit: Option<i64>,
+}
+
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<LogPage>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = db::jobs::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+    let attempt = q.attempt.unwrap_or(job.attempt);
+    if attempt == 0 || attempt > job.attempt {
+        return Err(ApiError::NotFound(format!(
+            "job `{id}` has no attempt {attempt}"
+        )));
+    }
+    let lines = db::logs::page(
+        &state.db,
+        id,
+        attempt,
+        q.after,
+        q.limit.unwrap_or(1000).clamp(1, 10_000),
+    )
+    .await?;
+    let complete = attempt < job.attempt || job.state.is_final();
+    let next_after = lines.last().map(|l| l.seq).or(q.after);
+    Ok(Json(LogPage {
+        attempt,
+        lines,
+        next_after,
+        complete,
+    }))
+}

@@ -1,0 +1,66 @@
+//! The HTTP API: `/healthz`, `/readyz`, and `/api/v1/*` behind bearer tokens.
+
+mod fleet;
+mod jobs;
+mod pipelines;
+mod tokens;
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{middleware, Json, Router};
+
+/// Largest request body (a pipeline definition is at most 1 MiB of Lua).
+pub const MAX_BODY: usize = 2 << 20;
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/pipelines", post(pipelines::push).get(pipelines::list))
+        .route("/pipelines/{name}", get(pipelines::show))
+        .route("/pipelines/{name}/runs", post(pipelines::run))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{id}", get(jobs::show))
+        .route("/jobs/{id}/logs", get(jobs::logs))
+        .route("/runners", get(fleet::runners))
+        .route("/queues", get(fleet::queues))
+        .route("/tokens", post(tokens::create).get(tokens::list))
+        .route("/tokens/{id}", delete(tokens::revoke))
+        .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/api/v1", api)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Ready when PostgreSQL, Redis and RabbitMQ answer.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let db = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    let mut conn = state.redis.clone();
+    let redis = redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .is_ok();
+    let amqp = state
+        .broker
+        .queue_stats(&state.broker.topology().reports_queue())
+        .await
+        .is_ok();
+    let body = serde_json::json!({ "postgres": db, "redis": redis, "rabbitmq": amqp });
+    let status = if db && redis && amqp {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

@@ -1,0 +1,136 @@
+//! Pipelines: push, list, show, run.
+
+use crate::error::ApiError;
+use crate::{db, AppState};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use rivet_protocol::http::{CreateRun, JobView, PipelineSummary, PipelineView, PushPipeline};
+use rivet_protocol::messages::JobDispatch;
+use rivet_protocol::SCHEMA_VERSION;
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// A pipeline name: what `rivet run NAME` types.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The default name of a definition: its display name, lower-cased, spaces as `-`.
+fn slug(display: &str) -> String {
+    let mut out = String::new();
+    for c in display.trim().chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_owned()
+}
+
+pub async fn push(
+    State(state): State<AppState>,
+    Json(body): Json<PushPipeline>,
+) -> Result<(StatusCode, Json<PipelineView>), ApiError> {
+    let spec = state
+        .linter
+        .check(&body.file_name, &body.source)
+        .await
+        .map_err(ApiError::InvalidDefinition)?;
+    let name = body.name.clone().unwrap_or_else(|| slug(&spec.name));
+    if !valid_name(&name) {
+        return Err(ApiError::BadRequest(format!(
+            "pipeline name `{name}` must be 1-100 letters, digits, `-` or `_` (pass `name` to choose one)"
+        )));
+    }
+    let version =
+        db::pipelines::push(&state.db, &name, &body.file_name, &body.source, &spec).await?;
+    tracing::info!(pipeline = %name, version = version.view.version, "Pipeline pushed.");
+    Ok((StatusCode::CREATED, Json(version.view)))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PipelineSummary>>, ApiError> {
+    Ok(Json(db::pipelines::list(&state.db).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VersionQuery {
+    version: Option<i32>,
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<PipelineView>, ApiError> {
+    let version = db::pipelines::get(&state.db, &name, q.version)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no pipeline `{name}`{}", version_suffix(q.version)))
+        })?;
+    Ok(Json(version.view))
+}
+
+fn version_suffix(v: Option<i32>) -> String {
+    v.map(|v| format!(" version {v}")).unwrap_or_default()
+}
+
+pub async fn run(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<CreateRun>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let version = db::pipelines::get(&state.db, &name, body.version)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no pipeline `{name}`{}",
+                version_suffix(body.version)
+            ))
+        })?;
+    let spec = &version.view.definition;
+    let values =
+        rivet_core::input::resolve(&spec.inputs, &body.inputs).map_err(ApiError::InvalidInputs)?;
+    // The job carries every value as text, defaults included, so a runner needs no definition
+    // knowledge beyond the source.
+    let inputs = values
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    let dispatch = JobDispatch {
+        schema: SCHEMA_VERSION,
+        job_id: Uuid::new_v4(),
+        attempt: 1,
+        pipeline: version.view.name.clone(),
+        pipeline_version: version.view.version,
+        file_name: version.file_name.clone(),
+        source: version.source.clone(),
+        inputs,
+        class_key: version.view.class_key.clone(),
+        requires: version.view.requires.clone(),
+    };
+    db::jobs::create(&state.db, version.pipeline_id, &dispatch).await?;
+    state.relay_wakeup.notify_one();
+    let mut job = db::jobs::get(&state.db, dispatch.job_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("job vanished after insert")))?;
+    let runners = crate::fleet::live_runners(&state).await?;
+    job.schedulability = Some(crate::fleet::schedulability(&job.requires, &runners));
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slugs() {
+        assert_eq!(super::slug("Build and Deploy"), "build-and-deploy");
+        assert_eq!(super::slug("  a/b: c  "), "a-b-c");
+        assert!(super::valid_name("build-and-deploy"));
+        assert!(!super::valid_name("a b"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Tokens: create (shown once), list, revoke. Admin tokens only.
+
+use crate::auth::{self, Caller};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use rivet_protocol::http::{CreateToken, TokenView};
+use uuid::Uuid;
+
+fn admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("only an admin token can manage tokens"))
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<CreateToken>,
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
+    admin(&caller)?;
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::BadRequest(
+            "a token needs a name of 1-100 characters".into(),
+        ));
+    }
+    let secret = auth::generate();
+    let id = Uuid::new_v4();
+    let (created_at_ms,): (i64,) = sqlx::query_as(
+        "INSERT INTO tokens (id, name, hash) VALUES ($1, $2, $3) RETURNING (extract(epoch FROM created_at) * 1000)::bigint",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(auth::hash(&secret))
+    .fetch_one(&state.db)
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenView {
+            id,
+            name: name.into(),
+            secret: Some(secret),
+            created_at_ms,
+            revoked_at_ms: None,
+        }),
+    ))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    admin(&caller)?;
+    let rows: Vec<(Uuid, String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT id, name, (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM revoked_at) * 1000)::bigint \
+         FROM tokens ORDER BY created_at",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, name, created_at_ms, revoked_at_ms)| TokenView {
+                id,
+                name,
+                secret: None,
+                created_at_ms,
+                revoked_at_ms,
+            })
+            .collect(),
+    ))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&caller)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no token `{id}`")))?;
+    let done =
+        sqlx::query("UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .execute(&state.db)
+            .await?
+            .rows_affected();
+    if done == 0 {
+        return Err(ApiError::NotFound(format!("no active token `{id}`")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

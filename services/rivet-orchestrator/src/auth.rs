@@ -1,0 +1,81 @@
+//! Bearer tokens: stored as SHA-256 hashes, checked on every `/api/v1` request.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The caller, as its token says.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Whether it may manage tokens.
+    pub is_admin: bool,
+}
+
+/// Hex SHA-256 of a token secret.
+pub fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new random token secret: `rvt_` and 256 random bits in hex.
+pub fn generate() -> String {
+    format!("rvt_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+/// Creates the admin token when no token exists: `given`, or a generated one printed once.
+pub async fn bootstrap(db: &PgPool, given: Option<&str>) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
+    // One orchestrator at a time decides, even when several start together.
+    sqlx::query("LOCK TABLE tokens IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM tokens")
+        .fetch_one(&mut *tx)
+        .await?;
+    if count == 0 {
+        let secret = given.map(str::to_owned).unwrap_or_else(generate);
+        sqlx::query("INSERT INTO tokens (id, name, hash, is_admin) VALUES ($1, 'admin', $2, TRUE)")
+            .bind(Uuid::new_v4())
+            .bind(hash(&secret))
+            .execute(&mut *tx)
+            .await?;
+        if given.is_none() {
+            // Printed once, on stdout, so an operator can capture it; it is stored hashed.
+            println!("rivet-orchestrator: created the admin token (shown once): {secret}");
+        }
+        tracing::info!("Created the admin token.");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Middleware: resolves the bearer token or answers 401.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let secret = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    let row: Option<(bool,)> =
+        sqlx::query_as("SELECT is_admin FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
+            .bind(hash(secret))
+            .fetch_optional(&state.db)
+            .await?;
+    let (is_admin,) = row.ok_or(ApiError::Unauthorized)?;
+    req.extensions_mut().insert(Caller { is_admin });
+    Ok(next.run(req).await)
+}

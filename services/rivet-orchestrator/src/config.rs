@@ -1,0 +1,68 @@
+//! The orchestrator's configuration: flags and `RIVET_*` environment variables in one place.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Rivet's orchestrator: HTTP API, dashboard, PostgreSQL state, jobs over RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(name = "rivet-orchestrator", version, about)]
+pub struct Cli {
+    /// Connections shared by every subcommand.
+    #[command(flatten)]
+    pub config: Config,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations and serve the API (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+/// Configuration.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "RIVET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "RIVET_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/rivet"
+    )]
+    pub database_url: String,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "RIVET_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "RIVET_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Prefix of every exchange, queue and Redis key (several installations can share a broker).
+    #[arg(long, env = "RIVET_NAMESPACE", default_value = "rivet")]
+    pub namespace: String,
+    /// The admin token to create at first start, when no token exists yet. Without it a random
+    /// one is generated and printed once.
+    #[arg(long, env = "RIVET_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// Directory of plugins that pushed pipelines may require (the built-in ones are always known).
+    #[arg(long, env = "RIVET_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Executable used for definition checks in sandbox workers (default: this executable).
+    #[arg(long, env = "RIVET_WORKER_PROGRAM")]
+    pub worker_program: Option<PathBuf>,
+}

@@ -1,0 +1,322 @@
+//! `jobs`, `attempts`, `stage_runs`, `outbox` and `classes`.
+
+use rivet_core::{JobOutcome, StageOutcome};
+use rivet_protocol::http::{AttemptView, JobState, JobView, StageView};
+use rivet_protocol::messages::JobDispatch;
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Creates a queued job, its first attempt, its class (if new) and its outbox row, in one
+/// transaction: once this commits, the relay will publish it.
+pub async fn create(db: &PgPool, pipeline_id: Uuid, dispatch: &JobDispatch) -> sqlx::Result<()> {
+    let mut tx: Transaction<'_, Postgres> = db.begin().await?;
+    sqlx::query("INSERT INTO classes (class_key, requires) VALUES ($1, $2) ON CONFLICT (class_key) DO NOTHING")
+        .bind(&dispatch.class_key)
+        .bind(&dispatch.requires)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt) \
+         VALUES ($1, $2, $3, $4, $5, 'queued', $6)",
+    )
+    .bind(dispatch.job_id)
+    .bind(pipeline_id)
+    .bind(dispatch.pipeline_version)
+    .bind(Json(&dispatch.inputs))
+    .bind(&dispatch.class_key)
+    .bind(dispatch.attempt as i32)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO attempts (job_id, attempt, state) VALUES ($1, $2, 'queued')")
+        .bind(dispatch.job_id)
+        .bind(dispatch.attempt as i32)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO outbox (job_id, attempt, payload) VALUES ($1, $2, $3)")
+        .bind(dispatch.job_id)
+        .bind(dispatch.attempt as i32)
+        .bind(Json(dispatch))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    pipeline: String,
+    pipeline_version: i32,
+    state: String,
+    attempt: i32,
+    inputs: Json<BTreeMap<String, String>>,
+    class_key: String,
+    requires: Vec<String>,
+    created_at_ms: i64,
+    started_at_ms: Option<i64>,
+    finished_at_ms: Option<i64>,
+    outcome: Option<Json<JobOutcome>>,
+    runner_id: Option<String>,
+}
+
+const SELECT_JOB: &str = "SELECT j.id, p.name AS pipeline, j.pipeline_version, j.state, j.attempt, j.inputs, j.class_key, \
+     c.requires, (extract(epoch FROM j.created_at) * 1000)::bigint AS created_at_ms, \
+     (extract(epoch FROM j.started_at) * 1000)::bigint AS started_at_ms, \
+     (extract(epoch FROM j.finished_at) * 1000)::bigint AS finished_at_ms, j.outcome, j.runner_id \
+     FROM jobs j JOIN pipelines p ON p.id = j.pipeline_id JOIN classes c ON c.class_key = j.class_key";
+
+impl From<JobRow> for JobView {
+    fn from(r: JobRow) -> Self {
+        JobView {
+            id: r.id,
+            pipeline: r.pipeline,
+            pipeline_version: r.pipeline_version,
+            state: JobState::parse(&r.state).unwrap_or(JobState::Queued),
+            attempt: r.attempt as u32,
+            inputs: r.inputs.0,
+            class_key: r.class_key,
+            requires: r.requires,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            outcome: r.outcome.map(|o| o.0),
+            runner_id: r.runner_id,
+            schedulability: None,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+/// One job, without attempts.
+pub async fn get(db: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
+    let row: Option<JobRow> = sqlx::query_as(&format!("{SELECT_JOB} WHERE j.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(JobView::from))
+}
+
+/// Filters of the job list.
+#[derive(Debug, Default)]
+pub struct Filter {
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this pipeline.
+    pub pipeline: Option<String>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+/// Jobs, newest first.
+pub async fn list(db: &PgPool, filter: &Filter) -> sqlx::Result<Vec<JobView>> {
+    let rows: Vec<JobRow> = sqlx::query_as(&format!(
+        "{SELECT_JOB} WHERE ($1::text IS NULL OR j.state = $1) AND ($2::text IS NULL OR p.name = $2) \
+         ORDER BY j.created_at DESC, j.id LIMIT $3"
+    ))
+    .bind(filter.state.map(JobState::as_str))
+    .bind(&filter.pipeline)
+    .bind(filter.limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(JobView::from).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    attempt: i32,
+    state: String,
+    runner_id: Option<String>,
+    outcome: Option<Json<JobOutcome>>,
+    started_at_ms: Option<i64>,
+    finished_at_ms: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StageRow {
+    attempt: i32,
+    idx: i32,
+    name: String,
+    state: String,
+    duration_ms: Option<i64>,
+    error: Option<String>,
+}
+
+/// The attempts of a job with their stages, oldest first.
+pub async fn attempts(db: &PgPool, id: Uuid) -> sqlx::Result<Vec<AttemptView>> {
+    let rows: Vec<AttemptRow> = sqlx::query_as(
+        "SELECT attempt, state, runner_id, outcome, (extract(epoch FROM started_at) * 1000)::bigint AS started_at_ms, \
+         (extract(epoch FROM finished_at) * 1000)::bigint AS finished_at_ms FROM attempts WHERE job_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    let stages: Vec<StageRow> = sqlx::query_as(
+        "SELECT attempt, idx, name, state, duration_ms, error FROM stage_runs WHERE job_id = $1 ORDER BY attempt, idx",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|a| AttemptView {
+            attempt: a.attempt as u32,
+            runner_id: a.runner_id,
+            state: JobState::parse(&a.state).unwrap_or(JobState::Queued),
+            outcome: a.outcome.map(|o| o.0),
+            started_at_ms: a.started_at_ms,
+            finished_at_ms: a.finished_at_ms,
+            stages: stages
+                .iter()
+                .filter(|s| s.attempt == a.attempt)
+                .map(|s| StageView {
+                    index: s.idx as u32,
+                    name: s.name.clone(),
+                    state: s.state.clone(),
+                    outcome: stage_outcome(&s.state),
+                    duration_ms: s.duration_ms,
+                    error: s.error.clone(),
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+fn stage_outcome(state: &str) -> Option<StageOutcome> {
+    serde_json::from_value(serde_json::Value::String(state.to_owned())).ok()
+}
+
+/// Marks the attempt running on `runner_id`. Returns false when the job is not waiting for this
+/// attempt (a stale or duplicate report).
+pub async fn start(db: &PgPool, job_id: Uuid, attempt: u32, runner_id: &str) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'running', runner_id = $3, started_at = now() \
+         WHERE id = $1 AND attempt = $2 AND state = 'queued'",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(runner_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        sqlx::query("UPDATE attempts SET state = 'running', runner_id = $3, started_at = now() WHERE job_id = $1 AND attempt = $2")
+            .bind(job_id)
+            .bind(attempt as i32)
+            .bind(runner_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Whether `attempt` is the job's current, running attempt held by `runner_id`.
+pub async fn is_running(
+    db: &PgPool,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+) -> sqlx::Result<bool> {
+    let row: Option<(i32,)> = sqlx::query_as(
+        "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' AND runner_id = $3",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(runner_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// A stage's start or end, as a report says it.
+#[derive(Debug)]
+pub struct StageUpdate<'a> {
+    /// The job.
+    pub job_id: Uuid,
+    /// The attempt.
+    pub attempt: u32,
+    /// 0-based position.
+    pub index: u32,
+    /// Name.
+    pub name: &'a str,
+    /// `running`, or how it ended.
+    pub state: &'a str,
+    /// Duration, once ended.
+    pub duration_ms: Option<u64>,
+    /// Why it failed or was skipped.
+    pub error: Option<&'a str>,
+}
+
+/// Records a stage's start or end (idempotent: an ended stage stays ended).
+pub async fn stage(db: &PgPool, u: &StageUpdate<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO stage_runs (job_id, attempt, idx, name, state, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (job_id, attempt, idx) DO UPDATE SET state = EXCLUDED.state, duration_ms = EXCLUDED.duration_ms, error = EXCLUDED.error \
+         WHERE stage_runs.state = 'running'",
+    )
+    .bind(u.job_id)
+    .bind(u.attempt as i32)
+    .bind(u.index as i32)
+    .bind(u.name)
+    .bind(u.state)
+    .bind(u.duration_ms.map(|d| d as i64))
+    .bind(u.error)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records how the attempt ended. Returns false when it had already ended (a duplicate).
+pub async fn finish(
+    db: &PgPool,
+    job_id: Uuid,
+    attempt: u32,
+    outcome: &JobOutcome,
+) -> sqlx::Result<bool> {
+    let state = JobState::from_outcome(outcome).as_str();
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "UPDATE jobs SET state = $3, outcome = $4, finished_at = now() \
+         WHERE id = $1 AND attempt = $2 AND state IN ('queued', 'running')",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(state)
+    .bind(Json(outcome))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        sqlx::query("UPDATE attempts SET state = $3, outcome = $4, finished_at = now() WHERE job_id = $1 AND attempt = $2")
+            .bind(job_id)
+            .bind(attempt as i32)
+            .bind(state)
+            .bind(Json(outcome))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Age in ms of the oldest queued job of each class.
+pub async fn oldest_queued(db: &PgPool) -> sqlx::Result<BTreeMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT class_key, (extract(epoch FROM now() - min(created_at)) * 1000)::bigint FROM jobs \
+         WHERE state = 'queued' GROUP BY class_key",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Every class: key and requirement set.
+pub async fn classes(db: &PgPool) -> sqlx::Result<Vec<(String, Vec<String>)>> {
+    sqlx::query_as("SELECT class_key, requires FROM classes ORDER BY class_key")
+        .fetch_all(db)
+        .await
+}

@@ -1,0 +1,73 @@
+//! `log_lines`.
+
+use rivet_protocol::messages::LogLine;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Stores a batch; lines already stored (a redelivered batch) are skipped.
+pub async fn insert(
+    db: &PgPool,
+    job_id: Uuid,
+    attempt: u32,
+    lines: &[LogLine],
+) -> sqlx::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let seq: Vec<i64> = lines.iter().map(|l| l.seq as i64).collect();
+    let at: Vec<i64> = lines.iter().map(|l| l.at_ms as i64).collect();
+    let stage: Vec<Option<String>> = lines.iter().map(|l| l.stage.clone()).collect();
+    let level: Vec<String> = lines.iter().map(|l| l.level.clone()).collect();
+    let source: Vec<String> = lines.iter().map(|l| l.source.clone()).collect();
+    let text: Vec<String> = lines
+        .iter()
+        .map(|l| l.line.replace('\0', "\u{FFFD}"))
+        .collect();
+    sqlx::query(
+        "INSERT INTO log_lines (job_id, attempt, seq, at_ms, stage, level, source, line) \
+         SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(&seq)
+    .bind(&at)
+    .bind(&stage)
+    .bind(&level)
+    .bind(&source)
+    .bind(&text)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Lines of an attempt with `seq > after`, in order, at most `limit`.
+pub async fn page(
+    db: &PgPool,
+    job_id: Uuid,
+    attempt: u32,
+    after: Option<u64>,
+    limit: i64,
+) -> sqlx::Result<Vec<LogLine>> {
+    let rows: Vec<(i64, i64, Option<String>, String, String, String)> = sqlx::query_as(
+        "SELECT seq, at_ms, stage, level, source, line FROM log_lines WHERE job_id = $1 AND attempt = $2 AND seq > $3 \
+         ORDER BY seq LIMIT $4",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(after.map(|a| a as i64).unwrap_or(-1))
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, at_ms, stage, level, source, line)| LogLine {
+            seq: seq as u64,
+            at_ms: at_ms as u64,
+            stage,
+            level,
+            source,
+            line,
+        })
+        .collect())
+}

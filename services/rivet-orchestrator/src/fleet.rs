@@ -1,0 +1,123 @@
+//! The live fleet as Redis shows it, and whether a requirement set can be scheduled on it.
+
+use crate::AppState;
+use redis::AsyncCommands;
+use rivet_protocol::http::Schedulability;
+use rivet_protocol::redis_keys::RunnerPresence;
+
+/// Every runner whose presence record has not expired.
+pub async fn live_runners(state: &AppState) -> redis::RedisResult<Vec<RunnerPresence>> {
+    let mut conn = state.redis.clone();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(state.keys.runner_pattern())
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<String>> = conn.mget(&keys).await?;
+    let mut runners: Vec<RunnerPresence> = values
+        .into_iter()
+        .flatten()
+        .filter_map(|v| match serde_json::from_str::<RunnerPresence>(&v) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "Ignoring an unreadable runner presence record.");
+                None
+            }
+        })
+        .collect();
+    runners.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(runners)
+}
+
+/// Whether any of `runners` (not draining) covers `requires`; if none does, what the closest one
+/// lacks.
+pub fn schedulability(requires: &[String], runners: &[RunnerPresence]) -> Schedulability {
+    let active: Vec<&RunnerPresence> = runners.iter().filter(|r| !r.draining).collect();
+    if active.is_empty() {
+        return Schedulability {
+            schedulable: false,
+            missing: requires.to_vec(),
+            reason: "no runner is online".into(),
+        };
+    }
+    let best = active
+        .iter()
+        .map(|r| r.missing(requires))
+        .min_by_key(Vec::len)
+        .unwrap_or_default();
+    if best.is_empty() {
+        return Schedulability {
+            schedulable: true,
+            missing: Vec::new(),
+            reason: "a live runner can take it".into(),
+        };
+    }
+    let missing: Vec<String> = best.into_iter().map(str::to_owned).collect();
+    Schedulability {
+        schedulable: false,
+        reason: format!("no live runner has: {}", missing.join(", ")),
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(id: &str, caps: &[&str], labels: &[(&str, &str)]) -> RunnerPresence {
+        RunnerPresence {
+            schema: 1,
+            id: id.into(),
+            capabilities: caps.iter().map(|s| (*s).to_owned()).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            slots: 1,
+            running: Vec::new(),
+            draining: false,
+            version: "0".into(),
+            started_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn names_what_the_closest_runner_lacks() {
+        let runners = [
+            runner("a", &["process"], &[]),
+            runner("b", &["process", "container.podman"], &[("region", "eu")]),
+        ];
+        let req = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(
+            schedulability(&req(&["process", "container", "label:region=eu"]), &runners)
+                .schedulable
+        );
+        let s = schedulability(
+            &req(&["process", "plugin.git", "label:region=eu"]),
+            &runners,
+        );
+        assert!(!s.schedulable);
+        assert_eq!(s.missing, ["plugin.git"]);
+        assert_eq!(s.reason, "no live runner has: plugin.git");
+        assert_eq!(
+            schedulability(&req(&["process"]), &[]).reason,
+            "no runner is online"
+        );
+    }
+}

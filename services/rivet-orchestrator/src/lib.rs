@@ -1,0 +1,184 @@
+//! Rivet's orchestrator: the HTTP API under `/api/v1`, state in PostgreSQL, runner presence and
+//! leases in Redis, jobs published to RabbitMQ through a transactional outbox, runner reports
+//! applied idempotently.
+//!
+//! - [`api`]: the axum router and handlers; [`error`]: the one `ApiError` response.
+//! - [`db`]: plain query functions per table (no repository trait).
+//! - [`relay`]: publishes outbox rows with publisher confirms.
+//! - [`reports`]: applies runner reports (fenced by attempt, accepted only from the lease holder).
+//! - [`fleet`]: live runners from Redis, and whether a requirement set can be scheduled.
+//! - [`lint`]: checks pushed definitions in sandbox workers.
+//!
+//! Depends on shared crates only. The only `sqlx` user in the workspace.
+
+pub mod api;
+mod auth;
+mod config;
+pub mod db;
+mod error;
+pub mod fleet;
+mod lint;
+pub mod relay;
+pub mod reports;
+
+pub use config::{Cli, Command, Config};
+
+use anyhow::Context;
+use rivet_amqp::Broker;
+use rivet_protocol::redis_keys::Keys;
+use rivet_protocol::topology::Topology;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Migrations, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Everything handlers and background tasks share.
+#[derive(Clone)]
+pub struct AppState {
+    /// PostgreSQL.
+    pub db: PgPool,
+    /// Redis.
+    pub redis: redis::aio::ConnectionManager,
+    /// RabbitMQ.
+    pub broker: Arc<Broker>,
+    /// Redis key names.
+    pub keys: Keys,
+    /// Wakes the outbox relay after a commit.
+    pub relay_wakeup: Arc<Notify>,
+    /// Checks definitions.
+    pub linter: Arc<lint::Linter>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the binary's command.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let db = connect_db(&cli.config.database_url).await?;
+            MIGRATOR.run(&db).await.context("applying migrations")?;
+            tracing::info!("Migrations applied.");
+            Ok(())
+        }
+        Command::Serve => {
+            let listener = TcpListener::bind(cli.config.listen)
+                .await
+                .with_context(|| format!("listening on {}", cli.config.listen))?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                signal.cancel();
+            });
+            run(cli.config, listener, shutdown).await
+        }
+    }
+}
+
+async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))
+}
+
+/// A URL with its password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Connects everything, applies migrations, starts the background tasks and serves the API on
+/// `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = connect_db(&config.database_url).await?;
+    MIGRATOR.run(&db).await.context("applying migrations")?;
+    let redis_client = redis::Client::open(config.redis_url.as_str())
+        .with_context(|| format!("parsing the Redis URL {}", redact(&config.redis_url)))?;
+    let redis = redis::aio::ConnectionManager::new(redis_client)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", redact(&config.redis_url)))?;
+    let broker = Broker::connect(
+        &config.amqp_url,
+        Topology::new(&config.namespace),
+        Duration::from_secs(30),
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
+    let linter = lint::Linter::new(&config)?;
+    let state = AppState {
+        db,
+        redis,
+        broker: Arc::new(broker),
+        keys: Keys::new(&config.namespace),
+        relay_wakeup: Arc::new(Notify::new()),
+        linter: Arc::new(linter),
+    };
+    auth::bootstrap(&state.db, config.bootstrap_token.as_deref()).await?;
+    relay::sync_classes(&state)
+        .await
+        .context("declaring class queues")?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(relay::run(state.clone(), shutdown.clone()));
+    tasks.spawn(reports::run(state.clone(), shutdown.clone()));
+    let app = api::router(state.clone());
+    let serve_shutdown = shutdown.clone();
+    tracing::info!(address = %listener.local_addr()?, "Orchestrator listening.");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+        .await;
+    shutdown.cancel();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %format!("{e:#}"), "A background task ended with an error.");
+        }
+    }
+    state.broker.close().await;
+    served.context("serving HTTP")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            super::redact("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(
+            super::redact("postgres://postgres@h/db"),
+            "postgres://postgres@h/db"
+        );
+    }
+}

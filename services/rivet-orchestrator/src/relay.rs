@@ -1,0 +1,117 @@
+//! The outbox relay: publishes committed job messages with publisher confirms, then marks them
+//! published. Safe to run in several orchestrators at once (`FOR UPDATE SKIP LOCKED`); a crash
+//! between publish and mark republishes, and runners drop the duplicate at the lease.
+
+use crate::AppState;
+use anyhow::Context;
+use redis::AsyncCommands;
+use rivet_protocol::messages::{ClassAnnounce, JobDispatch};
+use rivet_protocol::SCHEMA_VERSION;
+use sqlx::types::Json;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Rows published per transaction.
+const BATCH: i64 = 200;
+
+/// Makes a class known everywhere: its durable queue, the Redis class table runners read at
+/// start, and an announcement to running runners.
+pub async fn ensure_class(
+    state: &AppState,
+    class_key: &str,
+    requires: &[String],
+) -> anyhow::Result<()> {
+    state
+        .broker
+        .declare_class(class_key)
+        .await
+        .with_context(|| format!("declaring class queue {class_key}"))?;
+    let mut redis = state.redis.clone();
+    let value = serde_json::to_string(requires).expect("a list of strings serialises");
+    let _: () = redis
+        .hset(state.keys.classes(), class_key, value)
+        .await
+        .context("recording the class in Redis")?;
+    state
+        .broker
+        .announce_class(&ClassAnnounce {
+            schema: SCHEMA_VERSION,
+            class_key: class_key.to_owned(),
+            requires: requires.to_vec(),
+        })
+        .await
+        .context("announcing the class")?;
+    Ok(())
+}
+
+/// At start: every class in PostgreSQL gets its queue and its Redis entry (Redis may have lost it).
+pub async fn sync_classes(state: &AppState) -> anyhow::Result<()> {
+    for (key, requires) in crate::db::jobs::classes(&state.db).await? {
+        ensure_class(state, &key, &requires).await?;
+    }
+    Ok(())
+}
+
+/// Publishes outbox rows until `shutdown`: woken after each commit, and every second anyway.
+pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut known: HashSet<String> = HashSet::new();
+    loop {
+        match publish_pending(&state, &mut known).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Publishing the outbox failed; retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = state.relay_wakeup.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Publishes everything pending; returns how many messages went out.
+pub async fn publish_pending(
+    state: &AppState,
+    known: &mut HashSet<String>,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let mut tx = state.db.begin().await?;
+        let rows: Vec<(i64, Json<JobDispatch>)> = sqlx::query_as(
+            "SELECT id, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(total);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        for (id, Json(msg)) in &rows {
+            if !known.contains(&msg.class_key) {
+                ensure_class(state, &msg.class_key, &msg.requires).await?;
+                known.insert(msg.class_key.clone());
+            }
+            state
+                .broker
+                .publish_job(msg)
+                .await
+                .with_context(|| format!("publishing job {}", msg.job_id))?;
+            ids.push(*id);
+        }
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        total += ids.len();
+    }
+}

@@ -1,0 +1,380 @@
+//! The orchestrator's HTTP API and report handling against real PostgreSQL, Redis and RabbitMQ.
+
+mod helpers;
+
+use helpers::*;
+use redis::AsyncCommands;
+use rivet_core::JobOutcome;
+use rivet_protocol::http::{
+    ApiError, JobState, JobView, LogPage, PipelineView, QueueView, TokenView,
+};
+use rivet_protocol::messages::{JobDispatch, LogLine, ReportBody, RunnerReport};
+use rivet_protocol::SCHEMA_VERSION;
+use serde_json::json;
+use std::time::Duration;
+
+const PIPELINE: &str = r#"return {
+  name = "Hello Fleet",
+  requires = {"process"},
+  inputs = { who = {type = "string", default = "world"}, n = {type = "number", required = true} },
+  stages = { { name = "greet", script = function() log.info("hi " .. env.get("who")) end } },
+}"#;
+
+#[tokio::test]
+async fn every_api_call_needs_a_valid_token() {
+    let app = spawn_app().await;
+    for path in ["/pipelines", "/jobs", "/runners", "/queues", "/tokens"] {
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let body: ApiError = r.json().await.unwrap();
+        assert_eq!(body.code, "unauthorized");
+        let r = app
+            .http
+            .get(app.url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong token");
+    }
+    assert_eq!(
+        app.http
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_are_created_once_listed_and_revoked() {
+    let app = spawn_app().await;
+    let r = app.post("/tokens", json!({"name": "ci"})).await;
+    assert_eq!(r.status(), 201);
+    let created: TokenView = r.json().await.unwrap();
+    let secret = created.secret.clone().unwrap();
+    // A non-admin token works for the API but cannot manage tokens.
+    let r = app
+        .http
+        .get(app.url("/pipelines"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .http
+        .post(app.url("/tokens"))
+        .bearer_auth(&secret)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let listed: Vec<TokenView> = app.get("/tokens").await.json().await.unwrap();
+    assert!(
+        listed.iter().all(|t| t.secret.is_none()),
+        "secrets are never listed"
+    );
+    assert!(listed.iter().any(|t| t.id == created.id));
+    let r = app
+        .http
+        .delete(app.url(&format!("/tokens/{}", created.id)))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .http
+        .get(app.url("/pipelines"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a revoked token is refused");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pipelines_are_validated_and_versioned() {
+    let app = spawn_app().await;
+    let r = app.post("/pipelines", json!({"source": PIPELINE})).await;
+    assert_eq!(r.status(), 201);
+    let v1: PipelineView = r.json().await.unwrap();
+    assert_eq!(
+        (v1.name.as_str(), v1.version, v1.class_key.as_str()),
+        ("hello-fleet", 1, "process")
+    );
+    let v2: PipelineView = app
+        .post("/pipelines", json!({"source": PIPELINE}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let shown: PipelineView = app
+        .get("/pipelines/hello-fleet?version=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown.version, 1);
+    assert_eq!(app.get("/pipelines/nope").await.status(), 404);
+
+    let r = app
+        .post(
+            "/pipelines",
+            json!({"source": "return { nmae = 'x', stages = {} }", "file_name": "bad.lua"}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let err: ApiError = r.json().await.unwrap();
+    assert_eq!(err.code, "invalid_definition");
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.message.contains("did you mean `name`")),
+        "{err:?}"
+    );
+    let r = app
+        .post("/pipelines", json!({"source": "\u{1b}LuaT"}))
+        .await;
+    assert_eq!(r.status(), 422);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("policy violation [lua.bytecode]"));
+    // Oversized bodies are refused before anything else.
+    let huge = "x".repeat(3 << 20);
+    let r = app.post("/pipelines", json!({"source": huge})).await;
+    assert_eq!(r.status(), 413);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn runs_check_inputs_and_queue_an_unschedulable_job_visibly() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post("/pipelines", json!({"source": PIPELINE}))
+            .await
+            .status(),
+        201
+    );
+    let r = app
+        .post(
+            "/pipelines/hello-fleet/runs",
+            json!({"inputs": {"n": "many", "whoo": "x"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let err: ApiError = r.json().await.unwrap();
+    assert_eq!(err.code, "invalid_inputs");
+    let fields: Vec<&str> = err.fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(fields, ["whoo", "n"], "{err:?}");
+
+    let r = app
+        .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "3"}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let job: JobView = r.json().await.unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(
+        job.inputs.get("who").map(String::as_str),
+        Some("world"),
+        "defaults are filled in"
+    );
+    let s = job.schedulability.unwrap();
+    assert!(!s.schedulable && s.reason == "no runner is online", "{s:?}");
+
+    // The relay publishes it: the class queue holds one message.
+    let depth = async {
+        loop {
+            let queues: Vec<QueueView> = app.get("/queues").await.json().await.unwrap();
+            if queues
+                .iter()
+                .any(|q| q.class_key == "process" && q.depth == 1)
+            {
+                return queues;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let queues = tokio::time::timeout(Duration::from_secs(10), depth)
+        .await
+        .expect("the job reaches its class queue");
+    let q = queues.iter().find(|q| q.class_key == "process").unwrap();
+    assert_eq!(q.requires, ["process"]);
+    assert!(!q.schedulability.schedulable);
+    assert!(q.oldest_age_ms.is_some());
+
+    let listed: Vec<JobView> = app.get("/jobs?state=queued").await.json().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(app.get("/jobs?state=bogus").await.status(), 400);
+    app.stop().await;
+}
+
+/// Reports are applied only from the lease holder, only for the current attempt, idempotently.
+#[tokio::test]
+async fn reports_are_fenced_by_lease_and_attempt() {
+    let app = spawn_app().await;
+    app.post("/pipelines", json!({"source": PIPELINE})).await;
+    let job: JobView = app
+        .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    // Play the runner: take the job from its queue, take the lease, report.
+    let broker = rivet_amqp::Broker::connect(
+        AMQP,
+        rivet_protocol::topology::Topology::new(&app.namespace),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let queue = broker.topology().class_queue("process");
+    let mut sub = broker
+        .consume::<JobDispatch>(&queue, 1, "test-runner")
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a job arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.message.job_id, job.id);
+    assert_eq!(delivery.message.inputs["n"], "1");
+    let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
+    delivery.ack().await.unwrap();
+
+    let keys = rivet_protocol::redis_keys::Keys::new(&app.namespace);
+    let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
+        .await
+        .unwrap();
+    let _: () = redis.set(keys.lease(job.id), "runner-a:1").await.unwrap();
+    let report = |runner: &str, attempt: u32, body: ReportBody| RunnerReport {
+        schema: SCHEMA_VERSION,
+        job_id: job.id,
+        attempt,
+        runner_id: runner.into(),
+        body,
+    };
+    let line = |seq: u64| LogLine {
+        seq,
+        at_ms: seq,
+        stage: Some("greet".into()),
+        level: "info".into(),
+        source: "script".into(),
+        line: format!("line {seq}"),
+    };
+    let sends = [
+        report("runner-b", 1, ReportBody::Started), // not the lease holder: ignored
+        report("runner-a", 2, ReportBody::Started), // wrong attempt: ignored
+        report("runner-a", 1, ReportBody::Started),
+        report(
+            "runner-a",
+            1,
+            ReportBody::StageStarted {
+                index: 0,
+                name: "greet".into(),
+                timeout_ms: 1000,
+            },
+        ),
+        report(
+            "runner-a",
+            1,
+            ReportBody::Logs {
+                lines: vec![line(0), line(1)],
+            },
+        ),
+        report(
+            "runner-a",
+            1,
+            ReportBody::Logs {
+                lines: vec![line(1), line(2)],
+            },
+        ), // redelivered overlap
+        report(
+            "runner-b",
+            1,
+            ReportBody::Logs {
+                lines: vec![line(3)],
+            },
+        ), // forged: ignored
+        report(
+            "runner-a",
+            1,
+            ReportBody::StageFinished {
+                index: 0,
+                name: "greet".into(),
+                outcome: rivet_core::StageOutcome::Succeeded,
+                duration_ms: 5,
+                error: None,
+            },
+        ),
+        report(
+            "runner-a",
+            1,
+            ReportBody::Finished {
+                outcome: JobOutcome::Succeeded,
+            },
+        ),
+        report(
+            "runner-a",
+            1,
+            ReportBody::Finished {
+                outcome: JobOutcome::Failed {
+                    stage: None,
+                    error: "late duplicate".into(),
+                },
+            },
+        ),
+    ];
+    for r in &sends {
+        broker.publish_report(&reply_to, r).await.unwrap();
+    }
+    let finished = async {
+        loop {
+            let j: JobView = app
+                .get(&format!("/jobs/{}", job.id))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if j.state.is_final() {
+                return j;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let done = tokio::time::timeout(Duration::from_secs(10), finished)
+        .await
+        .expect("the job finishes");
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.runner_id.as_deref(), Some("runner-a"));
+    assert_eq!(done.attempts.len(), 1);
+    assert_eq!(done.attempts[0].stages[0].state, "succeeded");
+    let page: LogPage = app
+        .get(&format!("/jobs/{}/logs", job.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = page.lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(lines, ["line 0", "line 1", "line 2"]);
+    assert!(page.complete);
+    let lease: Option<String> = redis.get(keys.lease(job.id)).await.unwrap();
+    assert_eq!(
+        lease, None,
+        "the lease is released when the attempt finishes"
+    );
+    sub.cancel().await.ok();
+    broker.close().await;
+    app.stop().await;
+}

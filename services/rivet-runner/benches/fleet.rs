@@ -1,0 +1,129 @@
+//! Fleet benchmark (a bench binary, not a timed test): an orchestrator and two runners in this
+//! process against the real PostgreSQL, Redis and RabbitMQ on this machine.
+//!
+//! - latency: one trivial job in flight at a time; submit → started and submit → finished, from
+//!   the database's own timestamps (p50, p99);
+//! - throughput: N trivial jobs submitted at once (32 requests in flight), jobs/s from the first
+//!   submission to the last finish; every job must succeed exactly once.
+//!
+//! Run: `cargo bench -p rivet-runner --bench fleet` (RIVET_BENCH_LATENCY_JOBS=200,
+//! RIVET_BENCH_THROUGHPUT_JOBS=2000, RIVET_BENCH_SLOTS=2 by default). See docs/benchmarks.md.
+
+#[path = "../tests/fleet/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use sqlx::Connection;
+use std::time::{Duration, Instant};
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let latency_jobs = env_num("RIVET_BENCH_LATENCY_JOBS", 200);
+    let throughput_jobs = env_num("RIVET_BENCH_THROUGHPUT_JOBS", 2000);
+    let slots = env_num("RIVET_BENCH_SLOTS", 2) as u32;
+    let mut fleet = helpers::start().await;
+    fleet.runner_with_slots("bench-a", &[], "", slots).await;
+    fleet.runner_with_slots("bench-b", &[], "", slots).await;
+    fleet
+        .push("return { name = 'trivial', stages = { { name = 'one', script = function() log.info('hi') end } } }")
+        .await;
+    let mut db = sqlx::PgConnection::connect(&fleet.database_url)
+        .await
+        .unwrap();
+
+    // Latency, one job in flight.
+    for _ in 0..latency_jobs.min(20) {
+        let job = fleet.submit("trivial", json!({})).await;
+        fleet.wait_final(job.id, Duration::from_secs(30)).await;
+    }
+    sqlx::query("DELETE FROM log_lines")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..latency_jobs {
+        let job = fleet.submit("trivial", json!({})).await;
+        let done = fleet.wait_final(job.id, Duration::from_secs(30)).await;
+        assert_eq!(done.state, rivet_protocol::http::JobState::Succeeded);
+        ids.push(job.id);
+    }
+    let rows: Vec<(f64, f64)> = sqlx::query_as(
+        "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000, extract(epoch FROM finished_at - created_at)::float8 * 1000 \
+         FROM jobs WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let mut started: Vec<f64> = rows.iter().map(|r| r.0).collect();
+    let mut finished: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    started.sort_by(f64::total_cmp);
+    finished.sort_by(f64::total_cmp);
+    println!(
+        "latency (n={latency_jobs}, one in flight): submit→started p50 {:.2} ms p99 {:.2} ms; submit→finished p50 {:.2} ms p99 {:.2} ms",
+        percentile(&started, 0.5),
+        percentile(&started, 0.99),
+        percentile(&finished, 0.5),
+        percentile(&finished, 0.99)
+    );
+
+    // Throughput.
+    let t0 = Instant::now();
+    let submitted: Vec<uuid::Uuid> = futures_util::stream::iter(0..throughput_jobs)
+        .map(|_| {
+            let fleet = &fleet;
+            async move { fleet.submit("trivial", json!({})).await.id }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let submit_secs = t0.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (done,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM jobs WHERE id = ANY($1) AND state NOT IN ('queued', 'running')",
+        )
+        .bind(&submitted)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if done as usize == throughput_jobs {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {throughput_jobs} jobs finished in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, attempts, span): (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'succeeded'), (SELECT count(*) FROM attempts WHERE job_id = ANY($1)), \
+         extract(epoch FROM max(finished_at) - min(created_at))::float8 FROM jobs WHERE id = ANY($1)",
+    )
+    .bind(&submitted)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "throughput (n={throughput_jobs}, 2 runners × {slots} slots): {:.0} jobs/s ({span:.2} s from first submit to last finish; submitting took {submit_secs:.2} s); succeeded {ok}, attempts {attempts}, lost {}, duplicated {}",
+        throughput_jobs as f64 / span,
+        throughput_jobs as i64 - ok,
+        attempts - throughput_jobs as i64
+    );
+    println!("load average after: {}", load.trim());
+    fleet.stop().await;
+}

@@ -1,0 +1,130 @@
+//! What this runner can do: the core modules of this build, `plugin.NAME` for every plugin whose
+//! own requirements (binaries included) are met, and labels.
+
+use rivet_core::policy::Limits;
+use rivet_core::requirement::{CoreModule, Requirement};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+/// Core modules this build provides.
+pub const CORE: [CoreModule; 2] = [CoreModule::Process, CoreModule::Filesystem];
+
+/// Capabilities, and why each plugin that is not advertised was left out.
+pub fn detect(
+    plugins: &BTreeMap<String, String>,
+    binaries: &BTreeMap<String, PathBuf>,
+    labels: &BTreeMap<String, String>,
+    limits: &Limits,
+) -> (Vec<String>, Vec<String>) {
+    let mut caps: BTreeSet<String> = CORE.iter().map(|m| m.name().to_owned()).collect();
+    let mut notes = Vec::new();
+    let mut manifests = BTreeMap::new();
+    for (name, source) in plugins {
+        match rivet_sandbox::plugins::manifest(name, source, limits) {
+            Ok(m) => {
+                manifests.insert(name.clone(), m);
+            }
+            Err(e) => notes.push(format!("plugin.{name} is not advertised: {e}")),
+        }
+    }
+    // A plugin may need another plugin: add plugins until nothing changes.
+    loop {
+        let mut added = false;
+        for (name, m) in &manifests {
+            let cap = format!("plugin.{name}");
+            if caps.contains(&cap) {
+                continue;
+            }
+            let requirements_met = m.requires.0.iter().all(|r| match r {
+                Requirement::Module { module } => CORE.contains(module),
+                Requirement::Plugin { name } => caps.contains(&format!("plugin.{name}")),
+                Requirement::Label { key, value } => labels.get(key) == Some(value),
+            });
+            if requirements_met && m.binaries.iter().all(|b| binaries.contains_key(b)) {
+                caps.insert(cap);
+                added = true;
+            }
+        }
+        if !added {
+            break;
+        }
+    }
+    for (name, m) in &manifests {
+        if !caps.contains(&format!("plugin.{name}")) {
+            let missing: Vec<String> = m
+                .requires
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .filter(|r| !caps.contains(r) && !r.starts_with("label:"))
+                .chain(
+                    m.binaries
+                        .iter()
+                        .filter(|b| !binaries.contains_key(*b))
+                        .map(|b| format!("binary `{b}`")),
+                )
+                .collect();
+            notes.push(format!(
+                "plugin.{name} is not advertised: missing {}",
+                missing.join(", ")
+            ));
+        }
+    }
+    (caps.into_iter().collect(), notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugins_need_their_requirements_and_binaries() {
+        let plugins: BTreeMap<String, String> = [
+            (
+                "git".to_string(),
+                "return { requires = {'process'}, binaries = {'git'} }".to_string(),
+            ),
+            (
+                "deploy".to_string(),
+                "return { requires = {'plugin.git', 'process'} }".to_string(),
+            ),
+            (
+                "gpu".to_string(),
+                "return { requires = {'process'}, binaries = {'nvidia-smi'} }".to_string(),
+            ),
+            ("broken".to_string(), "return 42".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let binaries: BTreeMap<String, PathBuf> =
+            [("git".to_string(), PathBuf::from("/usr/bin/git"))]
+                .into_iter()
+                .collect();
+        let (caps, notes) = detect(&plugins, &binaries, &BTreeMap::new(), &Limits::default());
+        assert_eq!(
+            caps,
+            ["filesystem", "plugin.deploy", "plugin.git", "process"]
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("plugin.gpu") && n.contains("binary `nvidia-smi`")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("plugin.broken")),
+            "{notes:?}"
+        );
+        let (caps, _) = detect(
+            &plugins,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &Limits::default(),
+        );
+        assert_eq!(
+            caps,
+            ["filesystem", "process"],
+            "without git, neither git nor what needs it"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! A Rivet runner: stateless and horizontally scaled. It advertises its capabilities and labels
+//! in Redis, consumes every class queue whose requirement set it covers (learning new classes
+//! from announcements), takes a lease per job, acknowledges at once, renews the lease while the
+//! job runs in a sandbox worker process, and streams stage events, log batches and the result
+//! back over the job's `reply_to` queue.
+//!
+//! - [`capabilities`]: what this runner can do.
+//! - [`consume`]: class subscriptions, paused while every slot is busy (prefetch = free slots).
+//! - [`job`]: one attempt: lease, worker, reports.
+//! - [`presence`]: the Redis presence record.
+//!
+//! Depends on shared crates only; never on the orchestrator.
+
+pub mod capabilities;
+mod config;
+mod consume;
+mod job;
+mod presence;
+
+pub use config::Config;
+
+use anyhow::Context;
+use rivet_amqp::Broker;
+use rivet_core::Policy;
+use rivet_protocol::redis_keys::{Keys, RunningJob};
+use rivet_protocol::topology::Topology;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What every job of this runner shares.
+pub struct Runner {
+    /// This runner's id.
+    pub id: String,
+    /// RabbitMQ.
+    pub broker: Broker,
+    /// Redis.
+    pub redis: redis::aio::ConnectionManager,
+    /// Redis key names.
+    pub keys: Keys,
+    /// The sandbox policy.
+    pub policy: Policy,
+    /// Allowed programs, resolved once at start.
+    pub binaries: BTreeMap<String, PathBuf>,
+    /// Plugin sources.
+    pub plugins: BTreeMap<String, String>,
+    /// Capabilities advertised.
+    pub capabilities: Vec<String>,
+    /// Labels advertised.
+    pub labels: BTreeMap<String, String>,
+    /// Slots.
+    pub slots: u32,
+    /// Where workspaces are made.
+    pub work_dir: PathBuf,
+    /// How to start workers.
+    pub worker: rivet_sandbox::WorkerOptions,
+    /// Jobs running now.
+    pub running: Mutex<Vec<RunningJob>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("id", &self.id)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Everything this runner satisfies: capabilities and `label:k=v`.
+    pub fn satisfiable(&self) -> std::collections::BTreeSet<String> {
+        let mut out: std::collections::BTreeSet<String> =
+            self.capabilities.iter().cloned().collect();
+        for (k, v) in &self.labels {
+            out.insert(format!("label:{k}={v}"));
+        }
+        out
+    }
+
+    /// Whether this runner covers a class's requirement set.
+    pub fn covers(&self, requires: &[String]) -> bool {
+        let have = self.satisfiable();
+        requires.iter().all(|r| have.contains(r))
+    }
+}
+
+fn default_id() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "runner".into());
+    format!(
+        "{}-{}-{}",
+        host.trim(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+/// Connects, advertises itself and runs jobs until `shutdown`; then stops consuming, waits for
+/// running jobs and removes its presence.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let policy = match &config.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading policy {}", path.display()))?;
+            Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?
+        }
+        None => Policy::default(),
+    };
+    if config.slots == 0 {
+        anyhow::bail!("--slots must be at least 1");
+    }
+    std::fs::create_dir_all(&config.work_dir)
+        .with_context(|| format!("creating the work directory {}", config.work_dir.display()))?;
+    let binaries = rivet_sandbox::job::resolve_binaries(&policy.process);
+    let plugins =
+        rivet_sandbox::plugins::catalog(config.plugin_dir.as_deref()).context("reading plugins")?;
+    let labels = config.label_map();
+    let (capabilities, notes) = capabilities::detect(&plugins, &binaries, &labels, &policy.limits);
+    for note in notes {
+        tracing::warn!(note = %note, "Capability not advertised.");
+    }
+    let program = match &config.worker_program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating the runner executable")?,
+    };
+    let redis_client =
+        redis::Client::open(config.redis_url.as_str()).context("parsing the Redis URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis_client)
+        .await
+        .context("connecting to Redis")?;
+    let broker = Broker::connect(
+        &config.amqp_url,
+        Topology::new(&config.namespace),
+        Duration::from_secs(30),
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
+    let runner = Arc::new(Runner {
+        id: config.id.clone().unwrap_or_else(default_id),
+        broker,
+        redis,
+        keys: Keys::new(&config.namespace),
+        policy,
+        binaries,
+        plugins,
+        capabilities,
+        labels,
+        slots: config.slots,
+        work_dir: config.work_dir.clone(),
+        worker: rivet_sandbox::WorkerOptions {
+            program,
+            cancel: None,
+        },
+        running: Mutex::new(Vec::new()),
+    });
+    tracing::info!(runner = %runner.id, capabilities = ?runner.capabilities, labels = ?runner.labels, slots = runner.slots, "Runner starting.");
+    let presence = tokio::spawn(presence::run(runner.clone(), shutdown.clone()));
+    let result = consume::run(runner.clone(), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = presence.await;
+    runner.broker.close().await;
+    result
+}

@@ -1,0 +1,184 @@
+//! The fleet end to end: an orchestrator and several runners with different capabilities and
+//! labels, against the real RabbitMQ, PostgreSQL and Redis.
+
+mod helpers;
+
+use rivet_protocol::http::{JobState, JobView, LogPage, QueueView};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn pipeline(name: &str, requires: &str, body: &str) -> String {
+    format!(
+        "return {{ name = '{name}', requires = {{{requires}}}, inputs = {{ n = {{type = 'number', default = 0}} }},\n\
+         stages = {{ {{ name = 'only', script = function()\n{body}\nend }} }} }}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_land_only_on_runners_that_cover_their_requirements() {
+    let mut fleet = helpers::start().await;
+    let eu = fleet.runner("eu", &["region=eu"], "").await;
+    let us = fleet.runner("us", &["region=us"], "").await;
+    // No git in its allow-list: it cannot advertise plugin.git.
+    let eu_nogit = fleet
+        .runner(
+            "eu-nogit",
+            &["region=eu"],
+            "[process]\nallow = ['echo', 'true']\n",
+        )
+        .await;
+
+    fleet
+        .push(&pipeline(
+            "only-us",
+            "'process', 'label:region=us'",
+            "log.info(env.get('RIVET_RUNNER_ID'))",
+        ))
+        .await;
+    fleet
+        .push(&pipeline(
+            "git-eu",
+            "'plugin.git', 'label:region=eu'",
+            "log.info(env.get('RIVET_RUNNER_ID'))",
+        ))
+        .await;
+    fleet
+        .push(&pipeline(
+            "anywhere",
+            "",
+            "log.info(env.get('RIVET_RUNNER_ID'))",
+        ))
+        .await;
+
+    let mut jobs: Vec<(&str, JobView)> = Vec::new();
+    for _ in 0..4 {
+        jobs.push(("only-us", fleet.submit("only-us", json!({})).await));
+        jobs.push(("git-eu", fleet.submit("git-eu", json!({})).await));
+        jobs.push(("anywhere", fleet.submit("anywhere", json!({})).await));
+    }
+    let mut ran_on: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (pipeline, job) in &jobs {
+        let done = fleet.wait_final(job.id, Duration::from_secs(60)).await;
+        assert_eq!(
+            done.state,
+            JobState::Succeeded,
+            "{pipeline}: {:?}",
+            done.outcome
+        );
+        let runner = done.runner_id.clone().unwrap();
+        let logs: LogPage = fleet.get(&format!("/jobs/{}/logs", job.id)).await;
+        assert_eq!(
+            logs.lines
+                .iter()
+                .find(|l| l.source == "script")
+                .map(|l| l.line.as_str()),
+            Some(runner.as_str())
+        );
+        ran_on.entry(pipeline).or_default().push(runner);
+    }
+    assert!(ran_on["only-us"].iter().all(|r| r == &us), "{ran_on:?}");
+    assert!(ran_on["git-eu"].iter().all(|r| r == &eu), "{ran_on:?}");
+    assert!(
+        ran_on["anywhere"]
+            .iter()
+            .all(|r| [&eu, &us, &eu_nogit].contains(&r)),
+        "{ran_on:?}"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unschedulable_job_says_why_and_starts_when_a_capable_runner_joins() {
+    let mut fleet = helpers::start().await;
+    fleet.runner("plain", &["region=eu"], "").await;
+    fleet
+        .push(&pipeline(
+            "needs-gpu",
+            "'process', 'label:gpu=yes'",
+            "log.info('on a gpu')",
+        ))
+        .await;
+    let job = fleet.submit("needs-gpu", json!({})).await;
+    let s = job.schedulability.clone().unwrap();
+    assert!(!s.schedulable);
+    assert_eq!(s.missing, ["label:gpu=yes"]);
+    assert_eq!(s.reason, "no live runner has: label:gpu=yes");
+    let shown: JobView = fleet.get(&format!("/jobs/{}", job.id)).await;
+    assert_eq!(shown.state, JobState::Queued);
+    assert!(!shown.schedulability.unwrap().schedulable);
+    let queues: Vec<QueueView> = fleet.get("/queues").await;
+    let q = queues
+        .iter()
+        .find(|q| q.class_key == job.class_key)
+        .unwrap();
+    assert!(!q.schedulability.schedulable);
+
+    let gpu = fleet.runner("gpu", &["gpu=yes"], "").await;
+    let done = fleet.wait_final(job.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
+    assert_eq!(done.runner_id.as_deref(), Some(gpu.as_str()));
+    fleet.stop().await;
+}
+
+/// 300 jobs over three runners: every one finishes exactly once, with its logs complete and in
+/// order, and nothing is left in any queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_jobs_finish_exactly_once_with_complete_logs() {
+    let mut fleet = helpers::start().await;
+    for name in ["a", "b", "c"] {
+        fleet.runner(name, &[], "").await;
+    }
+    fleet
+        .push(&pipeline(
+            "many",
+            "",
+            "for i = 1, 5 do log.info('job ' .. env.get('n') .. ' line ' .. i) end",
+        ))
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        ids.push((
+            n,
+            fleet.submit("many", json!({ "n": n.to_string() })).await.id,
+        ));
+    }
+    let mut per_runner: BTreeMap<String, usize> = BTreeMap::new();
+    for (n, id) in &ids {
+        let job = fleet.wait_final(*id, Duration::from_secs(180)).await;
+        assert_eq!(job.state, JobState::Succeeded, "job {n}: {:?}", job.outcome);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.attempts.len(), 1, "job {n} ran once");
+        *per_runner.entry(job.runner_id.unwrap()).or_default() += 1;
+        let logs: LogPage = fleet.get(&format!("/jobs/{id}/logs")).await;
+        assert!(logs.complete);
+        let seqs: Vec<u64> = logs.lines.iter().map(|l| l.seq).collect();
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "job {n}: log sequence has no gaps"
+        );
+        let script: Vec<String> = logs
+            .lines
+            .iter()
+            .filter(|l| l.source == "script")
+            .map(|l| l.line.clone())
+            .collect();
+        let expected: Vec<String> = (1..=5).map(|i| format!("job {n} line {i}")).collect();
+        assert_eq!(script, expected, "job {n}: logs complete and in order");
+    }
+    assert_eq!(per_runner.values().sum::<usize>(), 300);
+    // Straight from the database: one attempt per job, and every outbox row published.
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&fleet.database_url).await.unwrap();
+    let (attempts, unpublished): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM attempts), (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!((attempts, unpublished), (300, 0));
+    let queues: Vec<QueueView> = fleet.get("/queues").await;
+    assert!(queues.iter().all(|q| q.depth == 0), "{queues:?}");
+    fleet.stop().await;
+}

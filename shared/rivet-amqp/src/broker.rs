@@ -1,0 +1,378 @@
+//! [`Broker`]: one connection, the topology, and every publish.
+
+use crate::connect::connect_with_retries;
+use crate::declare::{
+    bind, close_quietly, declare_exchange, declare_queue, delete_one, is_not_found,
+};
+use crate::endpoint::Endpoint;
+use crate::publisher::{self, json_properties, short, Outgoing, Shared};
+use crate::subscription::Subscription;
+use crate::AmqpError;
+use lapin::options::{BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use rivet_protocol::messages::{ClassAnnounce, JobDispatch, RunnerReport};
+use rivet_protocol::topology::Topology;
+use rivet_protocol::{encode, Message};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Prefetch of an announcement subscription (announcements are small and rare).
+const ANNOUNCEMENT_PREFETCH: u16 = 16;
+
+/// A connection to RabbitMQ with the base topology declared and a publisher in confirm mode.
+///
+/// Every method takes `&self`; share one broker between tasks (wrap it in an `Arc`). Publishes
+/// are serialised on one confirm channel, each waiting for its own confirm, with no deadline of
+/// its own (a broker under a memory alarm holds publishers back): wrap a publish in
+/// `tokio::time::timeout` to bound it; one given up on still completes in the background and
+/// does not disturb later ones. When the connection is lost the broker does not reconnect:
+/// calls fail, subscriptions end, and the owner connects again (see [`Broker::is_connected`]).
+pub struct Broker {
+    shared: Arc<Shared>,
+    topology: Topology,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("endpoint", &self.shared.endpoint)
+            .field("namespace", &self.topology.namespace())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of one queue, as the broker reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery (not counting delivered, unacknowledged ones).
+    pub messages: u64,
+    /// Consumers attached.
+    pub consumers: u64,
+}
+
+impl Broker {
+    /// Connects to `url` (`amqp://user:password@host:port/vhost`), retrying with exponential
+    /// backoff (100 ms to 2 s) until `connect_timeout` has passed, then declares the base topology:
+    /// the jobs exchange (direct), the control exchange (fanout), the dead-letter exchange
+    /// (fanout) with the dead-letter queue bound to it, and the reports queue; all durable.
+    ///
+    /// A refused login or a missing vhost fails at once: retrying cannot fix them.
+    pub async fn connect(
+        url: &str,
+        topology: Topology,
+        connect_timeout: Duration,
+    ) -> Result<Broker, AmqpError> {
+        let endpoint = Endpoint::parse(url)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(AmqpError::NoRuntime {
+                endpoint: endpoint.display,
+            });
+        }
+        let connection = connect_with_retries(&endpoint, &topology, connect_timeout).await?;
+        info!(endpoint = %endpoint.display, namespace = topology.namespace(), "Connected to RabbitMQ.");
+        let broker = Broker {
+            shared: Arc::new(Shared::new(connection, endpoint)),
+            topology,
+        };
+        broker.declare_base_topology().await?;
+        Ok(broker)
+    }
+
+    /// The names this broker declares and uses.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether the connection is still up. A broker whose connection is gone stays gone: connect
+    /// a new one.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connection.status().connected()
+    }
+
+    /// Declares the durable queue of a class and binds it to the jobs exchange with the class key
+    /// as routing key. Idempotent. Messages rejected without requeue go to the dead-letter
+    /// exchange.
+    pub async fn declare_class(&self, class_key: &str) -> Result<(), AmqpError> {
+        let channel = self.shared.open_channel("declaring a class").await?;
+        let queue = self.topology.class_queue(class_key);
+        declare_queue(&channel, &queue, self.dead_lettered()).await?;
+        bind(&channel, &queue, &self.topology.jobs_exchange(), class_key).await?;
+        close_quietly(channel).await;
+        Ok(())
+    }
+
+    /// Publishes a job to the jobs exchange with its class key as routing key: persistent,
+    /// `reply_to` the reports queue, `type` [`JobDispatch::KIND`], `message_id`
+    /// `{job_id}:{attempt}`. Waits for the broker's confirm; a `nack`, or no queue bound for the
+    /// class ([`AmqpError::Unroutable`]), is an error.
+    pub async fn publish_job(&self, msg: &JobDispatch) -> Result<(), AmqpError> {
+        let properties = json_properties(JobDispatch::KIND)
+            .with_reply_to(short("reply-to queue", &self.topology.reports_queue())?)
+            .with_message_id(format!("{}:{}", msg.job_id, msg.attempt).into());
+        self.publish(Outgoing {
+            exchange: self.topology.jobs_exchange(),
+            routing_key: msg.class_key.clone(),
+            body: encode(msg),
+            properties,
+            mandatory: true,
+        })
+        .await
+    }
+
+    /// Publishes a runner report to the queue `reply_to` (the job message's `reply_to`) through
+    /// the default exchange: persistent and confirmed. A missing queue is an error
+    /// ([`AmqpError::Unroutable`]) rather than a silently lost report.
+    pub async fn publish_report(
+        &self,
+        reply_to: &str,
+        msg: &RunnerReport,
+    ) -> Result<(), AmqpError> {
+        self.publish(Outgoing {
+            exchange: String::new(),
+            routing_key: reply_to.to_owned(),
+            body: encode(msg),
+            properties: json_properties(RunnerReport::KIND),
+            mandatory: true,
+        })
+        .await
+    }
+
+    /// Announces a class on the control exchange (confirmed). Reaching no subscriber is fine.
+    pub async fn announce_class(&self, msg: &ClassAnnounce) -> Result<(), AmqpError> {
+        self.publish(Outgoing {
+            exchange: self.topology.control_exchange(),
+            routing_key: String::new(),
+            body: encode(msg),
+            properties: json_properties(ClassAnnounce::KIND),
+            mandatory: false,
+        })
+        .await
+    }
+
+    /// Publishes raw bytes (tests send poison messages with it): persistent, confirmed, and
+    /// mandatory, so a message that reaches no queue is an error. A missing exchange is an error
+    /// too (the broker closes the publishing channel; the next publish opens another).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Result<(), AmqpError> {
+        self.publish(Outgoing {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            body: body.to_vec(),
+            properties: lapin::BasicProperties::default().with_delivery_mode(publisher::PERSISTENT),
+            mandatory: true,
+        })
+        .await
+    }
+
+    async fn publish(&self, out: Outgoing) -> Result<(), AmqpError> {
+        publisher::publish(&self.shared, out).await
+    }
+
+    /// Consumes `queue` on a channel of its own, with at most `prefetch` unacknowledged
+    /// deliveries (0: no limit) and manual acks. Messages that do not decode as `M` are
+    /// dead-lettered by the subscription, never returned. `consumer_tag` names the consumer in
+    /// the broker (runner id, say); empty lets the broker choose one. A missing queue is an error.
+    /// Never consume the dead-letter queue this way: its messages are poison by definition.
+    pub async fn consume<M: Message>(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        consumer_tag: &str,
+    ) -> Result<Subscription<M>, AmqpError> {
+        let channel = self.shared.open_channel("consuming").await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|source| AmqpError::Consume {
+                queue: queue.to_owned(),
+                source: Box::new(source),
+            })?;
+        Subscription::start(
+            Arc::clone(&self.shared),
+            channel,
+            queue,
+            consumer_tag,
+            self.topology.dead_letter_exchange(),
+        )
+        .await
+    }
+
+    /// Subscribes to class announcements: a server-named, exclusive, auto-delete queue bound to
+    /// the control exchange, consumed. Each subscription gets every announcement published after
+    /// it started.
+    pub async fn subscribe_announcements(&self) -> Result<Subscription<ClassAnnounce>, AmqpError> {
+        let channel = self.shared.open_channel("announcements").await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions::exclusive().auto_delete(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| AmqpError::Declare {
+                what: "queue",
+                name: "(server-named announcement queue)".into(),
+                source: Box::new(source),
+            })?;
+        let queue = queue.name().to_string();
+        bind(&channel, &queue, &self.topology.control_exchange(), "").await?;
+        channel
+            .basic_qos(ANNOUNCEMENT_PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(|source| AmqpError::Consume {
+                queue: queue.clone(),
+                source: Box::new(source),
+            })?;
+        Subscription::start(
+            Arc::clone(&self.shared),
+            channel,
+            &queue,
+            "",
+            self.topology.dead_letter_exchange(),
+        )
+        .await
+    }
+
+    /// Messages ready and consumers of `queue` (a passive declare on a channel of its own);
+    /// `Ok(None)` when the queue does not exist.
+    pub async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, AmqpError> {
+        let name = short("queue", queue)?;
+        let channel = self.shared.open_channel("queue statistics").await?;
+        let result = channel
+            .queue_declare(
+                name,
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            )
+            .await;
+        match result {
+            Ok(q) => {
+                close_quietly(channel).await;
+                Ok(Some(QueueStats {
+                    messages: u64::from(q.message_count()),
+                    consumers: u64::from(q.consumer_count()),
+                }))
+            }
+            // The broker closed the channel with NOT_FOUND: nothing to close.
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(source) => Err(AmqpError::Declare {
+                what: "queue (passive)",
+                name: queue.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Deletes the topology's queues (reports, dead-letter and the given classes') and exchanges
+    /// (jobs, control, dead-letter), messages included. Tests clean up with it. Missing ones are
+    /// fine; the first failure is returned after trying the rest.
+    pub async fn delete_topology(&self, class_keys: &[&str]) -> Result<(), AmqpError> {
+        let t = &self.topology;
+        let mut queues: Vec<String> = class_keys.iter().map(|k| t.class_queue(k)).collect();
+        queues.push(t.reports_queue());
+        queues.push(t.dead_letter_queue());
+        let exchanges = [
+            t.jobs_exchange(),
+            t.control_exchange(),
+            t.dead_letter_exchange(),
+        ];
+
+        let mut first_error = None;
+        let mut channel: Option<Channel> = None;
+        let deletions = queues
+            .iter()
+            .map(|q| ("queue", q))
+            .chain(exchanges.iter().map(|e| ("exchange", e)));
+        for (what, name) in deletions {
+            let ch = match channel.take() {
+                Some(ch) if ch.status().connected() => ch,
+                _ => match self.shared.open_channel("deleting the topology").await {
+                    Ok(ch) => ch,
+                    Err(err) => return Err(first_error.unwrap_or(err)),
+                },
+            };
+            let result = delete_one(&ch, what, name).await;
+            if let Err(err) = result {
+                warn!(error = %err, "Deleting topology failed.");
+                first_error.get_or_insert(err);
+            }
+            channel = Some(ch);
+        }
+        if let Some(ch) = channel {
+            close_quietly(ch).await;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Closes the connection (subscriptions end; unacknowledged deliveries go back to their
+    /// queues). Errors are logged: there is nothing left to do about them.
+    pub async fn close(&self) {
+        if let Err(err) = self.shared.connection.close(200, "OK".into()).await {
+            debug!(error = %err, "Closing the RabbitMQ connection failed.");
+        }
+    }
+
+    async fn declare_base_topology(&self) -> Result<(), AmqpError> {
+        let t = &self.topology;
+        let channel = self.shared.open_channel("declaring the topology").await?;
+        declare_exchange(&channel, &t.jobs_exchange(), ExchangeKind::Direct).await?;
+        declare_exchange(&channel, &t.control_exchange(), ExchangeKind::Fanout).await?;
+        declare_exchange(&channel, &t.dead_letter_exchange(), ExchangeKind::Fanout).await?;
+        declare_queue(&channel, &t.dead_letter_queue(), FieldTable::default()).await?;
+        bind(
+            &channel,
+            &t.dead_letter_queue(),
+            &t.dead_letter_exchange(),
+            "",
+        )
+        .await?;
+        declare_queue(&channel, &t.reports_queue(), self.dead_lettered()).await?;
+        close_quietly(channel).await;
+        Ok(())
+    }
+
+    /// Queue arguments sending rejected (not requeued) and expired messages to the dead-letter
+    /// exchange, so nothing a consumer refuses is lost.
+    fn dead_lettered(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(self.topology.dead_letter_exchange())),
+        );
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rivet_protocol::messages::JobDispatch;
+
+    /// Services spawn these futures on a multi-threaded runtime, so they must be `Send`.
+    #[allow(dead_code)]
+    fn handles_and_futures_are_send(
+        broker: &Broker,
+        sub: &mut Subscription<JobDispatch>,
+        job: &JobDispatch,
+    ) {
+        fn send<T: Send>(_: &T) {}
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Broker>();
+        send_sync::<Subscription<JobDispatch>>();
+        send_sync::<crate::Incoming<JobDispatch>>();
+        send_sync::<AmqpError>();
+        send(&broker.publish_job(job));
+        send(&broker.consume::<JobDispatch>("q", 1, ""));
+        send(&broker.subscribe_announcements());
+        send(&broker.queue_stats("q"));
+        send(&broker.delete_topology(&[]));
+        send(&sub.cancel());
+        send(&sub.next());
+    }
+}
