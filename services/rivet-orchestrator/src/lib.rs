@@ -20,6 +20,7 @@ pub mod fleet;
 mod lint;
 pub mod relay;
 pub mod reports;
+pub mod testing;
 
 pub use config::{Cli, Command, Config};
 
@@ -117,6 +118,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    start(&config).await?.serve(listener, shutdown).await
+}
+
+/// A started orchestrator: connected, migrated, with its admin token and class queues, not yet
+/// serving.
+#[derive(Debug)]
+pub struct Orchestrator {
+    state: AppState,
+}
+
+/// Connects PostgreSQL, Redis and RabbitMQ, applies migrations, creates the admin token if none
+/// exists and declares every known class. Errors here are start-up errors, reported at once.
+pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
     let db = connect_db(&config.database_url).await?;
     MIGRATOR.run(&db).await.context("applying migrations")?;
     let redis_client = redis::Client::open(config.redis_url.as_str())
@@ -131,7 +145,7 @@ pub async fn run(
     )
     .await
     .context("connecting to RabbitMQ")?;
-    let linter = lint::Linter::new(&config)?;
+    let linter = lint::Linter::new(config)?;
     let state = AppState {
         db,
         redis,
@@ -144,24 +158,35 @@ pub async fn run(
     relay::sync_classes(&state)
         .await
         .context("declaring class queues")?;
+    Ok(Orchestrator { state })
+}
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(relay::run(state.clone(), shutdown.clone()));
-    tasks.spawn(reports::run(state.clone(), shutdown.clone()));
-    let app = api::router(state.clone());
-    let serve_shutdown = shutdown.clone();
-    tracing::info!(address = %listener.local_addr()?, "Orchestrator listening.");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
-        .await;
-    shutdown.cancel();
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(Err(e)) = done {
-            tracing::warn!(error = %format!("{e:#}"), "A background task ended with an error.");
+impl Orchestrator {
+    /// Starts the background tasks and serves the API on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let state = self.state;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(relay::run(state.clone(), shutdown.clone()));
+        tasks.spawn(reports::run(state.clone(), shutdown.clone()));
+        let app = api::router(state.clone());
+        let serve_shutdown = shutdown.clone();
+        tracing::info!(address = %listener.local_addr()?, "Orchestrator listening.");
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+            .await;
+        shutdown.cancel();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %format!("{e:#}"), "A background task ended with an error.");
+            }
         }
+        state.broker.close().await;
+        served.context("serving HTTP")
     }
-    state.broker.close().await;
-    served.context("serving HTTP")
 }
 
 #[cfg(test)]

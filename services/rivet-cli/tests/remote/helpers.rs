@@ -4,7 +4,6 @@
 
 use rivet_amqp::Broker;
 use rivet_core::JobOutcome;
-use rivet_orchestrator::Config;
 use rivet_protocol::messages::{JobDispatch, LogLine, ReportBody, RunnerReport};
 use rivet_protocol::redis_keys::{lease_value, Keys};
 use rivet_protocol::topology::Topology;
@@ -12,12 +11,9 @@ use rivet_protocol::SCHEMA_VERSION;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const REDIS: &str = "redis://127.0.0.1:6379/";
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
+use rivet_orchestrator::testing::TestOrchestrator;
+pub use rivet_orchestrator::testing::{AMQP, REDIS};
 
 /// How long anything in these tests may take before it counts as hung.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -26,70 +22,18 @@ pub struct TestApp {
     pub url: String,
     pub token: String,
     pub namespace: String,
-    database: String,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-/// Runs SQL as the PostgreSQL superuser with `psql`; fails loudly with a hint when PostgreSQL is
-/// not there.
-fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args([
-            &format!("{PG}/postgres"),
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            sql,
-        ])
-        .output()
-        .expect("psql must be installed (scripts/services.sh installs PostgreSQL)");
-    assert!(
-        out.status.success(),
-        "{sql}: {} (is PostgreSQL running on 127.0.0.1:5432? scripts/services.sh starts it)",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    orchestrator: TestOrchestrator,
 }
 
 pub async fn spawn_app() -> TestApp {
-    let database = format!("rivet_cli_test_{}", Uuid::new_v4().simple());
-    psql(&format!("CREATE DATABASE {database}"));
-    let namespace = format!("rivet-cli-test-{}", Uuid::new_v4().simple());
-    let token = format!("test-admin-{}", Uuid::new_v4().simple());
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("{PG}/{database}"),
-        redis_url: REDIS.into(),
-        amqp_url: AMQP.into(),
-        namespace: namespace.clone(),
-        bootstrap_token: Some(token.clone()),
-        plugin_dir: None,
-        // The `rivet` binary is a sandbox worker too: the orchestrator lints pushes with it.
-        worker_program: Some(env!("CARGO_BIN_EXE_rivet").into()),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(rivet_orchestrator::run(config, listener, shutdown.clone()));
-    let client = rivet_client::Client::new(&url, &token).unwrap();
-    let ready = async {
-        loop {
-            if client.readyz().await.is_ok_and(|r| r.ready) {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    if tokio::time::timeout(PATIENCE, ready).await.is_err() {
-        panic!("the orchestrator did not become ready; are RabbitMQ, Redis and PostgreSQL running? (scripts/services.sh)");
-    }
+    // The `rivet` binary is a sandbox worker too: the orchestrator lints pushes with it.
+    let orchestrator =
+        rivet_orchestrator::testing::start(env!("CARGO_BIN_EXE_rivet").as_ref()).await;
     TestApp {
-        url,
-        token,
-        namespace,
-        database,
-        shutdown,
-        task: Some(task),
+        url: orchestrator.base_url.clone(),
+        token: orchestrator.token.clone(),
+        namespace: orchestrator.namespace.clone(),
+        orchestrator,
     }
 }
 
@@ -119,21 +63,8 @@ impl TestApp {
         .await
     }
 
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-        if let Ok(broker) =
-            Broker::connect(AMQP, Topology::new(&self.namespace), Duration::from_secs(5)).await
-        {
-            let _ = broker.delete_topology(&["process"]).await;
-            broker.close().await;
-        }
-        psql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.database
-        ));
+    pub async fn stop(self) {
+        self.orchestrator.stop().await;
     }
 }
 

@@ -2,27 +2,20 @@
 //! each test under its own database, broker namespace and Redis key prefix.
 
 use rivet_protocol::http::{JobView, PipelineView};
-use sqlx::Connection;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const REDIS: &str = "redis://127.0.0.1:6379/";
+use rivet_orchestrator::testing::TestOrchestrator;
+pub use rivet_orchestrator::testing::{AMQP, REDIS};
 
 pub struct Fleet {
     pub database_url: String,
-    pub base: String,
     pub token: String,
     pub namespace: String,
     pub http: reqwest::Client,
-    database: String,
-    orchestrator: (
-        CancellationToken,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    ),
+    orchestrator: TestOrchestrator,
     runners: Vec<(
         String,
         CancellationToken,
@@ -36,54 +29,14 @@ fn worker_program() -> PathBuf {
 }
 
 pub async fn start() -> Fleet {
-    let database = format!("rivet_test_{}", Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(PG_ADMIN)
-        .await
-        .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/services.sh starts it)");
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let namespace = format!("rivet-test-{}", Uuid::new_v4().simple());
-    let token = format!("test-{}", Uuid::new_v4().simple());
-    let config = rivet_orchestrator::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("postgres://postgres@127.0.0.1:5432/{database}"),
-        redis_url: REDIS.into(),
-        amqp_url: AMQP.into(),
-        namespace: namespace.clone(),
-        bootstrap_token: Some(token.clone()),
-        plugin_dir: None,
-        worker_program: Some(worker_program()),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(rivet_orchestrator::run(config, listener, stop.clone()));
-    let http = reqwest::Client::new();
-    let ready = async {
-        loop {
-            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), ready)
-        .await
-        .expect("the orchestrator became ready (RabbitMQ, Redis, PostgreSQL running?)");
-    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(&namespace);
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let orchestrator = rivet_orchestrator::testing::start(&worker_program()).await;
+    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(&orchestrator.namespace);
     Fleet {
-        database_url,
-        base,
-        token,
-        namespace,
-        http,
-        database,
-        orchestrator: (stop, task),
+        database_url: orchestrator.database_url.clone(),
+        token: orchestrator.token.clone(),
+        namespace: orchestrator.namespace.clone(),
+        http: reqwest::Client::new(),
+        orchestrator,
         runners: Vec::new(),
         work,
     }
@@ -91,7 +44,7 @@ pub async fn start() -> Fleet {
 
 impl Fleet {
     pub fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.base)
+        self.orchestrator.api(path)
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
@@ -210,33 +163,11 @@ impl Fleet {
     }
 
     pub async fn stop(self) {
-        let queues: Vec<rivet_protocol::http::QueueView> = self.get("/queues").await;
-        let classes: Vec<String> = queues.into_iter().map(|q| q.class_key).collect();
         for (_, stop, task) in self.runners {
             stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
-        self.orchestrator.0.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.orchestrator.1).await;
-        if let Ok(broker) = rivet_amqp::Broker::connect(
-            AMQP,
-            rivet_protocol::topology::Topology::new(&self.namespace),
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            let keys: Vec<&str> = classes.iter().map(String::as_str).collect();
-            let _ = broker.delete_topology(&keys).await;
-            broker.close().await;
-        }
-        if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            ))
-            .execute(&mut admin)
-            .await;
-        }
+        self.orchestrator.stop().await;
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }

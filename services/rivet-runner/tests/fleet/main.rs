@@ -170,7 +170,9 @@ async fn three_hundred_jobs_finish_exactly_once_with_complete_logs() {
     assert_eq!(per_runner.values().sum::<usize>(), 300);
     // Straight from the database: one attempt per job, and every outbox row published.
     use sqlx::Connection;
-    let mut db = sqlx::PgConnection::connect(&fleet.database_url).await.unwrap();
+    let mut db = sqlx::PgConnection::connect(&fleet.database_url)
+        .await
+        .unwrap();
     let (attempts, unpublished): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM attempts), (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
     )

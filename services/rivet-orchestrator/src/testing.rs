@@ -1,0 +1,115 @@
+//! A test harness, for this workspace's tests only: a real orchestrator on a random port with
+//! its own database, broker namespace and Redis key prefix, against the services on 127.0.0.1
+//! (`scripts/services.sh` starts them). Tests of the orchestrator, the runner and the CLI share it.
+
+use crate::Config;
+use rivet_amqp::Broker;
+use rivet_protocol::topology::Topology;
+use sqlx::Connection;
+use std::path::Path;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The PostgreSQL server, as its superuser.
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The RabbitMQ server.
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The Redis server.
+pub const REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// A running orchestrator for one test.
+#[derive(Debug)]
+pub struct TestOrchestrator {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// Its admin token.
+    pub token: String,
+    /// Broker and Redis namespace.
+    pub namespace: String,
+    /// Its database.
+    pub database_url: String,
+    database: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts an orchestrator whose definition checks run in workers started from `worker_program`
+/// (a binary that calls `maybe_run_worker()` first). Panics, with a hint, when a service is
+/// missing: a test without its services fails, it never skips.
+pub async fn start(worker_program: &Path) -> TestOrchestrator {
+    let database = format!("rivet_test_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(PG_ADMIN)
+        .await
+        .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/services.sh starts it)");
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&mut admin)
+        .await
+        .expect("creating a test database");
+    let namespace = format!("rivet-test-{}", Uuid::new_v4().simple());
+    let token = format!("test-admin-{}", Uuid::new_v4().simple());
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        database_url: database_url.clone(),
+        redis_url: REDIS.into(),
+        amqp_url: AMQP.into(),
+        namespace: namespace.clone(),
+        bootstrap_token: Some(token.clone()),
+        plugin_dir: None,
+        worker_program: Some(worker_program.to_path_buf()),
+    };
+    let orchestrator = crate::start(&config).await.unwrap_or_else(|e| {
+        panic!("starting the orchestrator (RabbitMQ, Redis running? scripts/services.sh): {e:#}")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a port");
+    let base_url = format!("http://{}", listener.local_addr().expect("a bound address"));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(orchestrator.serve(listener, shutdown.clone()));
+    TestOrchestrator {
+        base_url,
+        token,
+        namespace,
+        database_url,
+        database,
+        shutdown,
+        task,
+    }
+}
+
+impl TestOrchestrator {
+    /// The URL of an API path (`/jobs` → `http://.../api/v1/jobs`).
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base_url)
+    }
+
+    /// Stops it and removes its database, exchanges and queues.
+    pub async fn stop(self) {
+        let classes: Vec<String> = match sqlx::PgConnection::connect(&self.database_url).await {
+            Ok(mut db) => sqlx::query_scalar("SELECT class_key FROM classes")
+                .fetch_all(&mut db)
+                .await
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        if let Ok(broker) =
+            Broker::connect(AMQP, Topology::new(&self.namespace), Duration::from_secs(5)).await
+        {
+            let keys: Vec<&str> = classes.iter().map(String::as_str).collect();
+            let _ = broker.delete_topology(&keys).await;
+            broker.close().await;
+        }
+        if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
