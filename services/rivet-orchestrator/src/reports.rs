@@ -116,48 +116,54 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
             Applied::Ignored("the job is not waiting for this attempt")
         });
     }
-    if !db::jobs::is_running(&state.db, job, attempt, runner).await? {
+    // One transaction per report, however many stage events and log lines it carries: every
+    // commit waits for the disk.
+    let mut tx = state.db.begin().await?;
+    if !db::jobs::is_running(&mut tx, job, attempt, runner).await? {
         return Ok(Applied::Ignored(
             "the attempt is not running on this runner",
         ));
     }
-    match &report.body {
-        ReportBody::Batch { bodies } => {
-            for body in bodies {
-                apply_body(state, report, body, &lease_key, &expected).await?;
-            }
-        }
-        body => apply_body(state, report, body, &lease_key, &expected).await?,
+    let bodies = match &report.body {
+        ReportBody::Batch { bodies } => bodies.as_slice(),
+        body => std::slice::from_ref(body),
+    };
+    let mut finished = false;
+    for body in bodies {
+        finished |= apply_body(&mut tx, report, body).await?;
+    }
+    tx.commit().await?;
+    if finished {
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(&lease_key)
+            .arg(&expected)
+            .invoke_async(&mut redis)
+            .await?;
     }
     Ok(Applied::Stored)
 }
 
-/// Applies one report body of a running attempt.
+/// Applies one report body of a running attempt in `tx`. Returns whether the attempt finished.
 async fn apply_body(
-    state: &AppState,
+    tx: &mut sqlx::PgConnection,
     report: &RunnerReport,
     body: &ReportBody,
-    lease_key: &str,
-    expected: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let (job, attempt) = (report.job_id, report.attempt);
     match body {
         // `Started` comes alone, and batches do not nest: either inside a batch is ignored.
         ReportBody::Started | ReportBody::Batch { .. } => {}
         ReportBody::StageStarted { index, name, .. } => {
-            db::jobs::stage(
-                &state.db,
-                &db::jobs::StageUpdate {
-                    job_id: job,
-                    attempt,
-                    index: *index,
-                    name,
-                    state: "running",
-                    duration_ms: None,
-                    error: None,
-                },
-            )
-            .await?;
+            let update = db::jobs::StageUpdate {
+                job_id: job,
+                attempt,
+                index: *index,
+                name,
+                state: "running",
+                duration_ms: None,
+                error: None,
+            };
+            db::jobs::stage(tx, &update).await?;
         }
         ReportBody::StageFinished {
             index,
@@ -170,30 +176,22 @@ async fn apply_body(
                 .as_str()
                 .unwrap_or("failed")
                 .to_owned();
-            db::jobs::stage(
-                &state.db,
-                &db::jobs::StageUpdate {
-                    job_id: job,
-                    attempt,
-                    index: *index,
-                    name,
-                    state: &word,
-                    duration_ms: Some(*duration_ms),
-                    error: error.as_deref(),
-                },
-            )
-            .await?;
+            let update = db::jobs::StageUpdate {
+                job_id: job,
+                attempt,
+                index: *index,
+                name,
+                state: &word,
+                duration_ms: Some(*duration_ms),
+                error: error.as_deref(),
+            };
+            db::jobs::stage(tx, &update).await?;
         }
-        ReportBody::Logs { lines } => db::logs::insert(&state.db, job, attempt, lines).await?,
+        ReportBody::Logs { lines } => db::logs::insert(tx, job, attempt, lines).await?,
         ReportBody::Finished { outcome } => {
-            db::jobs::finish(&state.db, job, attempt, outcome).await?;
-            let mut redis = state.redis.clone();
-            let _: i64 = redis::Script::new(RELEASE)
-                .key(lease_key)
-                .arg(expected)
-                .invoke_async(&mut redis)
-                .await?;
+            db::jobs::finish(tx, job, attempt, outcome).await?;
+            return Ok(true);
         }
     }
-    Ok(())
+    Ok(false)
 }

@@ -38,6 +38,11 @@ pub struct TestOrchestrator {
 /// (a binary that calls `maybe_run_worker()` first). Panics, with a hint, when a service is
 /// missing: a test without its services fails, it never skips.
 pub async fn start(worker_program: &Path) -> TestOrchestrator {
+    // Silent unless RIVET_TEST_LOG is set (to a filter such as `rivet_orchestrator=debug`).
+    if let Ok(filter) = std::env::var("RIVET_TEST_LOG") {
+        std::env::set_var("RUST_LOG", filter);
+        rivet_telemetry::init("rivet-test", "info");
+    }
     let database = format!("rivet_test_{}", Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(PG_ADMIN)
         .await

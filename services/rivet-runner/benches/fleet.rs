@@ -7,7 +7,8 @@
 //!   submission to the last finish; every job must succeed exactly once.
 //!
 //! Run: `cargo bench -p rivet-runner --bench fleet` (RIVET_BENCH_LATENCY_JOBS=200,
-//! RIVET_BENCH_THROUGHPUT_JOBS=2000, RIVET_BENCH_SLOTS=2 by default). See docs/benchmarks.md.
+//! RIVET_BENCH_THROUGHPUT_JOBS=2000, RIVET_BENCH_RUNNERS=2, RIVET_BENCH_SLOTS=2 by default;
+//! RIVET_BENCH_NAMESPACES=off runs workers without namespaces). See docs/benchmarks.md.
 
 #[path = "../tests/fleet/helpers.rs"]
 #[allow(dead_code)]
@@ -34,9 +35,18 @@ async fn main() {
     let latency_jobs = env_num("RIVET_BENCH_LATENCY_JOBS", 200);
     let throughput_jobs = env_num("RIVET_BENCH_THROUGHPUT_JOBS", 2000);
     let slots = env_num("RIVET_BENCH_SLOTS", 2) as u32;
+    // RIVET_BENCH_NAMESPACES=off measures the fleet without the worker's namespaces.
+    let policy = match std::env::var("RIVET_BENCH_NAMESPACES").as_deref() {
+        Ok("off") => "[sandbox]\nnamespaces = \"off\"\n",
+        _ => "",
+    };
+    let runners = env_num("RIVET_BENCH_RUNNERS", 2);
     let mut fleet = helpers::start().await;
-    fleet.runner_with_slots("bench-a", &[], "", slots).await;
-    fleet.runner_with_slots("bench-b", &[], "", slots).await;
+    for i in 0..runners {
+        fleet
+            .runner_with_slots(&format!("bench-{i}"), &[], policy, slots)
+            .await;
+    }
     fleet
         .push("return { name = 'trivial', stages = { { name = 'one', script = function() log.info('hi') end } } }")
         .await;
@@ -117,9 +127,22 @@ async fn main() {
     .fetch_one(&mut db)
     .await
     .unwrap();
+    let phases: Vec<(f64,)> = sqlx::query_as(
+        "SELECT extract(epoch FROM finished_at - started_at)::float8 * 1000 FROM jobs WHERE id = ANY($1) ORDER BY 1",
+    )
+    .bind(&submitted)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let run_ms: Vec<f64> = phases.into_iter().map(|p| p.0).collect();
+    println!(
+        "throughput run: started→finished p50 {:.2} ms p90 {:.2} ms (the rest of each job's time is queueing)",
+        percentile(&run_ms, 0.5),
+        percentile(&run_ms, 0.9)
+    );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "throughput (n={throughput_jobs}, 2 runners × {slots} slots): {:.0} jobs/s ({span:.2} s from first submit to last finish; submitting took {submit_secs:.2} s); succeeded {ok}, attempts {attempts}, lost {}, duplicated {}",
+        "throughput (n={throughput_jobs}, {runners} runners × {slots} slots): {:.0} jobs/s ({span:.2} s from first submit to last finish; submitting took {submit_secs:.2} s); succeeded {ok}, attempts {attempts}, lost {}, duplicated {}",
         throughput_jobs as f64 / span,
         throughput_jobs as i64 - ok,
         attempts - throughput_jobs as i64

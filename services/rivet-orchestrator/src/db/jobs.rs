@@ -213,15 +213,16 @@ pub async fn start(db: &PgPool, job_id: Uuid, attempt: u32, runner_id: &str) -> 
     Ok(done)
 }
 
-/// Whether `attempt` is the job's current, running attempt held by `runner_id`.
+/// Whether `attempt` is the job's current, running attempt held by `runner_id`; locks the job's
+/// row for the rest of the caller's transaction.
 pub async fn is_running(
-    db: &PgPool,
+    db: &mut sqlx::PgConnection,
     job_id: Uuid,
     attempt: u32,
     runner_id: &str,
 ) -> sqlx::Result<bool> {
     let row: Option<(i32,)> = sqlx::query_as(
-        "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' AND runner_id = $3",
+        "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' AND runner_id = $3 FOR UPDATE",
     )
     .bind(job_id)
     .bind(attempt as i32)
@@ -251,7 +252,7 @@ pub struct StageUpdate<'a> {
 }
 
 /// Records a stage's start or end (idempotent: an ended stage stays ended).
-pub async fn stage(db: &PgPool, u: &StageUpdate<'_>) -> sqlx::Result<()> {
+pub async fn stage(db: &mut sqlx::PgConnection, u: &StageUpdate<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO stage_runs (job_id, attempt, idx, name, state, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (job_id, attempt, idx) DO UPDATE SET state = EXCLUDED.state, duration_ms = EXCLUDED.duration_ms, error = EXCLUDED.error \
@@ -269,15 +270,15 @@ pub async fn stage(db: &PgPool, u: &StageUpdate<'_>) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Records how the attempt ended. Returns false when it had already ended (a duplicate).
+/// Records how the attempt ended, in the caller's transaction. Returns false when it had
+/// already ended (a duplicate).
 pub async fn finish(
-    db: &PgPool,
+    tx: &mut sqlx::PgConnection,
     job_id: Uuid,
     attempt: u32,
     outcome: &JobOutcome,
 ) -> sqlx::Result<bool> {
     let state = JobState::from_outcome(outcome).as_str();
-    let mut tx = db.begin().await?;
     let done = sqlx::query(
         "UPDATE jobs SET state = $3, outcome = $4, finished_at = now() \
          WHERE id = $1 AND attempt = $2 AND state IN ('queued', 'running')",
@@ -299,7 +300,6 @@ pub async fn finish(
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(done)
 }
 

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 /// Stores a batch; lines already stored (a redelivered batch) are skipped.
 pub async fn insert(
-    db: &PgPool,
+    db: &mut sqlx::PgConnection,
     job_id: Uuid,
     attempt: u32,
     lines: &[LogLine],

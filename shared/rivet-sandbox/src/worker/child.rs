@@ -1,6 +1,6 @@
 //! The worker side: read the request, isolate, run, report, exit.
 
-use super::{isolation, EXIT_BAD_REQUEST, WORKER_ARG};
+use super::{isolation, EXIT_BAD_REQUEST, EXIT_PARENT_GONE, WORKER_ARG};
 use crate::events::{read_frame, Event};
 use crate::job::JobRequest;
 use crate::modules::Sink;
@@ -15,9 +15,43 @@ use std::os::fd::FromRawFd;
 /// It must run before any thread is started: entering a user namespace requires a
 /// single-threaded process.
 pub fn maybe_run_worker() {
-    if std::env::args_os().nth(1).is_some_and(|a| a == WORKER_ARG) {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == WORKER_ARG) {
+        // Die with the parent. The parent passes its pid: if it is already gone (we were
+        // re-parented before the signal was armed), stop now.
+        let parent: Option<i32> = args.next().and_then(|p| p.to_str()?.parse().ok());
+        // SAFETY: prctl and getppid on this process.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if parent.is_some_and(|p| libc::getppid() != p) {
+                libc::_exit(EXIT_PARENT_GONE);
+            }
+        }
         worker_main();
     }
+}
+
+/// Applies the policy's rlimits to this process (and so to everything it starts).
+fn apply_rlimits(policy: &rivet_core::policy::ProcessPolicy) -> std::io::Result<()> {
+    let limits = [
+        (libc::RLIMIT_NOFILE, policy.max_open_files),
+        (libc::RLIMIT_NPROC, policy.max_processes),
+        (libc::RLIMIT_AS, policy.max_address_space),
+        (libc::RLIMIT_FSIZE, policy.max_file_size),
+        (libc::RLIMIT_CPU, policy.max_cpu_seconds),
+        (libc::RLIMIT_CORE, 0),
+    ];
+    for (resource, value) in limits {
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: setrlimit on this process with a valid struct.
+        if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn worker_main() -> ! {
@@ -41,7 +75,10 @@ fn worker_main() -> ! {
         request.policy.log.clone(),
         secrets,
     ));
-    let outcome = match isolation::enter(&request) {
+    let isolated = apply_rlimits(&request.policy.process)
+        .map_err(|e| format!("setting the worker's resource limits: {e}"))
+        .and_then(|()| isolation::enter(&request));
+    let outcome = match isolated {
         Ok(iso) => {
             let cleanup = iso.cleanup.clone();
             let outcome = crate::execute::execute(request, sink.clone(), iso);

@@ -63,18 +63,6 @@ enum Msg {
     End(Option<io::Error>),
 }
 
-fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
-    };
-    // SAFETY: setrlimit on this (forked, pre-exec) process with a valid struct.
-    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn kill_group(pgid: i32) {
     // SAFETY: signalling the worker's own process group.
     unsafe {
@@ -116,7 +104,6 @@ pub fn run_worker(
 ) -> io::Result<WorkerReport> {
     let policy = &request.policy;
     let limits = &policy.limits;
-    let proc_policy = &policy.process;
     let started = Instant::now();
     let grace = limits.kill_grace;
     let job_deadline = match request.mode {
@@ -125,34 +112,19 @@ pub fn run_worker(
     };
     let mut phase_deadline = started + limits.definition_timeout + grace + STARTUP_ALLOWANCE;
 
+    // No `pre_exec`: without it the standard library spawns with posix_spawn (vfork-like), which
+    // costs the same however large the parent is; `fork` of a runner or orchestrator copies its
+    // whole page table for every job. The worker applies its rlimits and parent-death signal
+    // itself, first thing (`child.rs`).
     let mut cmd = Command::new(&options.program);
-    let rlimits = [
-        (libc::RLIMIT_NOFILE, proc_policy.max_open_files),
-        (libc::RLIMIT_NPROC, proc_policy.max_processes),
-        (libc::RLIMIT_AS, proc_policy.max_address_space),
-        (libc::RLIMIT_FSIZE, proc_policy.max_file_size),
-        (libc::RLIMIT_CPU, proc_policy.max_cpu_seconds),
-        (libc::RLIMIT_CORE, 0),
-    ];
     cmd.arg(WORKER_ARG)
+        .arg(std::process::id().to_string())
         .env_clear()
         .current_dir("/")
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (setpgid, prctl, setrlimit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            for (resource, value) in rlimits {
-                set_limit(resource, value)?;
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn()?;
     let pgid = child.id() as i32;
     let mut stdin = child.stdin.take().expect("stdin was piped above");
