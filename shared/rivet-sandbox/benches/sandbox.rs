@@ -111,22 +111,25 @@ fn main() {
         program: env!("CARGO_BIN_EXE_rivet-sandbox-worker").into(),
         cancel: None,
     };
-    let run = |policy: &Policy| {
-        let req = request(ws.path(), policy.clone(), TRIVIAL);
-        let report = rivet_sandbox::run_worker(&req, &options, |_| {}).unwrap();
+    // The request is built once, as a runner does: allowed programs are resolved at its start,
+    // not per job.
+    let run = |req: &JobRequest| {
+        let report = rivet_sandbox::run_worker(req, &options, |_| {}).unwrap();
         assert_eq!(report.outcome, JobOutcome::Succeeded);
     };
+    let with_ns = request(ws.path(), policy.clone(), TRIVIAL);
     bench(
         "trivial pipeline through worker (namespaces)",
         iterations,
-        || run(&policy),
+        || run(&with_ns),
     );
     let mut plain = policy.clone();
     plain.sandbox.namespaces = NamespaceMode::Off;
+    let without_ns = request(ws.path(), plain, TRIVIAL);
     bench(
         "trivial pipeline through worker (no namespaces)",
         iterations,
-        || run(&plain),
+        || run(&without_ns),
     );
     bench("spawn /bin/true (reference)", iterations, || {
         std::process::Command::new("/bin/true").status().unwrap();
