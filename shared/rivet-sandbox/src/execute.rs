@@ -169,7 +169,7 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
         modules::filesystem::register(lua, ctx, &globals)?;
     }
     install_require(lua, &globals, plugin_tables)?;
-    Ok(run_stages(lua, ctx, &loaded))
+    Ok(run_stages(ctx, &loaded))
 }
 
 fn plural(n: usize) -> &'static str {
@@ -246,7 +246,7 @@ fn install_require(
     )
 }
 
-fn run_stages(lua: &Lua, ctx: &Rc<JobContext>, loaded: &Loaded) -> JobOutcome {
+fn run_stages(ctx: &Rc<JobContext>, loaded: &Loaded) -> JobOutcome {
     let limits = &ctx.request.policy.limits;
     let job_started = Instant::now();
     let stages: Table = match loaded.table.raw_get("stages") {
@@ -343,7 +343,6 @@ fn run_stages(lua: &Lua, ctx: &Rc<JobContext>, loaded: &Loaded) -> JobOutcome {
         *ctx.sink.stage.borrow_mut() = None;
         *ctx.stage_env.borrow_mut() = BTreeMap::new();
     }
-    let _ = lua;
     failure.unwrap_or(JobOutcome::Succeeded)
 }
 
