@@ -21,11 +21,11 @@ scripts/services.sh
 # left: test databases, and test queues (each test uses its own `rivet-test-*` namespace).
 if command -v psql >/dev/null; then
   psql -h 127.0.0.1 -U postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'rivet\_test\_%' OR datname LIKE 'rivet\_cli\_test\_%'" 2>/dev/null |
-    while read -r db; do [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" </dev/null >/dev/null 2>&1 || true; done
+    while read -r db; do [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" </dev/null >/dev/null 2>&1 || true; done || true
 fi
 if command -v rabbitmqctl >/dev/null; then
   rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^rivet(-cli)?-test-' |
-    while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
+    while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done || true
 fi
 
 echo "== cargo fmt --check"
