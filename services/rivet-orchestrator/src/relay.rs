@@ -94,18 +94,29 @@ pub async fn publish_pending(
             tx.commit().await?;
             return Ok(total);
         }
-        let mut ids = Vec::with_capacity(rows.len());
-        for (id, Json(msg)) in &rows {
+        for (_, Json(msg)) in &rows {
             if !known.contains(&msg.class_key) {
                 ensure_class(state, &msg.class_key, &msg.requires).await?;
                 known.insert(msg.class_key.clone());
             }
-            state
-                .broker
-                .publish_job(msg)
-                .await
-                .with_context(|| format!("publishing job {}", msg.job_id))?;
-            ids.push(*id);
+        }
+        // Publish the batch at once (the broker client confirms on several channels) and mark
+        // exactly the confirmed rows; the others stay for the next round.
+        let results =
+            futures_util::future::join_all(rows.iter().map(|(id, Json(msg))| async move {
+                (*id, msg.job_id, state.broker.publish_job(msg).await)
+            }))
+            .await;
+        let mut ids = Vec::with_capacity(results.len());
+        let mut failure = None;
+        for (id, job_id, result) in results {
+            match result {
+                Ok(()) => ids.push(id),
+                Err(e) => {
+                    failure =
+                        Some(anyhow::Error::new(e).context(format!("publishing job {job_id}")))
+                }
+            }
         }
         sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
             .bind(&ids)
@@ -113,5 +124,8 @@ pub async fn publish_pending(
             .await?;
         tx.commit().await?;
         total += ids.len();
+        if let Some(e) = failure {
+            return Err(e);
+        }
     }
 }

@@ -15,11 +15,17 @@ pub(crate) const PERSISTENT: u8 = 2;
 pub(crate) struct Shared {
     pub(crate) connection: Connection,
     pub(crate) endpoint: Endpoint,
-    /// The confirm-mode channel, reopened when a failed publish closed it. The lock is held from
-    /// `basic.publish` to its confirm: lapin hands a `basic.return` to whichever confirm completes
-    /// next, so with one publish in flight a return always belongs to it.
-    publisher: Mutex<Option<Channel>>,
+    /// Confirm-mode channels, each reopened when a failed publish closed it. A channel's lock is
+    /// held from `basic.publish` to its confirm: lapin hands a `basic.return` to whichever confirm
+    /// completes next, so with one publish in flight per channel a return always belongs to it.
+    /// Several channels let independent publishes (different jobs) wait for their confirms at once.
+    publishers: Vec<Mutex<Option<Channel>>>,
+    /// Round-robin start for picking a publishing channel.
+    next: std::sync::atomic::AtomicUsize,
 }
+
+/// Publishing channels per connection.
+const PUBLISHERS: usize = 8;
 
 /// One message to publish.
 pub(crate) struct Outgoing {
@@ -36,7 +42,8 @@ impl Shared {
         Self {
             connection,
             endpoint,
-            publisher: Mutex::new(None),
+            publishers: (0..PUBLISHERS).map(|_| Mutex::new(None)).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -78,7 +85,16 @@ async fn publish_now(shared: &Shared, out: Outgoing) -> Result<(), AmqpError> {
         source: Box::new(source),
     };
 
-    let mut slot = shared.publisher.lock().await;
+    // A free channel if there is one, else wait for the next in turn.
+    let start = shared
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let free =
+        (0..PUBLISHERS).find_map(|i| shared.publishers[(start + i) % PUBLISHERS].try_lock().ok());
+    let mut slot = match free {
+        Some(slot) => slot,
+        None => shared.publishers[start % PUBLISHERS].lock().await,
+    };
     let channel = match slot.as_ref() {
         Some(channel) if channel.status().connected() => channel.clone(),
         _ => {
