@@ -143,9 +143,13 @@ pub async fn run(runner: Arc<Runner>, shutdown: CancellationToken) -> anyhow::Re
                             tracing::warn!(error = %e, "Acknowledging a job failed; its lease stops duplicates.");
                         }
                         let reply_to = delivery.reply_to.clone().unwrap_or_else(|| runner.broker.topology().reports_queue());
+                        // The job needs the message only: the delivery (and the consumer channel
+                        // it keeps open) is released now, not when the job ends.
+                        let message = delivery.message.clone();
+                        drop(delivery);
                         let (runner, freed) = (runner.clone(), freed.clone());
                         jobs.spawn(async move {
-                            job::run(&runner, delivery.message, reply_to).await;
+                            job::run(&runner, message, reply_to).await;
                             drop(permit);
                             freed.notify_one();
                         });
