@@ -259,23 +259,15 @@ pub fn run_worker(
         }
     }
 
-    if killed.is_some() {
-        kill_group(pgid);
-    } else if finished.is_some() {
+    if killed.is_none() && finished.is_some() {
         // The worker exits right after `Finished`; its stdout closing says it has. One that
-        // lingers is killed after a grace period.
-        let closed = matches!(
-            rx.recv_timeout(EXIT_GRACE),
-            Ok(Msg::End(_)) | Err(mpsc::RecvTimeoutError::Disconnected)
-        );
-        if !closed {
-            kill_group(pgid);
-        }
-    } else {
-        kill_group(pgid);
+        // lingers gets a grace period before the kill below.
+        let _ = rx.recv_timeout(EXIT_GRACE);
     }
-    let status = child.wait()?;
+    // Kill the group before reaping its leader: until `wait`, the leader's pid keeps the group
+    // id reserved, so the signal cannot reach an unrelated group that reused it.
     kill_group(pgid);
+    let status = child.wait()?;
     report.stderr = stderr_thread.join().unwrap_or_default();
     report.outcome = match (finished, killed) {
         (_, Some(outcome)) => outcome,
