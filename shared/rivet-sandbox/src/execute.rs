@@ -154,7 +154,7 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
             });
         }
     }
-    for module in [CoreModule::Http, CoreModule::Container] {
+    for module in [CoreModule::Container] {
         if grants.has_module(module) {
             return Ok(JobOutcome::Failed {
                 stage: None,
@@ -173,6 +173,9 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
     }
     if grants.has_module(CoreModule::Filesystem) {
         modules::filesystem::register(lua, ctx, &globals)?;
+    }
+    if grants.has_module(CoreModule::Http) {
+        modules::http::register(lua, ctx, &globals)?;
     }
     install_require(lua, &globals, plugin_tables)?;
     // Tell the parent what this job may ask of it, before any stage (and so any child process
