@@ -7,7 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 /// Core modules this build provides.
-pub const CORE: [CoreModule; 2] = [CoreModule::Process, CoreModule::Filesystem];
+/// `http` is served by the runner itself (the parent of each worker), so every runner has it.
+pub const CORE: [CoreModule; 3] = [
+    CoreModule::Process,
+    CoreModule::Filesystem,
+    CoreModule::Http,
+];
 
 /// Capabilities, and why each plugin that is not advertised was left out.
 pub fn detect(
@@ -103,7 +108,13 @@ mod tests {
         let (caps, notes) = detect(&plugins, &binaries, &BTreeMap::new(), &Limits::default());
         assert_eq!(
             caps,
-            ["filesystem", "plugin.deploy", "plugin.git", "process"]
+            [
+                "filesystem",
+                "http",
+                "plugin.deploy",
+                "plugin.git",
+                "process"
+            ]
         );
         assert!(
             notes
@@ -123,7 +134,7 @@ mod tests {
         );
         assert_eq!(
             caps,
-            ["filesystem", "process"],
+            ["filesystem", "http", "process"],
             "without git, neither git nor what needs it"
         );
     }

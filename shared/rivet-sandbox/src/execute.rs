@@ -31,7 +31,12 @@ pub struct Isolation {
 }
 
 /// Runs `request` and returns how it ended. Every event goes to `sink`.
-pub fn execute(request: JobRequest, sink: Rc<Sink>, isolation: Isolation) -> JobOutcome {
+pub fn execute(
+    request: JobRequest,
+    sink: Rc<Sink>,
+    isolation: Isolation,
+    host: crate::host::HostChannel,
+) -> JobOutcome {
     for note in &isolation.notes {
         sink.log(Level::Warn, Source::System, note);
     }
@@ -69,6 +74,7 @@ pub fn execute(request: JobRequest, sink: Rc<Sink>, isolation: Isolation) -> Job
         tmp: isolation.tmp,
         pid_namespace: isolation.pid_namespace,
         fs_usage: Default::default(),
+        host,
         request,
     });
     let outcome = match run(&vm, &ctx) {
@@ -148,7 +154,7 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
             });
         }
     }
-    for module in [CoreModule::Http, CoreModule::Container] {
+    for module in [CoreModule::Container] {
         if grants.has_module(module) {
             return Ok(JobOutcome::Failed {
                 stage: None,
@@ -168,7 +174,13 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
     if grants.has_module(CoreModule::Filesystem) {
         modules::filesystem::register(lua, ctx, &globals)?;
     }
+    if grants.has_module(CoreModule::Http) {
+        modules::http::register(lua, ctx, &globals)?;
+    }
     install_require(lua, &globals, plugin_tables)?;
+    // Tell the parent what this job may ask of it, before any stage (and so any child process
+    // that could write to the event pipe) runs.
+    ctx.sink.emit(&Event::Granted { grants });
     Ok(run_stages(ctx, &loaded))
 }
 

@@ -1,11 +1,12 @@
 //! Core modules and the per-job context they share.
 //!
-//! One module per file; each exposes `register(lua, ctx, env)` and is called only when the job
+//! One module per file (`http` asks the parent through a host call); each exposes `register(lua, ctx, env)` and is called only when the job
 //! was granted it (`log`, `env` and `json` always are). Module tables are installed as read-only
 //! views.
 
 pub mod env;
 pub mod filesystem;
+pub mod http;
 pub mod json;
 pub mod log;
 pub mod process;
@@ -46,6 +47,8 @@ pub struct JobContext {
     pub pid_namespace: bool,
     /// Bytes and entries written through `filesystem`.
     pub fs_usage: Cell<(u64, u64)>,
+    /// Host calls to the parent (network).
+    pub host: crate::host::HostChannel,
 }
 
 /// Writes events to the parent: masks secrets, caps line length and the job's total log, and
