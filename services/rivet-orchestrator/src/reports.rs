@@ -51,7 +51,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
                 .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "Consuming reports failed; retrying.")) => sub,
         };
         let mut sub = match subscribed {
-            Ok(sub) => sub,
+            Ok(sub) => {
+                tracing::info!(queue = %queue, "Consuming reports.");
+                sub
+            }
             Err(e) => unreachable!("retries without a limit only end in success: {e}"),
         };
         loop {

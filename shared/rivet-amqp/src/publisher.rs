@@ -67,12 +67,25 @@ pub(crate) async fn publish(shared: &Arc<Shared>, out: Outgoing) -> Result<(), A
     let exchange = out.exchange.clone();
     let routing_key = out.routing_key.clone();
     let shared = Arc::clone(shared);
-    match tokio::spawn(async move { publish_now(&shared, out).await }).await {
-        Ok(result) => result,
-        Err(_) => Err(AmqpError::PublishInterrupted {
-            exchange,
-            routing_key,
-        }),
+    let watched = Arc::clone(&shared);
+    let task = tokio::spawn(async move { publish_now(&shared, out).await });
+    // A frame for a connection whose I/O loop has stopped may never be written nor confirmed:
+    // once the connection is known to be gone, the publish has failed (the caller retries on
+    // the next connection; the task ends with the old connection).
+    let gone = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if !watched.connection.status().connected() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        joined = task => match joined {
+            Ok(result) => result,
+            Err(_) => Err(AmqpError::PublishInterrupted { exchange, routing_key }),
+        },
+        _ = gone => Err(AmqpError::PublishInterrupted { exchange, routing_key }),
     }
 }
 

@@ -22,6 +22,9 @@ use tracing::{debug, warn};
 /// connection).
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// Longest wait for an ack or reject to be written (see [`Incoming::ack`]).
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 /// A consumer of one queue on a channel of its own. Dropping it cancels the consumer; the channel
 /// closes once the subscription and every [`Incoming`] it returned are dropped, and then every
 /// delivery not settled goes back to the queue.
@@ -80,14 +83,36 @@ impl<M: std::fmt::Debug> std::fmt::Debug for Incoming<M> {
 impl<M> Incoming<M> {
     /// Acknowledges the delivery: the broker forgets the message.
     pub async fn ack(&self) -> Result<(), AmqpError> {
-        let result = self.acker.ack(BasicAckOptions::default()).await;
+        if !self._channel.status().connected() {
+            return self.settled("ack", Ok(false));
+        }
+        // A frame for a connection whose I/O loop has stopped is never written: give up after
+        // a while (the broker puts the message back when that connection's channel is gone).
+        let result =
+            match tokio::time::timeout(SETTLE_LIMIT, self.acker.ack(BasicAckOptions::default()))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Ok(false),
+            };
         self.settled("ack", result)
     }
 
     /// Rejects the delivery: back to the queue (`requeue`, delivered again with `redelivered`
     /// set) or to the dead-letter exchange.
     pub async fn reject(&self, requeue: bool) -> Result<(), AmqpError> {
-        let result = self.acker.reject(BasicRejectOptions { requeue }).await;
+        if !self._channel.status().connected() {
+            return self.settled("reject", Ok(false));
+        }
+        let result = match tokio::time::timeout(
+            SETTLE_LIMIT,
+            self.acker.reject(BasicRejectOptions { requeue }),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Ok(false),
+        };
         self.settled("reject", result)
     }
 

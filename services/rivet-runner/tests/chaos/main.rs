@@ -1,0 +1,347 @@
+//! Fault injection against the real services: runners and the orchestrator killed with SIGKILL,
+//! RabbitMQ, PostgreSQL and Redis restarted mid-run. After each scenario every job is final and
+//! succeeded, none has two successful attempts, and every stored log is complete.
+//!
+//! The scenarios restart the machine's shared services, so they run one after another in this
+//! binary (`harness = false`); `cargo test -p rivet-runner --test chaos [NAME]` runs them (all, or
+//! those whose name contains NAME). Sizes are CI-short by default; `RIVET_CHAOS_JOBS=500` and
+//! `RIVET_CHAOS_SOAK_JOBS=2000` give the long versions. Each prints one `chaos:` line with its
+//! figures (see docs/reliability.md).
+
+mod cluster;
+
+use cluster::{restart_postgres, restart_rabbitmq, restart_redis, Cluster};
+use rivet_protocol::http::{JobState, JobView};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const BULK: &str = "return { name = 'bulk', requires = {'process'},\n\
+  inputs = { n = {type = 'number', required = true} },\n\
+  retries = {count = 5, on = {'lost'}},\n\
+  stages = { { name = 'work', script = function()\n\
+    for i = 1, 3 do log.info('job ' .. env.get('n') .. ' line ' .. i) end\n\
+    process.run{command = 'sleep', args = {'0.2'}}\n\
+  end } } }";
+
+/// The soak's jobs last longer, so that kills land on running jobs.
+fn soak_pipeline() -> String {
+    BULK.replace("'bulk'", "'soak'").replace("'0.2'", "'0.6'")
+}
+
+fn bulk_lines(n: i64) -> Vec<String> {
+    (1..=3).map(|i| format!("job {n} line {i}")).collect()
+}
+
+fn env_count(name: &str, default: i64) -> i64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Submits `count` bulk jobs.
+async fn submit_bulk(c: &Cluster, count: i64) -> Vec<(i64, Uuid)> {
+    let mut ids = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        ids.push((
+            n,
+            c.submit("bulk", serde_json::json!({ "n": n.to_string() }))
+                .await,
+        ));
+    }
+    ids
+}
+
+fn report(
+    name: &str,
+    jobs: usize,
+    faults: usize,
+    recovered: Duration,
+    total: Duration,
+    v: &cluster::Verdict,
+) {
+    println!(
+        "chaos: {name}: jobs={jobs} faults={faults} recovered-in={:.1}s total={:.1}s lost={} duplicated={} incomplete-logs={} retried={}",
+        recovered.as_secs_f64(),
+        total.as_secs_f64(),
+        v.lost,
+        v.duplicated,
+        v.incomplete_logs,
+        v.retried
+    );
+}
+
+/// A runner killed in the middle of a job: the job finishes on another runner as attempt 2.
+async fn kill_a_runner_mid_job() {
+    let mut c = Cluster::start("kill-runner").await;
+    let a = c.start_runner("a", 1).await;
+    let b = c.start_runner("b", 1).await;
+    c.push(
+        "return { name = 'long', requires = {'process'}, stages = { { name = 'work', script = function()\n\
+         log.info('on ' .. env.get('RIVET_RUNNER_ID'))\n\
+         process.run{command = 'sleep', args = {'3'}}\n\
+         log.info('done') end } } }",
+    )
+    .await;
+    let started = Instant::now();
+    let id = c.submit("long", serde_json::json!({})).await;
+    let running = async {
+        loop {
+            if let Ok(j) = c.get::<JobView>(&format!("/jobs/{id}")).await {
+                if j.state == JobState::Running {
+                    return j.runner_id.expect("a running job has a runner");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let victim = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the job started");
+    let survivor = if victim == a { b.clone() } else { a.clone() };
+    let killed_at = Instant::now();
+    c.kill_runner(&victim);
+    c.wait_finished(1, Duration::from_secs(90)).await;
+    let recovered = killed_at.elapsed();
+    let job: JobView = c.get(&format!("/jobs/{id}")).await.expect("the job");
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.outcome);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(
+        job.attempts[0].state,
+        JobState::Lost,
+        "{:?}",
+        job.attempts[0]
+    );
+    assert_eq!(job.attempts[0].runner_id.as_deref(), Some(victim.as_str()));
+    assert_eq!(job.runner_id.as_deref(), Some(survivor.as_str()));
+    let page: rivet_protocol::http::LogPage = c
+        .get(&format!("/jobs/{id}/logs?attempt=2"))
+        .await
+        .expect("logs");
+    let script: Vec<&str> = page
+        .lines
+        .iter()
+        .filter(|l| l.source == "script")
+        .map(|l| l.line.as_str())
+        .collect();
+    assert_eq!(script, [format!("on {survivor}").as_str(), "done"]);
+    println!(
+        "chaos: kill-runner-mid-job: jobs=1 faults=1 finished-after-kill={:.1}s total={:.1}s lost=0 duplicated=0 attempts=2",
+        recovered.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    c.stop().await;
+}
+
+/// Runs `count` bulk jobs over two runners and injects `fault` once a third of them finished.
+async fn bulk_with_fault<F>(name: &str, count: i64, fault: F)
+where
+    F: for<'a> FnOnce(&'a mut Cluster) -> Pin<Box<dyn Future<Output = ()> + 'a>>,
+{
+    let mut c = Cluster::start(name).await;
+    c.start_runner("a", 4).await;
+    c.start_runner("b", 4).await;
+    c.push(BULK).await;
+    let started = Instant::now();
+    let jobs = submit_bulk(&c, count).await;
+    let third = count / 3;
+    let before = async {
+        while c.finished().await < third {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), before)
+        .await
+        .expect("a third of the jobs finished before the fault");
+    // Time to recover: from the fault's start to the first job finishing after the fault is over.
+    let fault_started = Instant::now();
+    fault(&mut c).await;
+    let done_after_fault = c.finished().await;
+    c.wait_progress(done_after_fault, Duration::from_secs(90))
+        .await;
+    let recovered = fault_started.elapsed();
+    c.wait_finished(count, Duration::from_secs(300)).await;
+    let v = c.verify(&jobs, bulk_lines).await;
+    report(name, jobs.len(), 1, recovered, started.elapsed(), &v);
+    v.assert_clean();
+    c.stop().await;
+}
+
+async fn restart_rabbitmq_mid_run() {
+    let count = env_count("RIVET_CHAOS_JOBS", 150);
+    bulk_with_fault("restart-rabbitmq", count, |_| {
+        Box::pin(async { restart_rabbitmq() })
+    })
+    .await;
+}
+
+async fn restart_redis_mid_run() {
+    let count = env_count("RIVET_CHAOS_JOBS", 150);
+    bulk_with_fault("restart-redis", count, |_| Box::pin(restart_redis())).await;
+}
+
+async fn restart_postgres_mid_run() {
+    let count = env_count("RIVET_CHAOS_JOBS", 150);
+    bulk_with_fault("restart-postgres", count, |_| {
+        Box::pin(async { restart_postgres() })
+    })
+    .await;
+}
+
+async fn kill_the_orchestrator_mid_run() {
+    let count = env_count("RIVET_CHAOS_JOBS", 150);
+    bulk_with_fault("kill-orchestrator", count, |c| {
+        Box::pin(async move {
+            c.kill_orchestrator();
+            c.start_orchestrator().await;
+        })
+    })
+    .await;
+}
+
+/// Many jobs while a runner is killed every few seconds and replaced.
+async fn soak_with_runners_killed() {
+    let count = env_count("RIVET_CHAOS_SOAK_JOBS", 300);
+    let every = Duration::from_secs(2);
+    let mut c = Cluster::start("soak").await;
+    for name in ["a", "b", "c"] {
+        c.start_runner(name, 4).await;
+    }
+    c.push(&soak_pipeline()).await;
+    let started = Instant::now();
+    let mut jobs = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        jobs.push((
+            n,
+            c.submit("soak", serde_json::json!({ "n": n.to_string() }))
+                .await,
+        ));
+    }
+    let mut kills = 0;
+    let mut generation = 0;
+    while c.finished().await < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the soak did not finish within 10 minutes"
+        );
+        tokio::time::sleep(every).await;
+        if c.finished().await >= count {
+            break;
+        }
+        let victim = c.runner_ids()[kills % 3].clone();
+        c.kill_runner(&victim);
+        kills += 1;
+        generation += 1;
+        c.start_runner(&format!("r{generation}"), 4).await;
+    }
+    let total = started.elapsed();
+    assert!(
+        kills >= 2,
+        "only {kills} runner(s) killed: the soak injected too few faults"
+    );
+    let v = c.verify(&jobs, bulk_lines).await;
+    report(
+        "soak-runners-killed",
+        jobs.len(),
+        kills,
+        Duration::ZERO,
+        total,
+        &v,
+    );
+    v.assert_clean();
+    c.stop().await;
+}
+
+type Scenario = (&'static str, fn() -> Pin<Box<dyn Future<Output = ()>>>);
+
+fn main() {
+    if std::env::var("RIVET_CHAOS_ROLE").as_deref() == Ok("orchestrator") {
+        // This binary, started again as the orchestrator under test (configured by RIVET_*).
+        use clap::Parser;
+        let cli = rivet_orchestrator::Cli::parse_from(["rivet-orchestrator"]);
+        rivet_telemetry::init("rivet-orchestrator", "info");
+        let rt = tokio::runtime::Runtime::new().expect("a runtime");
+        if let Err(e) = rt.block_on(rivet_orchestrator::main(cli)) {
+            eprintln!("orchestrator: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let scenarios: Vec<Scenario> = vec![
+        (
+            "kill_a_runner_mid_job",
+            || Box::pin(kill_a_runner_mid_job()),
+        ),
+        ("restart_rabbitmq_mid_run", || {
+            Box::pin(restart_rabbitmq_mid_run())
+        }),
+        (
+            "restart_redis_mid_run",
+            || Box::pin(restart_redis_mid_run()),
+        ),
+        ("restart_postgres_mid_run", || {
+            Box::pin(restart_postgres_mid_run())
+        }),
+        ("kill_the_orchestrator_mid_run", || {
+            Box::pin(kill_the_orchestrator_mid_run())
+        }),
+        ("soak_with_runners_killed", || {
+            Box::pin(soak_with_runners_killed())
+        }),
+    ];
+    // libtest-like arguments: flags are ignored (with the value of those that take one); the
+    // first other argument filters by name.
+    let mut filter = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--list" {
+            for (name, _) in &scenarios {
+                println!("{name}: test");
+            }
+            return;
+        }
+        if matches!(
+            a.as_str(),
+            "--test-threads" | "--skip" | "--color" | "--format" | "--logfile" | "-Z"
+        ) {
+            args.next();
+        } else if !a.starts_with('-') && filter.is_none() {
+            filter = Some(a);
+        }
+    }
+    let chosen: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .collect();
+    println!("running {} chaos scenario(s)", chosen.len());
+    let mut failed = Vec::new();
+    for (name, scenario) in chosen {
+        let started = Instant::now();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(scenario())));
+        drop(rt);
+        match outcome {
+            Ok(()) => println!(
+                "test {name} ... ok ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("test result: ok");
+    } else {
+        println!("test result: FAILED: {failed:?}");
+        std::process::exit(1);
+    }
+}
