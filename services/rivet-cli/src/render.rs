@@ -115,7 +115,7 @@ impl Renderer {
                 }
                 Ok(())
             }
-            Event::Finished { .. } => Ok(()),
+            Event::Finished { .. } | Event::Granted { .. } | Event::Call { .. } => Ok(()),
         };
     }
 

@@ -25,10 +25,7 @@ impl Linter {
         let plugins = rivet_sandbox::plugins::catalog(config.plugin_dir.as_deref())
             .with_context(|| format!("reading plugins from {:?}", config.plugin_dir))?;
         Ok(Self {
-            options: WorkerOptions {
-                program,
-                cancel: None,
-            },
+            options: WorkerOptions::new(program),
             plugins,
             policy: Policy::default(),
         })

@@ -155,7 +155,9 @@ impl Reporter<'_> {
             Event::Definition { .. }
             | Event::Problems { .. }
             | Event::InputErrors { .. }
-            | Event::Finished { .. } => {}
+            | Event::Finished { .. }
+            | Event::Granted { .. }
+            | Event::Call { .. } => {}
         }
     }
 }

@@ -138,6 +138,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await
     .context("connecting to RabbitMQ")?;
+    // Created once: the runner-wide HTTP limits hold across all of this runner's jobs.
+    let host = Arc::new(rivet_sandbox::HostServices::new(&policy));
     let runner = Arc::new(Runner {
         id: config.id.clone().unwrap_or_else(default_id),
         broker,
@@ -153,6 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         worker: rivet_sandbox::WorkerOptions {
             program,
             cancel: None,
+            host,
         },
         running: Mutex::new(Vec::new()),
     });

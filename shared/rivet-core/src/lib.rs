@@ -4,6 +4,7 @@
 //! This crate does no I/O and depends on no runtime, VM, database or broker crate. Every other
 //! crate may depend on it; it depends on none of them.
 
+pub mod cidr;
 pub mod definition;
 pub mod duration;
 pub mod input;

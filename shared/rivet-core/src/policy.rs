@@ -71,6 +71,8 @@ pub struct Policy {
     pub process: ProcessPolicy,
     /// The `filesystem` module.
     pub filesystem: FilesystemPolicy,
+    /// The `http` module (enforced by the parent process, never by the worker).
+    pub http: HttpPolicy,
     /// Job log caps.
     pub log: LogPolicy,
     /// The worker process's OS-level isolation.
@@ -263,6 +265,74 @@ impl Default for FilesystemPolicy {
             max_total_write: 1 << 30,
             max_entries: 100_000,
             max_list: 10_000,
+        }
+    }
+}
+
+/// What `http.*` may reach and spend. Every check runs in the parent process (the runner or
+/// the CLI), on the address the name resolved to, hop by hop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpPolicy {
+    /// URL schemes a request may use (`https`, `http`).
+    pub schemes: Vec<String>,
+    /// Host names a request may reach: `api.example.com`, or `*.slack.com` for any subdomain.
+    /// Empty: any host (the destination checks still apply).
+    pub hosts: Vec<String>,
+    /// Allow loopback destinations (127.0.0.0/8, ::1).
+    pub allow_loopback: bool,
+    /// Allow private destinations (RFC 1918, CGNAT 100.64/10, unique-local fc00::/7).
+    pub allow_private: bool,
+    /// Networks allowed whatever their range (`127.0.0.1/32`, `10.1.0.0/16`).
+    pub allow_cidrs: Vec<String>,
+    /// Redirects followed per call; each hop is checked again.
+    pub max_redirects: u32,
+    /// Largest response body; reading stops there (`[http.size]`).
+    #[serde(with = "bytes")]
+    pub max_response: u64,
+    /// Largest request body.
+    #[serde(with = "bytes")]
+    pub max_request: u64,
+    /// Most request (and response) header fields.
+    pub max_headers: u32,
+    /// Most bytes of request (and response) header names and values together.
+    #[serde(with = "bytes")]
+    pub max_header_bytes: u64,
+    /// Timeout of a call that sets none.
+    #[serde(with = "serde_human")]
+    pub default_timeout: Duration,
+    /// Longest timeout a call may ask for.
+    #[serde(with = "serde_human")]
+    pub max_timeout: Duration,
+    /// Requests (redirect hops included) a job may make at once before its bucket is empty.
+    pub job_burst: u32,
+    /// Requests per second a job's bucket refills.
+    pub job_per_second: f64,
+    /// Requests in flight at once across all jobs of a runner (a call waits for a free slot).
+    pub runner_concurrency: u32,
+    /// Requests per second across all jobs of a runner (a call waits for a token).
+    pub runner_per_second: f64,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        Self {
+            schemes: vec!["https".into(), "http".into()],
+            hosts: Vec::new(),
+            allow_loopback: false,
+            allow_private: false,
+            allow_cidrs: Vec::new(),
+            max_redirects: 5,
+            max_response: 8 << 20,
+            max_request: 8 << 20,
+            max_headers: 64,
+            max_header_bytes: 64 << 10,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            job_burst: 20,
+            job_per_second: 5.0,
+            runner_concurrency: 16,
+            runner_per_second: 50.0,
         }
     }
 }
@@ -464,8 +534,61 @@ impl Policy {
                 "container.max_containers and container.default_timeout must be positive".into(),
             ));
         }
+        self.http.check()?;
         if self.limits.max_value_depth == 0 || self.limits.instructions == 0 {
             return Err(PolicyError::Invalid("limits must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+impl HttpPolicy {
+    /// The parsed `allow_cidrs`.
+    pub fn cidrs(&self) -> Result<Vec<crate::cidr::Cidr>, PolicyError> {
+        self.allow_cidrs
+            .iter()
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| PolicyError::Invalid(format!("http.allow_cidrs: {e}")))
+            })
+            .collect()
+    }
+
+    fn check(&self) -> Result<(), PolicyError> {
+        for s in &self.schemes {
+            if s != "http" && s != "https" {
+                return Err(PolicyError::Invalid(format!(
+                    "http.schemes entry `{s}`: only \"http\" and \"https\" are supported"
+                )));
+            }
+        }
+        for h in &self.hosts {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let ok = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+            if !ok {
+                return Err(PolicyError::Invalid(format!(
+                    "http.hosts entry `{h}` must be a host name, optionally starting with `*.`"
+                )));
+            }
+        }
+        self.cidrs()?;
+        let rates = [self.job_per_second, self.runner_per_second];
+        if self.job_burst == 0
+            || self.runner_concurrency == 0
+            || rates.iter().any(|r| !r.is_finite() || *r <= 0.0)
+        {
+            return Err(PolicyError::Invalid(
+                "http rate limits (job_burst, job_per_second, runner_concurrency, runner_per_second) must be positive".into(),
+            ));
+        }
+        if self.default_timeout.is_zero() || self.max_timeout.is_zero() {
+            return Err(PolicyError::Invalid(
+                "http timeouts must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -590,6 +713,22 @@ mod tests {
             .to_string();
         assert!(path.contains("bare program name"), "{path}");
         assert!(Policy::from_toml("[limits]\nmemory = \"lots\"\n").is_err());
+    }
+
+    #[test]
+    fn http_section() {
+        let p = Policy::from_toml(
+            "[http]\nallow_cidrs = [\"127.0.0.1/32\"]\nhosts = [\"*.slack.com\"]\nmax_response = \"1MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.http.max_response, 1 << 20);
+        assert_eq!(p.http.cidrs().unwrap().len(), 1);
+        let bad = Policy::from_toml("[http]\nallow_cidrs = [\"localhost\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("http.allow_cidrs"), "{bad}");
+        assert!(Policy::from_toml("[http]\nschemes = [\"ftp\"]\n").is_err());
+        assert!(Policy::from_toml("[http]\njob_per_second = 0\n").is_err());
     }
 
     #[test]

@@ -58,6 +58,7 @@ fn vm_with_modules(workspace: &std::path::Path, policy: &Policy) {
         tmp: workspace.into(),
         pid_namespace: false,
         fs_usage: Default::default(),
+        host: rivet_sandbox::host::HostChannel::closed(),
         request,
     });
     let g = vm.lua.globals();
@@ -107,10 +108,7 @@ fn main() {
         || vm_with_modules(ws.path(), &policy),
     );
 
-    let options = WorkerOptions {
-        program: env!("CARGO_BIN_EXE_rivet-sandbox-worker").into(),
-        cancel: None,
-    };
+    let options = WorkerOptions::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into());
     // The request is built once, as a runner does: allowed programs are resolved at its start,
     // not per job.
     let run = |req: &JobRequest| {

@@ -1,7 +1,9 @@
 //! What the worker tells its parent, framed on a pipe: a 4-byte big-endian length, then JSON.
+//! The parent answers host calls ([`Event::Call`]) with [`Reply`] frames on the worker's stdin.
 
+use crate::host::{CallError, HostCall, HostResponse};
 use rivet_core::input::InputError;
-use rivet_core::{JobOutcome, PipelineSpec, Problem, StageOutcome};
+use rivet_core::{JobOutcome, PipelineSpec, Problem, RequirementSet, StageOutcome};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
@@ -94,11 +96,40 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// What the job was granted (its requirements and its plugins'), sent once, after the
+    /// definition and before any stage runs. The parent keeps the first one it receives and
+    /// refuses host calls for modules it does not list. Not passed to `run_worker`'s event
+    /// callback.
+    Granted {
+        /// Every granted requirement.
+        grants: RequirementSet,
+    },
+    /// The worker asks its parent to act (network, containers): the parent checks policy, runs
+    /// the call and answers with a [`Reply`] of the same `id` on the worker's stdin. One call at
+    /// a time; ids increase strictly. Never passed to `run_worker`'s event callback.
+    Call {
+        /// Strictly increasing per worker, from 1.
+        id: u64,
+        /// Milliseconds the stage has left; the parent bounds the call by it (and by its own
+        /// idea of the stage deadline).
+        budget_ms: u64,
+        /// What to do.
+        call: HostCall,
+    },
     /// The job is over. Always the last event.
     Finished {
         /// How it ended.
         outcome: JobOutcome,
     },
+}
+
+/// The parent's answer to an [`Event::Call`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The call's id.
+    pub id: u64,
+    /// What happened.
+    pub result: Result<HostResponse, CallError>,
 }
 
 /// Writes one frame.

@@ -31,7 +31,12 @@ pub struct Isolation {
 }
 
 /// Runs `request` and returns how it ended. Every event goes to `sink`.
-pub fn execute(request: JobRequest, sink: Rc<Sink>, isolation: Isolation) -> JobOutcome {
+pub fn execute(
+    request: JobRequest,
+    sink: Rc<Sink>,
+    isolation: Isolation,
+    host: crate::host::HostChannel,
+) -> JobOutcome {
     for note in &isolation.notes {
         sink.log(Level::Warn, Source::System, note);
     }
@@ -69,6 +74,7 @@ pub fn execute(request: JobRequest, sink: Rc<Sink>, isolation: Isolation) -> Job
         tmp: isolation.tmp,
         pid_namespace: isolation.pid_namespace,
         fs_usage: Default::default(),
+        host,
         request,
     });
     let outcome = match run(&vm, &ctx) {
@@ -169,6 +175,9 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
         modules::filesystem::register(lua, ctx, &globals)?;
     }
     install_require(lua, &globals, plugin_tables)?;
+    // Tell the parent what this job may ask of it, before any stage (and so any child process
+    // that could write to the event pipe) runs.
+    ctx.sink.emit(&Event::Granted { grants });
     Ok(run_stages(ctx, &loaded))
 }
 

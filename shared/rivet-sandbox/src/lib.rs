@@ -5,21 +5,25 @@
 //! - [`modules`]: the core modules `log`, `env`, `json`, `process`, `filesystem`.
 //! - [`plugins`]: `require("plugin.NAME")` and plugin manifests.
 //! - [`worker`]: the sandbox worker process: spawn, isolate, stream events, kill.
+//! - [`host`]: host calls the worker asks its parent to make (network), and their handlers.
 //!
 //! This is the only crate that depends on `mlua`. It must not depend on any service crate,
-//! broker, database or HTTP crate: the CLI's local run, the runner and the orchestrator's
-//! definition check all use it as it is.
+//! broker or database: the CLI's local run, the runner and the orchestrator's definition check
+//! all use it as it is. Its HTTP client (`reqwest`) runs only in the parent, in [`host`]; the
+//! worker never opens a network connection itself.
 
 pub mod convert;
 pub mod definition;
 pub mod events;
 mod execute;
+pub mod host;
 pub mod job;
 pub mod modules;
 pub mod plugins;
 pub mod vm;
 pub mod worker;
 
+pub use host::HostServices;
 pub use job::{JobRequest, Mode};
 pub use worker::{run_worker, WorkerOptions, WorkerReport};
 

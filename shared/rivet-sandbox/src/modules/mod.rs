@@ -46,6 +46,8 @@ pub struct JobContext {
     pub pid_namespace: bool,
     /// Bytes and entries written through `filesystem`.
     pub fs_usage: Cell<(u64, u64)>,
+    /// Host calls to the parent (network).
+    pub host: crate::host::HostChannel,
 }
 
 /// Writes events to the parent: masks secrets, caps line length and the job's total log, and

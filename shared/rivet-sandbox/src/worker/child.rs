@@ -58,7 +58,8 @@ fn worker_main() -> ! {
     // SAFETY: fd 0 and 1 are the pipes the parent set up; nothing else in this process owns them.
     let stdin = unsafe { File::from_raw_fd(0) };
     let stdout = unsafe { File::from_raw_fd(1) };
-    let request: JobRequest = match read_frame(&mut BufReader::new(stdin)) {
+    let mut input = BufReader::new(stdin);
+    let request: JobRequest = match read_frame(&mut input) {
         Ok(Some(r)) => r,
         Ok(None) => {
             eprintln!("rivet worker: no request on stdin");
@@ -81,7 +82,8 @@ fn worker_main() -> ! {
     let outcome = match isolated {
         Ok(iso) => {
             let cleanup = iso.cleanup.clone();
-            let outcome = crate::execute::execute(request, sink.clone(), iso);
+            let host = crate::host::HostChannel::new(Box::new(input));
+            let outcome = crate::execute::execute(request, sink.clone(), iso, host);
             if let Some(dir) = cleanup {
                 let _ = std::fs::remove_dir_all(dir);
             }

@@ -1,11 +1,13 @@
-//! The parent side: start a worker, feed it the request, relay its events, enforce the hard
-//! deadline, kill it, and say how it ended.
+//! The parent side: start a worker, feed it the request, relay its events, answer its host
+//! calls, enforce the hard deadline, kill it, and say how it ended.
 
 use super::WORKER_ARG;
-use crate::events::{read_frame, write_frame, Event};
+use crate::events::{read_frame, write_frame, Event, Reply};
+use crate::host::{CallError, HostServices, JobHost};
 use crate::job::{JobRequest, Mode};
 use rivet_core::input::InputError;
-use rivet_core::{JobOutcome, PipelineSpec, Problem};
+use rivet_core::{JobOutcome, PipelineSpec, Problem, RequirementSet};
+use serde::Deserialize;
 use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -29,15 +31,24 @@ pub struct WorkerOptions {
     pub program: PathBuf,
     /// Set to `true` to cancel the job; the worker is killed at once.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// What answers the worker's host calls; shared by every job of a runner (or CLI process)
+    /// so runner-wide limits hold across jobs.
+    pub host: Arc<HostServices>,
 }
 
 impl WorkerOptions {
+    /// Starts workers from `program`, with default host services.
+    pub fn new(program: PathBuf) -> Self {
+        Self {
+            program,
+            cancel: None,
+            host: Arc::new(HostServices::default()),
+        }
+    }
+
     /// Starts workers from the running executable.
     pub fn current_exe() -> io::Result<Self> {
-        Ok(Self {
-            program: std::env::current_exe()?,
-            cancel: None,
-        })
+        Ok(Self::new(std::env::current_exe()?))
     }
 }
 
@@ -60,7 +71,91 @@ pub struct WorkerReport {
 
 enum Msg {
     Event(Box<Event>),
+    /// A `call` frame the parent could not read (unknown kind, missing fields).
+    BadCall {
+        id: u64,
+        error: String,
+    },
+    /// A host call finished.
+    Answer(Reply),
     End(Option<io::Error>),
+}
+
+/// Reads one frame from the worker. A call frame that does not parse becomes `BadCall` (the
+/// worker gets an error reply); any other unreadable frame ends the stream.
+fn read_message(r: &mut impl Read) -> Msg {
+    let value = match read_frame::<serde_json::Value>(r) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Msg::End(None),
+        Err(e) => return Msg::End(Some(e)),
+    };
+    match Event::deserialize(&value) {
+        Ok(ev) => Msg::Event(Box::new(ev)),
+        Err(e) => {
+            let id = value.get("id").and_then(serde_json::Value::as_u64);
+            match (value.get("event").and_then(|v| v.as_str()), id) {
+                (Some("call"), Some(id)) => Msg::BadCall {
+                    id,
+                    error: format!("malformed host call: {e}"),
+                },
+                _ => Msg::End(Some(io::Error::new(io::ErrorKind::InvalidData, e))),
+            }
+        }
+    }
+}
+
+/// The parent's bookkeeping of one worker's calls: strictly increasing ids, one at a time,
+/// and only for modules the job was granted.
+#[derive(Debug, Default)]
+struct Calls {
+    last_id: u64,
+    in_flight: Option<u64>,
+    grants: Option<RequirementSet>,
+}
+
+impl Calls {
+    /// Records the first `Granted` event; later ones are ignored (only the worker's own code
+    /// runs before the first, so only the first is trusted).
+    fn granted(&mut self, grants: &RequirementSet) {
+        if self.grants.is_none() {
+            self.grants = Some(grants.clone());
+        }
+    }
+
+    /// Whether call `id` may start now.
+    fn accept(&mut self, id: u64, module: Option<rivet_core::CoreModule>) -> Result<(), CallError> {
+        if id <= self.last_id {
+            return Err(CallError::protocol(format!(
+                "host call id {id} was already used (the last was {})",
+                self.last_id
+            )));
+        }
+        self.last_id = id;
+        if let Some(running) = self.in_flight {
+            return Err(CallError::protocol(format!(
+                "host call {id} arrived while call {running} is still running; calls are answered one at a time"
+            )));
+        }
+        if let Some(module) = module {
+            if !self.grants.as_ref().is_some_and(|g| g.has_module(module)) {
+                return Err(CallError::policy(
+                    &format!("{}.grant", module.name()),
+                    format!(
+                        "this job was not granted `{}` (add it to the pipeline's `requires`)",
+                        module.name()
+                    ),
+                ));
+            }
+        }
+        self.in_flight = Some(id);
+        Ok(())
+    }
+
+    fn answered(&mut self, id: u64) {
+        if self.in_flight == Some(id) {
+            self.in_flight = None;
+        }
+    }
 }
 
 fn kill_group(pgid: i32) {
@@ -131,30 +226,32 @@ pub fn run_worker(
     let mut stdout = child.stdout.take().expect("stdout was piped above");
     let mut stderr = child.stderr.take().expect("stderr was piped above");
 
-    let fed = write_frame(&mut stdin, request);
-    drop(stdin);
-    if let Err(e) = fed {
+    if let Err(e) = write_frame(&mut stdin, request) {
         kill_group(pgid);
         let _ = child.wait();
         return Err(e);
     }
+    // Stdin stays open for replies to host calls. A writer thread owns it, so a worker that
+    // stops reading can block only that thread, never the watchdog below; the kill closes the
+    // pipe and ends the thread.
+    let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
+    std::thread::spawn(move || {
+        while let Ok(reply) = reply_rx.recv() {
+            if write_frame(&mut stdin, &reply).is_err() {
+                return;
+            }
+        }
+    });
+    let host = JobHost::new(options.host.clone(), policy);
+    let mut calls = Calls::default();
 
     let (tx, rx) = mpsc::channel::<Msg>();
+    let reader_tx = tx.clone();
     std::thread::spawn(move || loop {
-        match read_frame::<Event>(&mut stdout) {
-            Ok(Some(ev)) => {
-                if tx.send(Msg::Event(Box::new(ev))).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => {
-                let _ = tx.send(Msg::End(None));
-                return;
-            }
-            Err(e) => {
-                let _ = tx.send(Msg::End(Some(e)));
-                return;
-            }
+        let msg = read_message(&mut stdout);
+        let end = matches!(msg, Msg::End(_));
+        if reader_tx.send(msg).is_err() || end {
+            return;
         }
     });
     let stderr_thread = std::thread::spawn(move || {
@@ -221,6 +318,44 @@ pub fn run_worker(
         }
         let wait = (deadline - now).min(Duration::from_millis(50));
         match rx.recv_timeout(wait) {
+            Ok(Msg::Event(ev)) if matches!(*ev, Event::Call { .. }) => {
+                let Event::Call {
+                    id,
+                    budget_ms,
+                    call,
+                } = *ev
+                else {
+                    unreachable!("matched as a call above");
+                };
+                if let Err(error) = calls.accept(id, Some(call.module())) {
+                    let _ = reply_tx.send(Reply {
+                        id,
+                        result: Err(error),
+                    });
+                    continue;
+                }
+                // Bounded by what the worker says its stage has left and by this parent's
+                // own deadline for the phase, whichever is sooner.
+                let now = Instant::now();
+                let deadline = (now + Duration::from_millis(budget_ms))
+                    .min(phase_deadline.checked_sub(grace).unwrap_or(now))
+                    .min(job_deadline);
+                let host = host.clone();
+                let answer_tx = tx.clone();
+                std::thread::spawn(move || {
+                    let result = host.dispatch(call, deadline);
+                    let _ = answer_tx.send(Msg::Answer(Reply { id, result }));
+                });
+            }
+            Ok(Msg::BadCall { id, error }) => {
+                let result = calls.accept(id, None).and(Err(CallError::protocol(error)));
+                calls.answered(id);
+                let _ = reply_tx.send(Reply { id, result });
+            }
+            Ok(Msg::Answer(reply)) => {
+                calls.answered(reply.id);
+                let _ = reply_tx.send(reply);
+            }
             Ok(Msg::Event(ev)) => {
                 let ev = *ev;
                 match &ev {
@@ -243,9 +378,13 @@ pub fn run_worker(
                         report.input_errors.extend(errors.iter().cloned())
                     }
                     Event::Finished { outcome } => finished = Some(outcome.clone()),
-                    Event::Log { .. } => {}
+                    Event::Granted { grants } => calls.granted(grants),
+                    Event::Log { .. } | Event::Call { .. } => {}
                 }
-                on_event(&ev);
+                // `Granted` and `Call` are the parent's business, not the job's report.
+                if !matches!(ev, Event::Granted { .. } | Event::Call { .. }) {
+                    on_event(&ev);
+                }
                 if finished.is_some() {
                     break;
                 }
@@ -258,11 +397,18 @@ pub fn run_worker(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    drop(reply_tx);
 
     if killed.is_none() && finished.is_some() {
         // The worker exits right after `Finished`; its stdout closing says it has. One that
-        // lingers gets a grace period before the kill below.
-        let _ = rx.recv_timeout(EXIT_GRACE);
+        // lingers gets a grace period before the kill below. (Answers of calls still running
+        // are dropped on the way.)
+        let until = Instant::now() + EXIT_GRACE;
+        while let Ok(msg) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            if matches!(msg, Msg::End(_)) {
+                break;
+            }
+        }
     }
     // Kill the group before reaping its leader: until `wait`, the leader's pid keeps the group
     // id reserved, so the signal cannot reach an unrelated group that reused it.
@@ -285,4 +431,57 @@ pub fn run_worker(
     };
     report.duration = started.elapsed();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rivet_core::{CoreModule, Requirement};
+
+    fn grants(modules: &[CoreModule]) -> RequirementSet {
+        RequirementSet(
+            modules
+                .iter()
+                .map(|m| Requirement::Module { module: *m })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn calls_need_fresh_ids_one_at_a_time_and_a_grant() {
+        let mut calls = Calls::default();
+        let http = Some(CoreModule::Http);
+        let e = calls.accept(1, http).unwrap_err();
+        assert!(e.message.contains("policy violation [http.grant]"), "{e}");
+        calls.granted(&grants(&[CoreModule::Http]));
+        // A later `Granted` cannot widen (or narrow) the first.
+        calls.granted(&grants(&[]));
+        calls.accept(2, http).unwrap();
+        let e = calls.accept(3, http).unwrap_err();
+        assert!(e.message.contains("one at a time"), "{e}");
+        calls.answered(2);
+        let e = calls.accept(3, http).unwrap_err();
+        assert!(e.message.contains("already used"), "{e}");
+        calls.accept(4, http).unwrap();
+    }
+
+    #[test]
+    fn malformed_call_frames_get_an_answer_other_garbage_ends_the_stream() {
+        let mut buf = Vec::new();
+        write_frame(
+            &mut buf,
+            &serde_json::json!({"event": "call", "id": 7, "budget_ms": 5, "call": {"kind": "teleport"}}),
+        )
+        .unwrap();
+        write_frame(&mut buf, &serde_json::json!({"event": "nonsense"})).unwrap();
+        let mut r = &buf[..];
+        match read_message(&mut r) {
+            Msg::BadCall { id, error } => {
+                assert_eq!(id, 7);
+                assert!(error.contains("malformed host call"), "{error}");
+            }
+            _ => panic!("expected a BadCall"),
+        }
+        assert!(matches!(read_message(&mut r), Msg::End(Some(_))));
+    }
 }

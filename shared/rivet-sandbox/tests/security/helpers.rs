@@ -168,10 +168,7 @@ pub fn run_job_with_secrets(
         binaries: resolve_binaries(&policy.process),
         plugins: Default::default(),
     };
-    let options = WorkerOptions {
-        program: env!("CARGO_BIN_EXE_rivet-sandbox-worker").into(),
-        cancel: None,
-    };
+    let options = WorkerOptions::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into());
     let mut events = Vec::new();
     let report = run_worker(&request, &options, |ev| events.push(ev.clone()))
         .expect("the worker could not be started");

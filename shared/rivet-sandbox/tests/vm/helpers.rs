@@ -57,10 +57,7 @@ pub fn policy() -> Policy {
 }
 
 pub fn options() -> WorkerOptions {
-    WorkerOptions {
-        program: env!("CARGO_BIN_EXE_rivet-sandbox-worker").into(),
-        cancel: None,
-    }
+    WorkerOptions::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into())
 }
 
 pub struct Job {
