@@ -15,8 +15,11 @@ pub fn detect(
     binaries: &BTreeMap<String, PathBuf>,
     labels: &BTreeMap<String, String>,
     limits: &Limits,
+    engine: &[&str],
 ) -> (Vec<String>, Vec<String>) {
     let mut caps: BTreeSet<String> = CORE.iter().map(|m| m.name().to_owned()).collect();
+    // `container` (and which engine) only when an engine answered at start.
+    caps.extend(engine.iter().map(|c| (*c).to_owned()));
     let mut notes = Vec::new();
     let mut manifests = BTreeMap::new();
     for (name, source) in plugins {
@@ -36,7 +39,7 @@ pub fn detect(
                 continue;
             }
             let requirements_met = m.requires.0.iter().all(|r| match r {
-                Requirement::Module { module } => CORE.contains(module),
+                Requirement::Module { module } => caps.contains(module.name()),
                 Requirement::Plugin { name } => caps.contains(&format!("plugin.{name}")),
                 Requirement::Label { key, value } => labels.get(key) == Some(value),
             });
@@ -100,7 +103,13 @@ mod tests {
             [("git".to_string(), PathBuf::from("/usr/bin/git"))]
                 .into_iter()
                 .collect();
-        let (caps, notes) = detect(&plugins, &binaries, &BTreeMap::new(), &Limits::default());
+        let (caps, notes) = detect(
+            &plugins,
+            &binaries,
+            &BTreeMap::new(),
+            &Limits::default(),
+            &[],
+        );
         assert_eq!(
             caps,
             ["filesystem", "plugin.deploy", "plugin.git", "process"]
@@ -120,11 +129,43 @@ mod tests {
             &BTreeMap::new(),
             &BTreeMap::new(),
             &Limits::default(),
+            &[],
         );
         assert_eq!(
             caps,
             ["filesystem", "process"],
             "without git, neither git nor what needs it"
+        );
+    }
+
+    #[test]
+    fn container_is_advertised_only_with_an_engine() {
+        let plugins: BTreeMap<String, String> = [(
+            "compose".to_string(),
+            "return { requires = {'container'} }".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let none = BTreeMap::new();
+        let no_labels = BTreeMap::new();
+        let (caps, _) = detect(&plugins, &none, &no_labels, &Limits::default(), &[]);
+        assert_eq!(caps, ["filesystem", "process"]);
+        let (caps, _) = detect(
+            &plugins,
+            &none,
+            &no_labels,
+            &Limits::default(),
+            &["container", "container.podman"],
+        );
+        assert_eq!(
+            caps,
+            [
+                "container",
+                "container.podman",
+                "filesystem",
+                "plugin.compose",
+                "process"
+            ]
         );
     }
 }

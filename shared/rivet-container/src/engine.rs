@@ -63,7 +63,9 @@ pub enum OutputStream {
 #[derive(Debug)]
 pub struct Engine {
     docker: Docker,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until drop, which shuts it down without blocking (an engine may be dropped
+    /// on an async thread, where a blocking runtime shutdown panics).
+    rt_slot: Option<tokio::runtime::Runtime>,
     host: String,
     runner_id: String,
     kind: EngineKind,
@@ -146,7 +148,7 @@ impl Engine {
             .any(|c| c.name.to_ascii_lowercase().contains("podman"));
         Ok(Arc::new(Self {
             docker,
-            rt,
+            rt_slot: Some(rt),
             host: host.to_owned(),
             runner_id: runner_id.to_owned(),
             kind: if podman {
@@ -156,6 +158,12 @@ impl Engine {
             },
             version: version.version.unwrap_or_default(),
         }))
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt_slot
+            .as_ref()
+            .expect("the runtime is only taken when the engine is dropped")
     }
 
     /// Podman or Docker.
@@ -184,7 +192,7 @@ impl Engine {
     /// Runs `fut` on the engine's runtime and waits for it from this (non-async) thread.
     fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Option<T> {
         let (tx, rx) = mpsc::channel();
-        self.rt.spawn(async move {
+        self.rt().spawn(async move {
             let _ = tx.send(fut.await);
         });
         rx.recv().ok()
@@ -210,6 +218,22 @@ impl Engine {
                 }
             }
             Ok(removed)
+        })
+        .unwrap_or(Err(ContainerError::Closed))
+    }
+
+    /// Ids of the containers (running or not) labelled with `job_id`, on this engine.
+    pub fn job_containers(&self, job_id: &str) -> Result<Vec<String>, ContainerError> {
+        let docker = self.docker.clone();
+        let filter = format!("{LABEL_JOB}={job_id}");
+        self.block(async move {
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([("label".to_owned(), vec![filter])])),
+                ..Default::default()
+            };
+            let list = api("listing containers", docker.list_containers(Some(options))).await?;
+            Ok(list.into_iter().filter_map(|c| c.id).collect())
         })
         .unwrap_or(Err(ContainerError::Closed))
     }
@@ -245,6 +269,14 @@ impl Engine {
                 policy,
                 state: Mutex::new(State::default()),
             }),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt_slot.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -309,11 +341,22 @@ impl JobContainers {
         call: ContainerCall,
         on_output: &mut dyn FnMut(OutputStream, &str),
     ) -> Result<ContainerReply, ContainerError> {
+        self.call_until(call, None, on_output)
+    }
+
+    /// Like [`call`](Self::call), but a command's time limit is cut to end by `deadline` (the
+    /// stage's) when that comes first.
+    pub fn call_until(
+        &self,
+        call: ContainerCall,
+        deadline: Option<Instant>,
+        on_output: &mut dyn FnMut(OutputStream, &str),
+    ) -> Result<ContainerReply, ContainerError> {
         let (tx, rx) = mpsc::channel::<Progress>();
         let inner = self.inner.clone();
         let done = tx.clone();
-        self.inner.engine.rt.spawn(async move {
-            let result = inner.call(call, &tx).await;
+        self.inner.engine.rt().spawn(async move {
+            let result = inner.call(call, deadline, &tx).await;
             let _ = done.send(Progress::Done(result));
         });
         loop {
@@ -461,14 +504,22 @@ impl Inner {
     async fn call(
         &self,
         call: ContainerCall,
+        deadline: Option<Instant>,
         tx: &mpsc::Sender<Progress>,
     ) -> Result<ContainerReply, ContainerError> {
+        let cap = |command: &mut Command| {
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                command.timeout = command.timeout.min(left.max(Duration::from_millis(1)));
+            }
+        };
         if self.state.lock().map(|s| s.closed).unwrap_or(true) {
             return Err(ContainerError::Closed);
         }
         match call {
             ContainerCall::Run { options } => {
-                let spec = spec::parse_run(&options, &self.policy)?;
+                let mut spec = spec::parse_run(&options, &self.policy)?;
+                cap(&mut spec.command);
                 self.run(spec, tx).await
             }
             ContainerCall::Start { options } => {
@@ -484,7 +535,8 @@ impl Inner {
                 Ok(ContainerReply::Started { handle: id })
             }
             ContainerCall::Exec { handle, options } => {
-                let command = spec::parse_exec(&options, &self.policy)?;
+                let mut command = spec::parse_exec(&options, &self.policy)?;
+                cap(&mut command);
                 self.check_handle(&handle)?;
                 self.exec(&handle, command, tx).await
             }

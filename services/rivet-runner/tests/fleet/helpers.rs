@@ -127,6 +127,7 @@ impl Fleet {
             policy,
             work_dir: self.work.join(&id),
             worker_program: Some(worker_program()),
+            container_host: None,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(rivet_runner::run(config, stop.clone()));
