@@ -327,3 +327,38 @@ fn containers_are_removed_however_the_job_ends() {
     fx.assert_canary();
     assert_follow_up(&policy);
 }
+
+/// The engine's API socket is root on the host: a job never sees it, even with programs that
+/// could talk to a unix socket. Only the parent reaches the engine.
+#[test]
+fn ctr_02_the_engine_socket_is_hidden_from_jobs() {
+    let socket = host().trim_start_matches("unix://").to_owned();
+    assert!(
+        std::path::Path::new(&socket).exists(),
+        "the engine socket {socket} should exist on the host for this test"
+    );
+    let fx = fixture("ctr02");
+    let job = fx.run(
+        &policy(),
+        &pipeline(
+            "\"process\", \"container\"",
+            "",
+            &format!(
+                r#"local r = process.run{{command = "test", args = {{"-S", "{socket}"}}, check = false}}
+log.info("socket visible: " .. tostring(r.code == 0))
+local l = process.run{{command = "ls", args = {{"-A", "/run/rivet-podman"}}, check = false}}
+log.info("listing: [" .. l.stdout .. "]")"#
+            ),
+        ),
+    );
+    assert_succeeded(&job, "probe");
+    let script = job.lines(Source::Script);
+    assert!(
+        script.contains(&"socket visible: false"),
+        "{}",
+        job.describe()
+    );
+    assert!(script.contains(&"listing: []"), "{}", job.describe());
+    fx.assert_canary();
+    assert_follow_up(&policy());
+}
