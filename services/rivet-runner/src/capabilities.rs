@@ -7,7 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 /// Core modules this build provides.
-pub const CORE: [CoreModule; 2] = [CoreModule::Process, CoreModule::Filesystem];
+/// `http` is served by the runner itself (the parent of each worker), so every runner has it.
+pub const CORE: [CoreModule; 3] = [
+    CoreModule::Process,
+    CoreModule::Filesystem,
+    CoreModule::Http,
+];
 
 /// Capabilities, and why each plugin that is not advertised was left out.
 pub fn detect(
@@ -112,7 +117,13 @@ mod tests {
         );
         assert_eq!(
             caps,
-            ["filesystem", "plugin.deploy", "plugin.git", "process"]
+            [
+                "filesystem",
+                "http",
+                "plugin.deploy",
+                "plugin.git",
+                "process"
+            ]
         );
         assert!(
             notes
@@ -133,7 +144,7 @@ mod tests {
         );
         assert_eq!(
             caps,
-            ["filesystem", "process"],
+            ["filesystem", "http", "process"],
             "without git, neither git nor what needs it"
         );
     }
@@ -149,7 +160,7 @@ mod tests {
         let none = BTreeMap::new();
         let no_labels = BTreeMap::new();
         let (caps, _) = detect(&plugins, &none, &no_labels, &Limits::default(), &[]);
-        assert_eq!(caps, ["filesystem", "process"]);
+        assert_eq!(caps, ["filesystem", "http", "process"]);
         let (caps, _) = detect(
             &plugins,
             &none,
@@ -163,6 +174,7 @@ mod tests {
                 "container",
                 "container.podman",
                 "filesystem",
+                "http",
                 "plugin.compose",
                 "process"
             ]

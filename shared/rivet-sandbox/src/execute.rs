@@ -156,17 +156,6 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
             });
         }
     }
-    for module in [CoreModule::Http] {
-        if grants.has_module(module) {
-            return Ok(JobOutcome::Failed {
-                stage: None,
-                error: format!(
-                    "requirement `{}` is not available on this runner",
-                    module.name()
-                ),
-            });
-        }
-    }
 
     lua.set_memory_limit(usize::try_from(limits.memory).unwrap_or(usize::MAX))?;
     modules::env::register(lua, ctx, &globals)?;
@@ -181,6 +170,9 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
     }
     if grants.has_module(CoreModule::Filesystem) {
         modules::filesystem::register(lua, ctx, &globals)?;
+    }
+    if grants.has_module(CoreModule::Http) {
+        modules::http::register(lua, ctx, &globals)?;
     }
     install_require(lua, &globals, plugin_tables)?;
     // Tell the parent what this job may ask of it, before any stage (and so any child process

@@ -14,10 +14,7 @@
 mod channel;
 mod container;
 pub mod destination;
-// The limits and the http handler's state are wired up with the handler itself.
-#[allow(dead_code)]
 pub mod http;
-#[allow(dead_code)]
 mod limit;
 
 pub use channel::HostChannel;

@@ -1,12 +1,13 @@
 //! Core modules and the per-job context they share.
 //!
-//! One module per file; each exposes `register(lua, ctx, env)` and is called only when the job
+//! One module per file (`http` asks the parent through a host call); each exposes `register(lua, ctx, env)` and is called only when the job
 //! was granted it (`log`, `env` and `json` always are). Module tables are installed as read-only
 //! views.
 
 pub mod container;
 pub mod env;
 pub mod filesystem;
+pub mod http;
 pub mod json;
 pub mod log;
 pub mod process;

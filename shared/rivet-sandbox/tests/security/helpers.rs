@@ -57,6 +57,15 @@ pub fn pipeline(script: &str) -> String {
     pipeline_with("", script)
 }
 
+/// A pipeline with one stage named `attack` that requires exactly `requires`.
+pub fn pipeline_requiring(requires: &[&str], script: &str) -> String {
+    let list: Vec<String> = requires.iter().map(|r| lua_str(r)).collect();
+    format!(
+        "return {{\n  name = \"security\",\n  requires = {{{}}},\n  stages = {{\n    {{\n      name = \"attack\",\n      script = function()\n{script}\n      end,\n    }},\n  }},\n}}\n",
+        list.join(", ")
+    )
+}
+
 /// A pipeline with one stage named `attack`, with extra stage fields (Lua, ending in a comma).
 pub fn pipeline_with(stage_fields: &str, script: &str) -> String {
     format!(
@@ -156,6 +165,34 @@ pub fn run_job_with_secrets(
     workspace: &Path,
     secrets: BTreeMap<String, String>,
 ) -> Job {
+    let options = WorkerOptions::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into());
+    run_job_full(policy, source, workspace, secrets, &options)
+}
+
+/// Like [`run_job`], with the given worker options (to share one runner's host services).
+pub fn run_job_with_options(
+    policy: &Policy,
+    source: &str,
+    workspace: &Path,
+    options: &WorkerOptions,
+) -> Job {
+    run_job_full(policy, source, workspace, BTreeMap::new(), options)
+}
+
+/// Worker options as a runner has them: one set of host services for every job.
+pub fn shared_options(policy: &Policy) -> WorkerOptions {
+    let mut o = WorkerOptions::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into());
+    o.host = std::sync::Arc::new(rivet_sandbox::HostServices::new(policy));
+    o
+}
+
+fn run_job_full(
+    policy: &Policy,
+    source: &str,
+    workspace: &Path,
+    secrets: BTreeMap<String, String>,
+    options: &WorkerOptions,
+) -> Job {
     let request = JobRequest {
         mode: Mode::Run,
         file_name: "pipeline.lua".into(),
@@ -166,11 +203,10 @@ pub fn run_job_with_secrets(
         workspace: workspace.to_path_buf(),
         policy: policy.clone(),
         binaries: resolve_binaries(&policy.process),
-        plugins: Default::default(),
+        plugins: rivet_sandbox::plugins::catalog(None).expect("the built-in plugins"),
     };
-    let options = WorkerOptions::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into());
     let mut events = Vec::new();
-    let report = run_worker(&request, &options, |ev| events.push(ev.clone()))
+    let report = run_worker(&request, options, |ev| events.push(ev.clone()))
         .expect("the worker could not be started");
     Job { report, events }
 }

@@ -1,5 +1,5 @@
 //! Security regression tests: one test per attack case of `shared/security/attack-cases.md`
-//! (VM-, RES-, PROC- and FS- rows that concern the sandbox crate). Append-only: every future
+//! (VM-, RES-, PROC-, FS- and NET- rows that concern the sandbox crate). Append-only: every future
 //! finding gets a new test under a new ID.
 //!
 //! Each test runs every variant of its row in its own job and asserts the catalogue's three
@@ -8,6 +8,8 @@
 //! create on the host exists, (3) the same parent then runs a trivial job within 5 s.
 
 mod helpers;
+#[allow(dead_code)]
+mod server;
 
 use helpers::*;
 use rivet_core::JobOutcome;
@@ -1721,5 +1723,349 @@ log.info(filesystem.read("src/root/etc/passwd"))"#,
         &cases,
     );
     assert_absent(&[&pwn], "FS-03");
+    assert_follow_up(&policy);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP / SSRF (the catalogue's `net.*` rules are named `http.*` here: see docs/security.md)
+// ---------------------------------------------------------------------------------------------
+
+/// Where an *allowed* test server listens in the NET tests; 127.0.0.1 is the victim's address.
+const NET_ALLOWED_IP: &str = "127.0.0.2";
+
+fn http_policy() -> rivet_core::Policy {
+    let mut p = policy(&[]);
+    p.http.allow_cidrs = vec![format!("{NET_ALLOWED_IP}/32")];
+    p
+}
+
+/// Rule (c) for http: the same policy then runs a job whose request succeeds.
+#[track_caller]
+fn assert_http_follow_up(
+    policy: &rivet_core::Policy,
+    options: Option<&rivet_sandbox::WorkerOptions>,
+) {
+    let ok = server::Server::start(NET_ALLOWED_IP, |_| server::Answer::ok("pong"));
+    let ws = workspace("http-follow-up");
+    let source = pipeline_requiring(
+        &["http"],
+        &format!(
+            "assert(http.get({}).body == \"pong\")",
+            lua_str(&ok.url("/ping"))
+        ),
+    );
+    let job = match options {
+        Some(o) => run_job_with_options(policy, &source, ws.path(), o),
+        None => run_job(policy, &source, ws.path()),
+    };
+    assert_succeeded(&job, "http follow-up job");
+    assert!(
+        job.report.duration < FOLLOW_UP_LIMIT,
+        "{:?}",
+        job.report.duration
+    );
+    assert_eq!(ok.requests().len(), 1);
+}
+
+#[test]
+fn net_01_loopback_and_colocated_services_are_refused() {
+    let policy = http_policy();
+    let canary = Canary::new("net01");
+    let victim = server::Server::start("127.0.0.1", |_| server::Answer::ok("admin secrets"));
+    let port = victim.addr.port();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("http://127.0.0.1:{port}/api/v1/admin/runners"),
+            "loopback 127.0.0.1",
+        ),
+        (format!("http://localhost:{port}/"), "loopback"),
+        (format!("http://LOCALHOST.:{port}/"), "loopback"),
+        (format!("http://127.1:{port}/"), "loopback 127.0.0.1"),
+        (format!("http://2130706433:{port}/"), "loopback 127.0.0.1"),
+        (format!("http://0x7f000001:{port}/"), "loopback 127.0.0.1"),
+        (format!("http://0177.0.0.1:{port}/"), "loopback 127.0.0.1"),
+        (format!("http://0x7f.1:{port}/"), "loopback 127.0.0.1"),
+        (format!("http://[::1]:{port}/"), "loopback ::1"),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            "loopback 127.0.0.1",
+        ),
+        (
+            format!("http://[::ffff:7f00:1]:{port}/"),
+            "loopback 127.0.0.1",
+        ),
+        (
+            format!("http://[64:ff9b::127.0.0.1]:{port}/"),
+            "loopback 127.0.0.1",
+        ),
+        (format!("http://0.0.0.0:{port}/"), "unspecified 0.0.0.0"),
+        (format!("http://0:{port}/"), "unspecified 0.0.0.0"),
+        (format!("http://[::]:{port}/"), "unspecified ::"),
+        // Co-located services by their usual ports (Redis, RabbitMQ management, PostgreSQL).
+        ("http://127.0.0.1:6379/".into(), "loopback 127.0.0.1"),
+        ("http://localhost:15672/api/users".into(), "loopback"),
+        ("http://127.0.0.1:5432/".into(), "loopback 127.0.0.1"),
+        // Private ranges are refused the same way.
+        ("http://10.0.0.1/".into(), "private (RFC 1918) 10.0.0.1"),
+        ("http://[fd12::1]/".into(), "unique-local"),
+        ("http://100.64.0.1/".into(), "CGNAT"),
+    ];
+    for (url, detail) in &cases {
+        let ws = workspace("net01");
+        let job = run_job(
+            &policy,
+            &pipeline_requiring(
+                &["http"],
+                &format!(
+                    "http.request{{method = \"POST\", url = {}, body = \"SET x y\\r\\nCONFIG SET dir /tmp\\r\\n\", headers = {{Authorization = \"Basic Z3Vlc3Q6Z3Vlc3Q=\"}}}}",
+                    lua_str(url)
+                ),
+            ),
+            ws.path(),
+        );
+        assert_rule(&job, "http.destination", url);
+        assert!(
+            job.error().contains(detail),
+            "{url}: expected `{detail}` in: {}",
+            job.error()
+        );
+    }
+    assert_eq!(
+        victim.connections(),
+        0,
+        "NET-01: a request reached the loopback server"
+    );
+    canary.assert_intact("NET-01");
+    assert_follow_up(&policy);
+    assert_http_follow_up(&policy, None);
+}
+
+#[test]
+fn net_02_cloud_metadata_is_refused() {
+    let policy = http_policy();
+    let canary = Canary::new("net02");
+    let cases = [
+        (
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "cloud metadata 169.254.169.254",
+        ),
+        (
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "cloud metadata fd00:ec2::254",
+        ),
+        (
+            "http://[::ffff:169.254.169.254]/latest/",
+            "cloud metadata 169.254.169.254",
+        ),
+        (
+            "http://2852039166/latest/",
+            "cloud metadata 169.254.169.254",
+        ),
+        (
+            "http://169.254.170.2/v2/credentials",
+            "cloud metadata 169.254.170.2",
+        ),
+        ("http://169.254.1.1/", "link-local 169.254.1.1"),
+        ("http://[fe80::1]/", "link-local fe80::1"),
+        (
+            "http://metadata.google.internal/computeMetadata/v1/?recursive=true",
+            "`metadata.google.internal` is a cloud metadata service",
+        ),
+        (
+            "http://METADATA.google.internal./computeMetadata/v1/",
+            "`metadata.google.internal` is a cloud metadata service",
+        ),
+    ];
+    for (url, detail) in cases {
+        let ws = workspace("net02");
+        let job = run_job(
+            &policy,
+            &pipeline_requiring(
+                &["http"],
+                &format!(
+                    "http.get({}, {{headers = {{[\"Metadata-Flavor\"] = \"Google\"}}}})",
+                    lua_str(url)
+                ),
+            ),
+            ws.path(),
+        );
+        assert_rule(&job, "http.destination", url);
+        assert!(
+            job.error().contains(detail),
+            "{url}: expected `{detail}` in: {}",
+            job.error()
+        );
+    }
+    canary.assert_intact("NET-02");
+    assert_follow_up(&policy);
+    assert_http_follow_up(&policy, None);
+}
+
+#[test]
+fn net_05_redirects_into_internal_ranges_are_refused() {
+    let policy = http_policy();
+    let canary = Canary::new("net05");
+    let victim = server::Server::start("127.0.0.1", |_| server::Answer::ok("internal"));
+    let victim_url = victim.url("/admin");
+    let hop = server::Server::start(NET_ALLOWED_IP, move |req| match req.path.as_str() {
+        "/loopback" => server::Answer::redirect(302, &victim_url),
+        "/metadata" => server::Answer::redirect(301, "http://169.254.169.254/latest/meta-data/"),
+        "/mapped" => server::Answer::redirect(308, "http://[::ffff:127.0.0.1]:6379/"),
+        _ => server::Answer::redirect(302, "/again"),
+    });
+    for (path, rule) in [
+        ("/loopback", "http.destination"),
+        ("/metadata", "http.destination"),
+        ("/mapped", "http.destination"),
+        ("/again", "http.redirect"),
+    ] {
+        let ws = workspace("net05");
+        let job = run_job(
+            &policy,
+            &pipeline_requiring(&["http"], &format!("http.get({})", lua_str(&hop.url(path)))),
+            ws.path(),
+        );
+        assert_rule(&job, rule, path);
+    }
+    assert_eq!(
+        victim.connections(),
+        0,
+        "NET-05: a redirect reached the loopback server"
+    );
+    canary.assert_intact("NET-05");
+    assert_http_follow_up(&policy, None);
+}
+
+#[test]
+fn net_07_rate_limits_hold_per_job_and_do_not_starve_others() {
+    let mut policy = http_policy();
+    policy.http.job_burst = 5;
+    policy.http.job_per_second = 0.5;
+    policy.http.max_redirects = 20;
+    let canary = Canary::new("net07");
+    let srv = server::Server::start(NET_ALLOWED_IP, |req| {
+        match req
+            .path
+            .strip_prefix("/chain/")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n) if n > 0 => server::Answer::redirect(302, &format!("/chain/{}", n - 1)),
+            _ => server::Answer::ok("ok"),
+        }
+    });
+    // One runner: every job below shares its host services (and so the runner-wide gate).
+    let options = shared_options(&policy);
+
+    // 1000 coroutines, each calling http.get; errors caught with pcall.
+    let ws = workspace("net07");
+    let script = format!(
+        r#"local ok, limited, last = 0, 0, nil
+local cos = {{}}
+for i = 1, 1000 do cos[i] = coroutine.wrap(function() return http.get({url} .. "?" .. i) end) end
+for i = 1, 1000 do
+  local s, e = pcall(cos[i])
+  if s then ok = ok + 1
+  elseif tostring(e):find("policy violation [http.rate]", 1, true) then limited = limited + 1; last = e
+  else error(e, 0) end
+end
+log.info("ok=" .. ok .. " limited=" .. limited)
+error(last, 0)"#,
+        url = lua_str(&srv.url("/flood"))
+    );
+    let job = run_job_with_options(
+        &policy,
+        &pipeline_requiring(&["http"], &script),
+        ws.path(),
+        &options,
+    );
+    assert_rule(&job, "http.rate", "1000 coroutines");
+    let flood = srv.requests().len();
+    // The burst, plus at most what the bucket refilled while the job ran.
+    let refill = (job.report.duration.as_secs_f64() * policy.http.job_per_second).ceil() as usize;
+    assert!(
+        (5..=5 + refill).contains(&flood),
+        "NET-07: {flood} requests reached the server (burst 5, refill {refill})\n{}",
+        job.describe()
+    );
+    assert!(
+        job.lines(Source::Script)
+            .iter()
+            .any(|l| l.starts_with("ok=") && l.contains("limited=")),
+        "{}",
+        job.describe()
+    );
+
+    // A redirect chain: every hop takes a token, so a 10-hop chain stops after the burst.
+    let ws = workspace("net07");
+    let before = srv.requests().len();
+    let job = run_job_with_options(
+        &policy,
+        &pipeline_requiring(
+            &["http"],
+            &format!("http.get({})", lua_str(&srv.url("/chain/10"))),
+        ),
+        ws.path(),
+        &options,
+    );
+    assert_rule(&job, "http.rate", "redirect chain");
+    let hops = srv.requests().len() - before;
+    assert!(
+        (5..=6).contains(&hops),
+        "NET-07: the chain made {hops} requests"
+    );
+
+    canary.assert_intact("NET-07");
+    // Another job on the same runner is not starved: its own bucket is full.
+    assert_http_follow_up(&policy, Some(&options));
+}
+
+#[test]
+fn net_09_child_processes_have_no_network() {
+    let canary = Canary::new("net09");
+    let victim = server::Server::start("127.0.0.1", |_| server::Answer::ok("internal"));
+    let port = victim.addr.port();
+    let bash = format!(
+        "local r = process.run{{command = \"bash\", args = {{\"-c\", \"exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n' >&3 && cat <&3\"}}, check = false}}\nlog.info(\"bash exit \" .. r.code)"
+    );
+    let git = format!(
+        "local r = process.run{{command = \"git\", args = {{\"ls-remote\", \"http://127.0.0.1:{port}/repo\"}}, check = false}}\nlog.info(\"git exit \" .. r.code)"
+    );
+
+    // The default policy: a fresh network namespace. Nothing reaches the host's loopback.
+    let policy = policy(&["bash"]);
+    for (label, script, line) in [
+        ("bash /dev/tcp", &bash, "bash exit "),
+        ("git ls-remote", &git, "git exit "),
+    ] {
+        let ws = workspace("net09");
+        let job = run_job(&policy, &pipeline(script), ws.path());
+        assert_succeeded(&job, label);
+        assert!(
+            job.lines(Source::Script)
+                .iter()
+                .any(|l| l.starts_with(line) && !l.ends_with(" 0")),
+            "{label}: the tool should have failed to connect\n{}",
+            job.describe()
+        );
+    }
+    assert_eq!(
+        victim.connections(),
+        0,
+        "NET-09: a child process reached the host's loopback"
+    );
+
+    // Control: with the host network the same command does connect, so the check above can
+    // fail for the right reason.
+    let mut open = policy.clone();
+    open.sandbox.network = rivet_core::policy::NetworkMode::Host;
+    let ws = workspace("net09");
+    let job = run_job(&open, &pipeline(&bash), ws.path());
+    assert_succeeded(&job, "control with the host network");
+    assert!(
+        victim.connections() >= 1,
+        "control: bash could not reach the server even with the host network\n{}",
+        job.describe()
+    );
+    canary.assert_intact("NET-09");
     assert_follow_up(&policy);
 }

@@ -27,7 +27,7 @@ fn globals_match_the_checked_in_allow_list() {
       table.sort(out)
       print(table.concat(out, "\n"))
     "#;
-    let run = run_stage("'process', 'filesystem', 'plugin.git'", body);
+    let run = run_stage("'process', 'filesystem', 'http', 'plugin.git'", body);
     assert_eq!(
         run.outcome(),
         &JobOutcome::Succeeded,
@@ -61,9 +61,15 @@ fn modules_are_present_only_when_required() {
         "{}",
         run.error()
     );
-    let run = run_stage("'http'", "");
+    let run = run_stage(
+        "'http'",
+        "assert(type(http.get) == 'function' and process == nil)",
+    );
+    assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{}", run.error());
+    let run = run_stage("'container'", "");
     assert!(
-        run.error().contains("requirement `http` is not available"),
+        run.error()
+            .contains("requirement `container` is not available"),
         "{}",
         run.error()
     );
