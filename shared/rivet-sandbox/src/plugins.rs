@@ -27,7 +27,10 @@ pub struct Manifest {
 
 /// Plugins compiled into every Rivet binary, so a pipeline runs from any directory. A plugin of
 /// the same name in a plugin directory takes precedence.
-pub const BUILTIN: &[(&str, &str)] = &[("git", include_str!("../../../plugins/git.lua"))];
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("git", include_str!("../../../plugins/git.lua")),
+    ("slack", include_str!("../../../plugins/slack.lua")),
+];
 
 /// The built-in plugins, then those of `dir` (if given) over them.
 pub fn catalog(dir: Option<&Path>) -> std::io::Result<BTreeMap<String, String>> {

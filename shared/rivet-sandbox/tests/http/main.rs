@@ -300,3 +300,134 @@ fn host_allow_list_and_grant_are_enforced() {
     );
     assert_eq!(srv.connections(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// plugin.slack, with a local server standing in for Slack's webhook endpoint
+// ---------------------------------------------------------------------------------------------
+
+const WEBHOOK_PATH: &str = "/services/T000/B000/hooksecretXYZ123";
+
+fn slack_job(srv: &Server, policy: &Policy, script: &str) -> Job {
+    let ws = workspace("slack");
+    let secrets =
+        std::collections::BTreeMap::from([("SLACK_WEBHOOK".to_owned(), srv.url(WEBHOOK_PATH))]);
+    run_job_with_secrets(
+        policy,
+        &pipeline_requiring(&["plugin.slack"], script),
+        ws.path(),
+        secrets,
+    )
+}
+
+#[test]
+fn slack_notify_posts_json_to_the_webhook() {
+    let srv = Server::start(ALLOWED_IP, |_| Answer::ok("ok"));
+    let job = slack_job(
+        &srv,
+        &http_policy(),
+        r##"local answer = slack.notify{
+  webhook = env.get("SLACK_WEBHOOK"),
+  message = "Build *green* \"quoted\"",
+  channel = "#builds",
+  username = "rivet",
+  icon_emoji = ":rocket:",
+  blocks = {{type = "section", text = {type = "mrkdwn", text = "done"}}},
+}
+assert(answer == "ok", answer)
+-- The webhook (a secret) is masked wherever it would be logged.
+log.info("posted to " .. env.get("SLACK_WEBHOOK"))"##,
+    );
+    assert_succeeded(&job, "slack.notify");
+    let req = srv.next_request();
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, WEBHOOK_PATH);
+    assert_eq!(
+        req.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&req.body).expect("a JSON body");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "text": "Build *green* \"quoted\"",
+            "channel": "#builds",
+            "username": "rivet",
+            "icon_emoji": ":rocket:",
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "done"}}],
+        })
+    );
+    let logs = job.logs();
+    assert!(
+        logs.iter().all(|(_, l)| !l.contains("hooksecretXYZ123")),
+        "the webhook's secret path reached the log\n{}",
+        job.describe()
+    );
+    assert!(
+        logs.iter().any(|(_, l)| *l == "posted to ***"),
+        "{}",
+        job.describe()
+    );
+}
+
+#[test]
+fn slack_notify_fails_clearly_on_errors_and_bad_arguments() {
+    let srv = Server::start(ALLOWED_IP, |_| {
+        Answer::Reply(
+            404,
+            Vec::new(),
+            format!("no_service {}", "x".repeat(500)).into_bytes(),
+        )
+    });
+    let job = slack_job(
+        &srv,
+        &http_policy(),
+        r#"slack.notify{webhook = env.get("SLACK_WEBHOOK"), message = "hi"}"#,
+    );
+    assert_failed_with(
+        &job,
+        "slack.notify: Slack answered 404: no_service xxx",
+        "a 404",
+    );
+    assert!(
+        job.error().ends_with("..."),
+        "the excerpt is bounded: {}",
+        job.error()
+    );
+    assert!(job.error().len() < 400, "{}", job.error());
+    assert!(!job.error().contains("hooksecretXYZ123"), "{}", job.error());
+    assert!(
+        job.logs()
+            .iter()
+            .all(|(_, l)| !l.contains("hooksecretXYZ123")),
+        "{}",
+        job.describe()
+    );
+
+    let cases = [
+        ("slack.notify{message = \"hi\"}", "`webhook` is required"),
+        ("slack.notify{webhook = \"ftp://x\", message = \"hi\"}", "must be an http(s) URL"),
+        ("slack.notify{webhook = env.get(\"SLACK_WEBHOOK\")}", "give `message` or `blocks`"),
+        ("slack.notify{webhook = env.get(\"SLACK_WEBHOOK\"), message = \"hi\", icon_emoji = \"rocket\"}", "`icon_emoji` must look like :name:"),
+        ("slack.notify{webhook = env.get(\"SLACK_WEBHOOK\"), mesage = \"hi\"}", "unknown option `mesage`"),
+        ("slack.notify(\"hi\")", "expected a table of options"),
+    ];
+    for (script, needle) in cases {
+        let job = slack_job(&srv, &http_policy(), script);
+        assert_failed_with(&job, needle, script);
+    }
+    assert_eq!(
+        srv.requests().len(),
+        1,
+        "only the first call may reach the server"
+    );
+
+    // The runner's policy still decides where the webhook may point.
+    let mut p = http_policy();
+    p.http.hosts = vec!["hooks.slack.com".into()];
+    let job = slack_job(
+        &srv,
+        &p,
+        r#"slack.notify{webhook = env.get("SLACK_WEBHOOK"), message = "hi"}"#,
+    );
+    assert_rule(&job, "http.host", "webhook outside http.hosts");
+}
