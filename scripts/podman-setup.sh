@@ -2,7 +2,8 @@
 # Sets up Podman's Docker-compatible API for Rivet's container module and tests, on a fresh
 # Debian machine, with nothing pulled from a registry. Safe to rerun: every step checks first.
 #
-#   scripts/podman-setup.sh            packages, containers.conf, the API socket, rivet-test/busybox
+#   scripts/podman-setup.sh            packages (podman, runc, busybox-static, podman-compose),
+#                                      containers.conf, the API socket, rivet-test/busybox
 #   scripts/podman-setup.sh --python   the same, plus python:3.11 (a debootstrap root, ~1 minute)
 #
 # The socket is unix:///run/rivet-podman/podman.sock (RIVET_PODMAN_SOCKET overrides the path);
@@ -20,7 +21,7 @@ for arg in "$@"; do
   case "$arg" in
     --python) WANT_PYTHON=1 ;;
     -h | --help)
-      sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -44,6 +45,8 @@ missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || missing+=(busybox-static)
+# The docker-compose plugin's tests drive podman-compose (Debian's package, no registry).
+command -v podman-compose >/dev/null || missing+=(podman-compose)
 if [ "$WANT_PYTHON" = 1 ]; then
   command -v debootstrap >/dev/null || missing+=(debootstrap)
 fi

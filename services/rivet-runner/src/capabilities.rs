@@ -48,7 +48,11 @@ pub fn detect(
                 Requirement::Plugin { name } => caps.contains(&format!("plugin.{name}")),
                 Requirement::Label { key, value } => labels.get(key) == Some(value),
             });
-            if requirements_met && m.binaries.iter().all(|b| binaries.contains_key(b)) {
+            let binaries_met = m
+                .binaries
+                .iter()
+                .all(|b| rivet_sandbox::plugins::binary_met(b, |one| binaries.contains_key(one)));
+            if requirements_met && binaries_met {
                 caps.insert(cap);
                 added = true;
             }
@@ -68,7 +72,9 @@ pub fn detect(
                 .chain(
                     m.binaries
                         .iter()
-                        .filter(|b| !binaries.contains_key(*b))
+                        .filter(|b| {
+                            !rivet_sandbox::plugins::binary_met(b, |one| binaries.contains_key(one))
+                        })
                         .map(|b| format!("binary `{b}`")),
                 )
                 .collect();
@@ -101,6 +107,10 @@ mod tests {
                 "return { requires = {'process'}, binaries = {'nvidia-smi'} }".to_string(),
             ),
             ("broken".to_string(), "return 42".to_string()),
+            (
+                "either".to_string(),
+                "return { requires = {'process'}, binaries = {'nvidia-smi|git'} }".to_string(),
+            ),
         ]
         .into_iter()
         .collect();
@@ -121,6 +131,7 @@ mod tests {
                 "filesystem",
                 "http",
                 "plugin.deploy",
+                "plugin.either",
                 "plugin.git",
                 "process"
             ]

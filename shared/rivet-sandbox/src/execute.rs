@@ -212,7 +212,7 @@ fn load_plugins(
         let (table, manifest) = plugins::load(lua, globals.clone(), &name, source)?;
         if ctx.request.mode == Mode::Run {
             for bin in &manifest.binaries {
-                if !ctx.request.binaries.contains_key(bin) {
+                if !plugins::binary_met(bin, |b| ctx.request.binaries.contains_key(b)) {
                     return Err(format!(
                         "plugin `{name}` needs the program `{bin}`, which is not allowed by the policy or not installed"
                     ));

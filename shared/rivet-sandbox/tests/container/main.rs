@@ -362,3 +362,162 @@ log.info("listing: [" .. l.stdout .. "]")"#
     fx.assert_canary();
     assert_follow_up(&policy());
 }
+
+/// A policy that lets jobs run podman-compose on the host: namespaces off (the engine's storage
+/// and sockets are visible), the tool allowed. Trusted runners only (see the plugin's header).
+fn compose_policy() -> rivet_core::Policy {
+    let mut p = policy();
+    p.sandbox.namespaces = rivet_core::policy::NamespaceMode::Off;
+    p.process.allow.push("podman-compose".into());
+    // Podman sets up bridge networks with iptables, from /usr/sbin.
+    p.process.search_path.push("/usr/sbin".into());
+    p.process.default_timeout = Duration::from_secs(60);
+    p.limits.stage_timeout = Duration::from_secs(120);
+    p.limits.job_timeout = Duration::from_secs(180);
+    p
+}
+
+#[test]
+fn docker_compose_arguments_are_checked_before_any_tool_runs() {
+    assert!(
+        std::path::Path::new("/usr/bin/podman-compose").exists(),
+        "podman-compose is missing: run `scripts/podman-setup.sh`"
+    );
+    let variants = [
+        (
+            "file outside",
+            r#"docker_compose.up{file = "../compose.yml"}"#,
+            "policy violation [docker-compose.argument]",
+        ),
+        (
+            "absolute file",
+            r#"docker_compose.up{file = "/etc/compose.yml"}"#,
+            "policy violation [docker-compose.argument]",
+        ),
+        (
+            "file as flag",
+            r#"docker_compose.ps{file = "--verbose"}"#,
+            "policy violation [docker-compose.argument]",
+        ),
+        (
+            "project as flag",
+            r#"docker_compose.down{project = "-v"}"#,
+            "policy violation [docker-compose.argument]",
+        ),
+        (
+            "service injection",
+            r#"docker_compose.up{services = {"db; rm -rf /"}}"#,
+            "policy violation [docker-compose.argument]",
+        ),
+        (
+            "service as flag",
+            r#"docker_compose.logs{services = {"--follow"}}"#,
+            "policy violation [docker-compose.argument]",
+        ),
+        (
+            "unknown option",
+            r#"docker_compose.up{privileged = true}"#,
+            "unknown option `privileged`",
+        ),
+        (
+            "bad tail",
+            r#"docker_compose.logs{tail = "all"}"#,
+            "`tail` must be a non-negative integer",
+        ),
+        (
+            "bad volumes",
+            r#"docker_compose.down{volumes = "yes"}"#,
+            "`volumes` must be a boolean",
+        ),
+    ];
+    for (label, call, needle) in variants {
+        let fx = fixture("compose-args");
+        let job = fx.run(
+            &compose_policy(),
+            &pipeline("\"plugin.docker-compose\"", "", call),
+        );
+        assert!(
+            matches!(job.report.outcome, JobOutcome::Failed { .. }) && job.error().contains(needle),
+            "{label}: expected `{needle}`\n{}",
+            job.describe()
+        );
+        assert!(
+            job.lines(Source::Stdout).is_empty() && job.lines(Source::Stderr).is_empty(),
+            "{label}: a tool ran\n{}",
+            job.describe()
+        );
+        fx.assert_canary();
+    }
+    // Without any compose tool allowed, the plugin is not available at all.
+    let fx = fixture("compose-absent");
+    let job = fx.run(
+        &policy(),
+        &pipeline("\"plugin.docker-compose\"", "", "docker_compose.ps{}"),
+    );
+    assert!(
+        job.error()
+            .contains("needs the program `docker-compose|podman-compose|docker|podman`"),
+        "{}",
+        job.describe()
+    );
+}
+
+#[test]
+fn docker_compose_brings_a_project_up_lists_it_reads_its_logs_and_takes_it_down() {
+    assert!(
+        std::path::Path::new("/usr/bin/podman-compose").exists(),
+        "podman-compose is missing: run `scripts/podman-setup.sh`"
+    );
+    let fx = fixture("compose-e2e");
+    let project = format!("rivetct{}", std::process::id());
+    std::fs::write(
+        fx.workspace.join("compose.yml"),
+        format!("services:\n  hello:\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"echo hello-from-compose; sleep 3600\"]\n"),
+    )
+    .unwrap();
+    let script = format!(
+        r#"local p = {{file = "compose.yml", project = "{project}"}}
+docker_compose.up(p)
+local ps = docker_compose.ps(p)
+log.info("ps has service: " .. tostring(ps.stdout:find("{project}_hello_1", 1, true) ~= nil))
+local seen = false
+for _ = 1, 50 do
+  local logs = docker_compose.logs{{file = "compose.yml", project = "{project}", services = {{"hello"}}, tail = 10}}
+  if logs.stdout:find("hello-from-compose", 1, true) then seen = true break end
+end
+log.info("logs seen: " .. tostring(seen))
+docker_compose.down{{file = "compose.yml", project = "{project}"}}"#
+    );
+    let job = fx.run(
+        &compose_policy(),
+        &pipeline("\"plugin.docker-compose\"", "", &script),
+    );
+    // Whatever happened, take the project down before asserting.
+    let leftover = std::process::Command::new("podman")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.podman.compose.project={project}"),
+        ])
+        .output()
+        .unwrap();
+    let leftover = String::from_utf8_lossy(&leftover.stdout).trim().to_owned();
+    if !leftover.is_empty() {
+        let _ = std::process::Command::new("podman")
+            .args(["rm", "-f", &leftover])
+            .output();
+    }
+    let _ = std::process::Command::new("podman")
+        .args(["network", "rm", &format!("{project}_default")])
+        .output();
+    assert_succeeded(&job, "compose up/ps/logs/down");
+    let lines = job.lines(Source::Script);
+    assert!(
+        lines.contains(&"ps has service: true"),
+        "{}",
+        job.describe()
+    );
+    assert!(lines.contains(&"logs seen: true"), "{}", job.describe());
+    assert!(leftover.is_empty(), "down left containers: {leftover}");
+}
