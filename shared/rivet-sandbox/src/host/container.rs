@@ -56,7 +56,8 @@ pub(crate) struct JobSlot {
     job_id: String,
     workspace: PathBuf,
     policy: ContainerPolicy,
-    containers: Mutex<Option<Arc<JobContainers>>>,
+    /// The job's containers once created; `Err(())` once the job is finished (no more calls).
+    containers: Mutex<Result<Option<Arc<JobContainers>>, ()>>,
 }
 
 impl JobSlot {
@@ -65,7 +66,7 @@ impl JobSlot {
             job_id,
             workspace,
             policy,
-            containers: Mutex::new(None),
+            containers: Mutex::new(Ok(None)),
         }
     }
 
@@ -74,21 +75,29 @@ impl JobSlot {
             .containers
             .lock()
             .map_err(|_| CallError::failed("container: internal state poisoned"))?;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+        let existing = match &*slot {
+            Ok(existing) => existing.clone(),
+            Err(()) => return Err(CallError::failed("container: the job has ended")),
+        };
+        if let Some(c) = existing {
+            return Ok(c);
         }
         let engine = source
             .lock()
             .map_err(|_| CallError::failed("container: internal state poisoned"))?
             .engine()?;
         let c = Arc::new(engine.job(&self.job_id, self.workspace.clone(), self.policy.clone()));
-        *slot = Some(c.clone());
+        *slot = Ok(Some(c.clone()));
         Ok(c)
     }
 
-    /// Removes every container of the job (after the worker is gone, whatever its outcome).
+    /// Removes every container of the job (after the worker is gone, whatever its outcome) and
+    /// refuses later calls, so a call still in flight cannot start a new set.
     pub(crate) fn finish(&self) -> usize {
-        let taken = self.containers.lock().ok().and_then(|mut s| s.take());
+        let taken = match self.containers.lock() {
+            Ok(mut s) => std::mem::replace(&mut *s, Err(())).ok().flatten(),
+            Err(_) => None,
+        };
         taken.map_or(0, |c| c.cleanup())
     }
 }
