@@ -401,3 +401,32 @@ fn the_python_image_runs_pytest() {
         }
     }
 }
+
+#[test]
+fn policy_knobs_read_only_root_and_bridge_network_apply() {
+    let fx = fixture("knobs");
+    let job = fx.job(rivet_core::policy::ContainerPolicy {
+        read_only_rootfs: true,
+        network: rivet_core::policy::ContainerNetwork::Bridge,
+        pids_limit: 64,
+        ..policy()
+    });
+    let script = "touch /rootfile 2>/dev/null && echo ROOT-WRITABLE; touch /tmp/t && echo TMP-OK; \
+                  touch /workspace/w && echo WS-OK; ls /sys/class/net; \
+                  cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max";
+    let (r, _) = run(
+        &job,
+        json!({"image": BUSYBOX, "command": ["sh", "-c", script]}),
+    );
+    let (_, out) = exited(r);
+    assert!(
+        !out.contains("ROOT-WRITABLE"),
+        "the root filesystem is read-only: {out}"
+    );
+    assert!(out.contains("TMP-OK") && out.contains("WS-OK"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("eth")),
+        "a bridge network has an interface: {out}"
+    );
+    assert!(out.contains("\n64\n"), "pids limit from the policy: {out}");
+}
