@@ -127,14 +127,20 @@ impl Engine {
             err,
         };
         let probe = docker.clone();
-        let version = rt
-            .block_on(async move {
-                tokio::time::timeout(Duration::from_secs(5), async {
-                    probe.ping().await?;
-                    probe.version().await
-                })
-                .await
+        // Spawned and waited for over a channel rather than `block_on`, so connecting works
+        // from any thread, an async one included.
+        let (tx, rx) = mpsc::channel();
+        rt.spawn(async move {
+            let answer = tokio::time::timeout(Duration::from_secs(5), async {
+                probe.ping().await?;
+                probe.version().await
             })
+            .await;
+            let _ = tx.send(answer);
+        });
+        let version = rx
+            .recv()
+            .map_err(|_| ContainerError::Closed)?
             .map_err(|_| {
                 ContainerError::Invalid(format!(
                     "the container engine at `{host}` did not answer within 5s"
