@@ -37,7 +37,7 @@ pub enum Command {
     /// Pipelines on the orchestrator: push a definition, list, show.
     #[command(subcommand)]
     Pipeline(remote::pipeline::PipelineCommand),
-    /// Jobs on the orchestrator: list, show, logs.
+    /// Jobs on the orchestrator: list, show, logs, cancel, retry.
     #[command(subcommand)]
     Job(remote::job::JobCommand),
     /// The orchestrator's runners.

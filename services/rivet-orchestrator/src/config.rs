@@ -65,4 +65,16 @@ pub struct Config {
     /// Executable used for definition checks in sandbox workers (default: this executable).
     #[arg(long, env = "RIVET_WORKER_PROGRAM")]
     pub worker_program: Option<PathBuf>,
+    /// How long a job may wait for a runner when its pipeline sets no `queue_timeout`
+    /// (`30s`, `10m`, `24h`).
+    #[arg(long, env = "RIVET_QUEUE_TIMEOUT", default_value = "24h", value_parser = parse_duration)]
+    pub queue_timeout: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    match rivet_core::duration::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be positive".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }

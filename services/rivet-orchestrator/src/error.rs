@@ -23,13 +23,26 @@ pub enum ApiError {
     InvalidDefinition(Vec<Problem>),
     /// 422: inputs do not fit the definition.
     InvalidInputs(Vec<InputError>),
+    /// 409: the request does not fit the resource's state (`code`, message).
+    Conflict(&'static str, String),
+    /// 503: a service the orchestrator depends on cannot be reached right now.
+    Unavailable(anyhow::Error),
     /// 500: infrastructure trouble.
     Internal(anyhow::Error),
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(anyhow::Error::new(e).context("querying PostgreSQL"))
+        let unreachable = matches!(
+            e,
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+        );
+        let e = anyhow::Error::new(e).context("querying PostgreSQL");
+        if unreachable {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e)
+        }
     }
 }
 
@@ -73,6 +86,17 @@ impl IntoResponse for ApiError {
                 );
                 b.fields = fields;
                 (StatusCode::UNPROCESSABLE_ENTITY, b)
+            }
+            Self::Conflict(code, why) => (StatusCode::CONFLICT, body(code, &why)),
+            Self::Unavailable(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Request failed: a dependency is unavailable.");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    body(
+                        "unavailable",
+                        "a service the orchestrator needs is unavailable; retry shortly",
+                    ),
+                )
             }
             Self::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "Request failed.");

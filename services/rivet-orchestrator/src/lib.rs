@@ -5,7 +5,9 @@
 //! - [`api`]: the axum router and handlers; [`error`]: the one `ApiError` response.
 //! - [`db`]: plain query functions per table (no repository trait).
 //! - [`relay`]: publishes outbox rows with publisher confirms.
-//! - [`reports`]: applies runner reports (fenced by attempt, accepted only from the lease holder).
+//! - [`reports`]: applies runner reports (fenced by attempt and runner in PostgreSQL).
+//! - [`reaper`]: declares attempts lost when their lease is gone, expires queued jobs, repairs
+//!   fences after Redis lost its data.
 //! - [`fleet`]: live runners from Redis, and whether a requirement set can be scheduled.
 //! - [`lint`]: checks pushed definitions in sandbox workers.
 //!
@@ -16,8 +18,10 @@ mod auth;
 mod config;
 pub mod db;
 mod error;
+mod fence;
 pub mod fleet;
 mod lint;
+pub mod reaper;
 pub mod relay;
 pub mod reports;
 pub mod testing;
@@ -54,6 +58,19 @@ pub struct AppState {
     pub relay_wakeup: Arc<Notify>,
     /// Checks definitions.
     pub linter: Arc<lint::Linter>,
+    /// Set when writing a fence failed: the reaper writes them all again.
+    pub fences_dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// Queue timeout of jobs whose pipeline sets none.
+    pub queue_timeout: Duration,
+}
+
+/// Backoff for retrying infrastructure calls: 100 ms doubling to 5 s, with jitter, forever.
+pub fn backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
 }
 
 impl std::fmt::Debug for AppState {
@@ -153,6 +170,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         keys: Keys::new(&config.namespace),
         relay_wakeup: Arc::new(Notify::new()),
         linter: Arc::new(linter),
+        fences_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        queue_timeout: config.queue_timeout,
     };
     auth::bootstrap(&state.db, config.bootstrap_token.as_deref()).await?;
     relay::sync_classes(&state)
@@ -172,6 +191,7 @@ impl Orchestrator {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(relay::run(state.clone(), shutdown.clone()));
         tasks.spawn(reports::run(state.clone(), shutdown.clone()));
+        tasks.spawn(reaper::run(state.clone(), shutdown.clone()));
         let app = api::router(state.clone());
         let serve_shutdown = shutdown.clone();
         tracing::info!(address = %listener.local_addr()?, "Orchestrator listening.");

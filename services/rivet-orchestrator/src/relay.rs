@@ -85,7 +85,8 @@ pub async fn publish_pending(
     loop {
         let mut tx = state.db.begin().await?;
         let rows: Vec<(i64, Json<JobDispatch>)> = sqlx::query_as(
-            "SELECT id, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, payload FROM outbox WHERE published_at IS NULL AND available_at <= now() \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)
@@ -99,6 +100,24 @@ pub async fn publish_pending(
                 ensure_class(state, &msg.class_key, &msg.requires).await?;
                 known.insert(msg.class_key.clone());
             }
+        }
+        // Fences first: a runner taking the message must find its attempt allowed.
+        let mut pipe = redis::pipe();
+        for (_, Json(msg)) in &rows {
+            pipe.cmd("SET")
+                .arg(state.keys.fence(msg.job_id))
+                .arg(msg.attempt)
+                .arg("EX")
+                .arg(crate::fence::ACTIVE_TTL_S)
+                .ignore();
+        }
+        let mut redis = state.redis.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut redis).await {
+            // A missing fence lets any attempt start; PostgreSQL still fences what it reports.
+            tracing::warn!(error = %e, "Writing fences failed; publishing anyway.");
+            state
+                .fences_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         // Publish the batch at once (the broker client confirms on several channels) and mark
         // exactly the confirmed rows; the others stay for the next round.

@@ -1,16 +1,13 @@
 //! Applies runner reports: in order, idempotently (by job, attempt and sequence), and only from
-//! the runner that holds the job's lease for that attempt.
+//! the runner running that attempt (PostgreSQL fences; Redis is not needed to store a report).
 
 use crate::db;
 use crate::AppState;
-use redis::AsyncCommands;
+use backon::Retryable;
 use rivet_protocol::messages::{ReportBody, RunnerReport};
 use rivet_protocol::redis_keys::lease_value;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Deletes the lease only if it still holds the given value.
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// What became of a report.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,12 +23,12 @@ const LANES: usize = 8;
 
 /// Consumes the reports queue until `shutdown`. Reports are spread over [`LANES`] tasks by job,
 /// so jobs are applied in parallel and each job's reports in order.
+///
+/// When the broker connection drops, the subscription ends and is started again (with backoff)
+/// once the broker is back; reports the lanes held unacknowledged went back to the queue and are
+/// applied again, which is harmless (everything is idempotent).
 pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let queue = state.broker.topology().reports_queue();
-    let mut sub = state
-        .broker
-        .consume::<RunnerReport>(&queue, 400, "orchestrator-reports")
-        .await?;
     let mut lanes = Vec::with_capacity(LANES);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..LANES {
@@ -39,25 +36,47 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
         lanes.push(tx);
         tasks.spawn(lane(state.clone(), rx, shutdown.clone()));
     }
-    let result = loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            next = sub.next() => next,
+    'subscribe: loop {
+        let subscribe = || async {
+            state
+                .broker
+                .consume::<RunnerReport>(&queue, 400, "orchestrator-reports")
+                .await
         };
-        match next {
-            Some(Ok(incoming)) => {
-                let lane = (incoming.message.job_id.as_u128() % LANES as u128) as usize;
-                if lanes[lane].send(incoming).await.is_err() {
-                    break Ok(());
+        let subscribed = tokio::select! {
+            _ = shutdown.cancelled() => break 'subscribe,
+            sub = subscribe
+                .retry(crate::backoff())
+                .sleep(tokio::time::sleep)
+                .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "Consuming reports failed; retrying.")) => sub,
+        };
+        let mut sub = match subscribed {
+            Ok(sub) => sub,
+            Err(e) => unreachable!("retries without a limit only end in success: {e}"),
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'subscribe,
+                next = sub.next() => next,
+            };
+            match next {
+                Some(Ok(incoming)) => {
+                    let lane = (incoming.message.job_id.as_u128() % LANES as u128) as usize;
+                    if lanes[lane].send(incoming).await.is_err() {
+                        break 'subscribe;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "Receiving a report failed."),
+                None => {
+                    tracing::warn!("The reports subscription ended (broker connection lost?); subscribing again.");
+                    continue 'subscribe;
                 }
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "Receiving a report failed."),
-            None => break Err(anyhow::anyhow!("the reports consumer ended")),
         }
-    };
+    }
     drop(lanes);
     while tasks.join_next().await.is_some() {}
-    result
+    Ok(())
 }
 
 /// Applies one lane's reports in order. Infrastructure trouble is retried in place (never
@@ -97,29 +116,55 @@ async fn lane(
     }
 }
 
-/// Applies one report.
+/// Applies one report. Fenced by PostgreSQL alone: the attempt must be the job's current one
+/// and (after `Started`) running on the reporting runner. A runner whose `Started` is refused,
+/// or that reports on an attempt that is no longer its own, is told to stop it.
 pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Applied> {
-    let mut redis = state.redis.clone();
-    let lease_key = state.keys.lease(report.job_id);
-    let expected = lease_value(&report.runner_id, report.attempt);
-    let holder: Option<String> = redis.get(&lease_key).await?;
-    if holder.as_deref() != Some(expected.as_str()) {
-        return Ok(Applied::Ignored(
-            "the runner does not hold the job's lease for this attempt",
-        ));
-    }
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
     if let ReportBody::Started = report.body {
-        return Ok(if db::jobs::start(&state.db, job, attempt, runner).await? {
-            Applied::Stored
-        } else {
-            Applied::Ignored("the job is not waiting for this attempt")
-        });
+        // The attempt starts on the runner holding its lease. A lease Redis lost (or Redis out
+        // of reach) does not stop it: PostgreSQL lets only the first `Started` of an attempt in.
+        let mut redis = state.redis.clone();
+        let holder: redis::RedisResult<Option<String>> =
+            redis::AsyncCommands::get(&mut redis, state.keys.lease(job)).await;
+        if let Ok(Some(holder)) = holder {
+            if holder != lease_value(runner, attempt) {
+                crate::fence::order_cancel(
+                    state,
+                    runner,
+                    job,
+                    attempt,
+                    "another runner holds this job's lease",
+                )
+                .await;
+                return Ok(Applied::Ignored("the runner does not hold the job's lease"));
+            }
+        }
+        return Ok(
+            match db::jobs::start(&state.db, job, attempt, runner).await? {
+                db::jobs::Start::Started | db::jobs::Start::Duplicate => Applied::Stored,
+                db::jobs::Start::Refused => {
+                    crate::fence::order_cancel(state, runner, job, attempt, "the job is no longer waiting for this attempt (cancelled, timed out, or given to another runner)").await;
+                    Applied::Ignored("the job is not waiting for this attempt")
+                }
+            },
+        );
     }
     // One transaction per report, however many stage events and log lines it carries: every
     // commit waits for the disk.
     let mut tx = state.db.begin().await?;
     if !db::jobs::is_running(&mut tx, job, attempt, runner).await? {
+        drop(tx);
+        if !matches!(report.body, ReportBody::Finished { .. }) {
+            crate::fence::order_cancel(
+                state,
+                runner,
+                job,
+                attempt,
+                "the attempt is no longer this runner's (it was declared lost or the job ended)",
+            )
+            .await;
+        }
         return Ok(Applied::Ignored(
             "the attempt is not running on this runner",
         ));
@@ -128,27 +173,33 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
         ReportBody::Batch { bodies } => bodies.as_slice(),
         body => std::slice::from_ref(body),
     };
-    let mut finished = false;
+    let mut ended = None;
     for body in bodies {
-        finished |= apply_body(&mut tx, report, body).await?;
+        if let Some(e) = apply_body(&mut tx, report, body).await? {
+            ended = Some(e);
+        }
     }
     tx.commit().await?;
-    if finished {
-        let _: i64 = redis::Script::new(RELEASE)
-            .key(&lease_key)
-            .arg(&expected)
-            .invoke_async(&mut redis)
-            .await?;
+    if let Some(ended) = ended {
+        crate::fence::release_lease(state, job, &lease_value(runner, attempt)).await;
+        match ended {
+            db::attempts::Ended::Final(_) => crate::fence::close(state, job).await,
+            db::attempts::Ended::Retrying { attempt } => {
+                crate::fence::open(state, job, attempt).await;
+                state.relay_wakeup.notify_one();
+            }
+            db::attempts::Ended::Stale => {}
+        }
     }
     Ok(Applied::Stored)
 }
 
-/// Applies one report body of a running attempt in `tx`. Returns whether the attempt finished.
+/// Applies one report body of a running attempt in `tx`. Returns how the attempt ended, if it did.
 async fn apply_body(
     tx: &mut sqlx::PgConnection,
     report: &RunnerReport,
     body: &ReportBody,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<db::attempts::Ended>> {
     let (job, attempt) = (report.job_id, report.attempt);
     match body {
         // `Started` comes alone, and batches do not nest: either inside a batch is ignored.
@@ -189,9 +240,15 @@ async fn apply_body(
         }
         ReportBody::Logs { lines } => db::logs::insert(tx, job, attempt, lines).await?,
         ReportBody::Finished { outcome } => {
-            db::jobs::finish(tx, job, attempt, outcome).await?;
-            return Ok(true);
+            let ending = db::attempts::Ending {
+                from: &["running"],
+                runner: Some(&report.runner_id),
+                may_retry: true,
+            };
+            return Ok(Some(
+                db::attempts::end(tx, job, attempt, outcome, ending).await?,
+            ));
         }
     }
-    Ok(false)
+    Ok(None)
 }

@@ -63,6 +63,7 @@ pub async fn start(worker_program: &Path) -> TestOrchestrator {
         bootstrap_token: Some(token.clone()),
         plugin_dir: None,
         worker_program: Some(worker_program.to_path_buf()),
+        queue_timeout: Duration::from_secs(24 * 3600),
     };
     let orchestrator = crate::start(&config).await.unwrap_or_else(|e| {
         panic!("starting the orchestrator (RabbitMQ, Redis running? scripts/services.sh): {e:#}")

@@ -56,6 +56,10 @@ pub struct Config {
     /// `container.docker`; unset or unreachable, it advertises neither.
     #[arg(long, env = "RIVET_CONTAINER_HOST")]
     pub container_host: Option<String>,
+    /// On SIGTERM/SIGINT or a drain order: how long running jobs may go on before they are
+    /// cancelled (`30s`, `10m`).
+    #[arg(long, env = "RIVET_DRAIN_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub drain_grace: std::time::Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -80,4 +84,8 @@ impl Config {
     pub fn label_map(&self) -> BTreeMap<String, String> {
         self.labels.iter().cloned().collect()
     }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    rivet_core::duration::parse_duration(text).map_err(|e| e.to_string())
 }

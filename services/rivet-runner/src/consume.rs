@@ -1,14 +1,21 @@
 //! Consuming class queues: one subscription per class the runner covers, fed into one loop that
-//! takes a slot and the job's lease, acknowledges, and starts the job. While every slot is busy
-//! the subscriptions are cancelled (deliveries in flight go back to their queue), and they resume
+//! takes a slot and the job's lease and starts the job. While every slot is busy the
+//! subscriptions are cancelled (deliveries in flight go back to their queue), and they resume
 //! with prefetch equal to the free slots: the broker never holds jobs for a runner that cannot
 //! start them.
+//!
+//! The same loop follows class announcements and this runner's control queue (cancel, drain),
+//! and subscribes again to everything after the broker connection came back. When the runner
+//! drains it stops consuming, lets running jobs finish within the grace period, cancels the rest
+//! and returns once every job reported its end.
 
-use crate::{job, Runner};
+use crate::job::{self, Claim};
+use crate::Runner;
 use redis::AsyncCommands;
 use rivet_amqp::{Incoming, Subscription};
-use rivet_protocol::messages::JobDispatch;
+use rivet_protocol::messages::{ClassAnnounce, ControlCommand, JobDispatch, RunnerControl};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -16,6 +23,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 type Delivery = Incoming<JobDispatch>;
+
+/// How long a message whose lease another runner holds waits before it goes back to its queue.
+const HELD_RETRY: Duration = Duration::from_secs(2);
+/// How often the loop checks that the broker connection and its subscriptions are alive.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
 /// Active class subscriptions: class key → the token that stops its forwarding task.
 #[derive(Default)]
@@ -31,9 +43,9 @@ impl Subscriptions {
         class_key: &str,
         prefetch: u16,
         tx: &mpsc::Sender<Delivery>,
-    ) {
+    ) -> bool {
         if self.active.contains_key(class_key) {
-            return;
+            return true;
         }
         let queue = runner.broker.topology().class_queue(class_key);
         let tag = format!("{}:{class_key}", runner.id);
@@ -46,9 +58,13 @@ impl Subscriptions {
                 let stop = CancellationToken::new();
                 self.tasks.spawn(forward(sub, tx.clone(), stop.clone()));
                 self.active.insert(class_key.to_owned(), stop);
-                tracing::info!(class = %class_key, prefetch, "Consuming class queue.");
+                tracing::debug!(class = %class_key, prefetch, "Consuming class queue.");
+                true
             }
-            Err(e) => tracing::warn!(class = %class_key, error = %e, "Cannot consume class queue."),
+            Err(e) => {
+                tracing::warn!(class = %class_key, error = %e, "Cannot consume class queue.");
+                false
+            }
         }
     }
 
@@ -57,6 +73,15 @@ impl Subscriptions {
             stop.cancel();
         }
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Whether a forwarding task ended by itself (its subscription died with the connection).
+    fn broken(&mut self) -> bool {
+        let mut ended = false;
+        while self.tasks.try_join_next().is_some() {
+            ended = true;
+        }
+        ended
     }
 }
 
@@ -99,102 +124,292 @@ async fn known_classes(runner: &Runner) -> redis::RedisResult<BTreeMap<String, V
         .collect())
 }
 
-/// Consumes every known class this runner covers, with prefetch = `free` slots.
+/// Consumes every known class this runner covers, with prefetch = `free` slots. False when a
+/// subscription failed (the health check tries again).
 async fn resume(
     subs: &mut Subscriptions,
     runner: &Arc<Runner>,
     classes: &BTreeMap<String, Vec<String>>,
     free: usize,
     tx: &mpsc::Sender<Delivery>,
-) {
+) -> bool {
     let prefetch = u16::try_from(free.max(1)).unwrap_or(u16::MAX);
+    let mut ok = true;
     for (class, requires) in classes {
         if runner.covers(requires) {
-            subs.start(runner, class, prefetch, tx).await;
+            ok &= subs.start(runner, class, prefetch, tx).await;
+        }
+    }
+    ok
+}
+
+/// The next message of an optional subscription; never, when there is none.
+async fn next_of<M: rivet_protocol::Message>(
+    sub: &mut Option<Subscription<M>>,
+) -> Option<Result<Incoming<M>, rivet_amqp::AmqpError>> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Cancels the attempt a control order names, if it runs here.
+fn cancel_job(runner: &Runner, job_id: uuid::Uuid, attempt: u32, reason: String) {
+    let entry = runner
+        .running
+        .lock()
+        .expect("the running list's lock is never poisoned")
+        .get(&(job_id, attempt))
+        .cloned();
+    match entry {
+        Some(entry) => {
+            tracing::info!(job_id = %job_id, attempt, reason = %reason, "Cancelling a job on order.");
+            entry.cancel(reason);
+        }
+        None => {
+            tracing::debug!(job_id = %job_id, attempt, "Cancel order for a job not running here.")
         }
     }
 }
 
-/// The runner's main loop.
-pub async fn run(runner: Arc<Runner>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let slots = Arc::new(Semaphore::new(runner.slots as usize));
-    let freed = Arc::new(Notify::new());
-    let (tx, mut rx) = mpsc::channel::<Delivery>(64);
-    let mut announcements = runner.broker.subscribe_announcements().await?;
-    let mut classes = known_classes(&runner).await?;
-    let mut subs = Subscriptions::default();
-    let mut jobs: JoinSet<()> = JoinSet::new();
-    let mut paused = false;
+/// The loop's state.
+struct Loop {
+    runner: Arc<Runner>,
+    slots: Arc<Semaphore>,
+    freed: Arc<Notify>,
+    tx: mpsc::Sender<Delivery>,
+    classes: BTreeMap<String, Vec<String>>,
+    subs: Subscriptions,
+    announcements: Option<Subscription<ClassAnnounce>>,
+    control: Option<Subscription<RunnerControl>>,
+    jobs: JoinSet<()>,
+    paused: bool,
+    /// Consecutive lease failures (Redis unreachable): the next waits longer.
+    claim_failures: u32,
+}
 
-    resume(&mut subs, &runner, &classes, slots.available_permits(), &tx).await;
+impl Loop {
+    /// (Re)subscribes to whatever is missing: announcements, control, and (unless paused) the
+    /// class queues, all of them again when `renew_classes` (their connection died). Returns
+    /// whether everything is in place.
+    async fn subscribe(&mut self, renew_classes: bool) -> bool {
+        let mut ok = true;
+        if self.control.is_none() {
+            match self.runner.broker.subscribe_control(&self.runner.id).await {
+                Ok(s) => self.control = Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Subscribing to runner control failed.");
+                    ok = false;
+                }
+            }
+        }
+        if self.announcements.is_none() {
+            match self.runner.broker.subscribe_announcements().await {
+                Ok(s) => {
+                    self.announcements = Some(s);
+                    // Classes announced while we were not listening.
+                    if let Ok(c) = known_classes(&self.runner).await {
+                        self.classes = c;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Subscribing to class announcements failed.");
+                    ok = false;
+                }
+            }
+        }
+        if renew_classes {
+            self.subs.stop_all().await;
+        }
+        if !self.paused {
+            let free = self.slots.available_permits();
+            ok &= resume(&mut self.subs, &self.runner, &self.classes, free, &self.tx).await;
+        }
+        ok
+    }
+
+    async fn on_delivery(&mut self, delivery: Delivery) {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            // Arrived while pausing: back to its queue.
+            let _ = delivery.reject(true).await;
+            return;
+        };
+        let claim = job::claim(&self.runner, &delivery.message).await;
+        // Only a job that runs keeps its slot.
+        let permit = match claim {
+            Ok(Claim::Ours) => Some(permit),
+            _ => {
+                drop(permit);
+                None
+            }
+        };
+        match claim {
+            Ok(Claim::Ours) => {
+                let permit = permit.expect("kept for a job that runs");
+                self.claim_failures = 0;
+                let (runner, freed) = (self.runner.clone(), self.freed.clone());
+                self.jobs.spawn(async move {
+                    job::run(&runner, delivery).await;
+                    drop(permit);
+                    freed.notify_one();
+                });
+            }
+            Ok(Claim::Stale) => {
+                self.claim_failures = 0;
+                tracing::info!(job_id = %delivery.message.job_id, attempt = delivery.message.attempt,
+                    "Dropping a job message: its fence says the attempt must not run (job over or retried).");
+                let _ = delivery.ack().await;
+            }
+            Ok(Claim::Held) => {
+                self.claim_failures = 0;
+                tracing::info!(job_id = %delivery.message.job_id, attempt = delivery.message.attempt,
+                    "Another runner holds this job's lease; the message goes back to its queue shortly.");
+                tokio::spawn(async move {
+                    tokio::time::sleep(HELD_RETRY).await;
+                    let _ = delivery.reject(true).await;
+                });
+            }
+            Err(e) => {
+                // Redis unreachable: wait (longer each time) before the message goes back, so the
+                // loop does not spin through the queue.
+                self.claim_failures += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow(self.claim_failures.min(6)))
+                    .min(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Taking a lease failed; the job goes back to its queue.");
+                tokio::time::sleep(wait).await;
+                let _ = delivery.reject(true).await;
+            }
+        }
+        if self.slots.available_permits() == 0 && !self.paused {
+            self.paused = true;
+            self.subs.stop_all().await;
+        }
+    }
+
+    fn on_control(&mut self, order: RunnerControl, drain: &CancellationToken) {
+        match order.command {
+            ControlCommand::Cancel {
+                job_id,
+                attempt,
+                reason,
+            } => cancel_job(&self.runner, job_id, attempt, reason),
+            ControlCommand::Drain { reason } => {
+                tracing::info!(reason = %reason, "Drain ordered.");
+                drain.cancel();
+            }
+        }
+    }
+}
+
+/// The runner's main loop; returns once drained.
+pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Delivery>(64);
+    let mut l = Loop {
+        slots: Arc::new(Semaphore::new(runner.slots as usize)),
+        freed: Arc::new(Notify::new()),
+        tx,
+        classes: known_classes(&runner).await?,
+        subs: Subscriptions::default(),
+        announcements: None,
+        control: None,
+        jobs: JoinSet::new(),
+        paused: false,
+        claim_failures: 0,
+        runner,
+    };
+    let mut healthy = l.subscribe(false).await;
+    let mut health = tokio::time::interval(HEALTH_CHECK);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(delivery) = rx.recv() => {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    // Arrived while pausing: back to its queue.
-                    let _ = delivery.reject(true).await;
-                    continue;
-                };
-                match job::claim(&runner, &delivery.message).await {
-                    Ok(true) => {
-                        if let Err(e) = delivery.ack().await {
-                            tracing::warn!(error = %e, "Acknowledging a job failed; its lease stops duplicates.");
-                        }
-                        let reply_to = delivery.reply_to.clone().unwrap_or_else(|| runner.broker.topology().reports_queue());
-                        // The job needs the message only: the delivery (and the consumer channel
-                        // it keeps open) is released now, not when the job ends.
-                        let message = delivery.message.clone();
-                        drop(delivery);
-                        let (runner, freed) = (runner.clone(), freed.clone());
-                        jobs.spawn(async move {
-                            job::run(&runner, message, reply_to).await;
-                            drop(permit);
-                            freed.notify_one();
-                        });
-                    }
-                    Ok(false) => {
-                        tracing::info!(job_id = %delivery.message.job_id, "Duplicate delivery: another runner holds the lease.");
-                        let _ = delivery.ack().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Taking a lease failed; the job goes back to its queue.");
-                        let _ = delivery.reject(true).await;
-                    }
-                }
-                if slots.available_permits() == 0 && !paused {
-                    paused = true;
-                    subs.stop_all().await;
+            _ = drain.cancelled() => break,
+            Some(delivery) = rx.recv() => l.on_delivery(delivery).await,
+            _ = l.freed.notified() => {
+                if l.paused && l.slots.available_permits() > 0 {
+                    l.paused = false;
+                    let free = l.slots.available_permits();
+                    healthy &= resume(&mut l.subs, &l.runner, &l.classes, free, &l.tx).await;
                 }
             }
-            _ = freed.notified() => {
-                if paused && slots.available_permits() > 0 {
-                    paused = false;
-                    resume(&mut subs, &runner, &classes, slots.available_permits(), &tx).await;
-                }
-            }
-            ann = announcements.next() => match ann {
+            ann = next_of(&mut l.announcements) => match ann {
                 Some(Ok(a)) => {
                     let _ = a.ack().await;
-                    let fresh = !classes.contains_key(&a.message.class_key);
-                    classes.insert(a.message.class_key.clone(), a.message.requires.clone());
-                    if fresh && !paused && runner.covers(&a.message.requires) {
-                        subs.start(&runner, &a.message.class_key, u16::try_from(slots.available_permits().max(1)).unwrap_or(u16::MAX), &tx).await;
+                    let fresh = !l.classes.contains_key(&a.message.class_key);
+                    l.classes.insert(a.message.class_key.clone(), a.message.requires.clone());
+                    if fresh && !l.paused && l.runner.covers(&a.message.requires) {
+                        let prefetch = u16::try_from(l.slots.available_permits().max(1)).unwrap_or(u16::MAX);
+                        healthy &= l.subs.start(&l.runner, &a.message.class_key, prefetch, &l.tx).await;
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "Receiving an announcement failed."),
-                None => anyhow::bail!("the announcement subscription ended"),
+                None => {
+                    tracing::warn!("The announcement subscription ended (broker connection lost?).");
+                    l.announcements = None;
+                    healthy = false;
+                }
             },
-            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+            order = next_of(&mut l.control) => match order {
+                Some(Ok(o)) => {
+                    let _ = o.ack().await;
+                    l.on_control(o.message, &drain);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "Receiving a control order failed."),
+                None => {
+                    l.control = None;
+                    healthy = false;
+                }
+            },
+            _ = health.tick() => {
+                let broken = l.subs.broken() || !l.runner.broker.is_connected();
+                if !healthy || broken {
+                    healthy = l.subscribe(broken).await;
+                    if healthy {
+                        tracing::info!("Subscriptions are in place again.");
+                    }
+                }
+            }
+            Some(_) = l.jobs.join_next(), if !l.jobs.is_empty() => {}
         }
     }
-    tracing::info!(runner = %runner.id, running = jobs.len(), "Stopping: no new jobs; waiting for running ones.");
-    subs.stop_all().await;
+
+    // Draining: no new jobs; running ones get the grace period, then are cancelled.
+    l.runner.draining.store(true, Ordering::SeqCst);
+    let _ = crate::presence::publish_now(&l.runner).await;
+    tracing::info!(runner = %l.runner.id, running = l.jobs.len(), grace_s = l.runner.drain_grace.as_secs(), "Draining: no new jobs; waiting for running ones.");
+    l.subs.stop_all().await;
+    l.announcements = None;
     rx.close();
     while let Ok(delivery) = rx.try_recv() {
         let _ = delivery.reject(true).await;
     }
-    while jobs.join_next().await.is_some() {}
+    let deadline = tokio::time::Instant::now() + l.runner.drain_grace;
+    let mut cancelled = false;
+    while !l.jobs.is_empty() {
+        tokio::select! {
+            _ = l.jobs.join_next() => {}
+            order = next_of(&mut l.control) => match order {
+                Some(Ok(o)) => {
+                    let _ = o.ack().await;
+                    l.on_control(o.message, &drain);
+                }
+                Some(Err(_)) => {}
+                None => l.control = None,
+            },
+            _ = tokio::time::sleep_until(deadline), if !cancelled => {
+                cancelled = true;
+                let reason = format!(
+                    "the runner was drained and its grace period of {} ran out",
+                    rivet_sandbox::fmt_duration(l.runner.drain_grace)
+                );
+                let running: Vec<_> = l.runner.running.lock().expect("the running list's lock is never poisoned").values().cloned().collect();
+                tracing::warn!(jobs = running.len(), "Drain grace period over; cancelling running jobs.");
+                for entry in running {
+                    entry.cancel(reason.clone());
+                }
+            }
+        }
+    }
+    tracing::info!(runner = %l.runner.id, "Drained.");
     Ok(())
 }

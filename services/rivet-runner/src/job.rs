@@ -1,13 +1,16 @@
 //! One attempt of a job: the lease, the workspace, the sandbox worker, and the reports.
 
-use crate::Runner;
+use crate::{Runner, RunningJob};
+use backon::Retryable;
+use rivet_amqp::Incoming;
 use rivet_core::JobOutcome;
 use rivet_protocol::messages::{JobDispatch, LogLine, ReportBody, RunnerReport};
-use rivet_protocol::redis_keys::{lease_value, RunningJob, LEASE_RENEW_MS, LEASE_TTL_MS};
+use rivet_protocol::redis_keys::{lease_value, LEASE_RENEW_MS, LEASE_TTL_MS};
 use rivet_protocol::SCHEMA_VERSION;
 use rivet_sandbox::events::{Event, Level, Source};
 use rivet_sandbox::{JobRequest, Mode};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -16,21 +19,73 @@ const BATCH_LINES: usize = 100;
 /// Longest a log line waits for its batch.
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
-/// Extends the lease only while it still holds our value.
-const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Whether the fence (KEYS[2]) forbids attempt ARGV[2]: `0` (the job is over) or a later attempt.
+/// A missing fence (Redis lost it) forbids nothing: PostgreSQL still fences what gets stored.
+const FENCED: &str = "local f = tonumber(redis.call('GET', KEYS[2]) or '') \
+    if f and (f == 0 or f > tonumber(ARGV[2])) then return 'stale' end ";
 
-/// Takes the job's lease (`SET NX PX`). `false`: another runner holds it (a duplicate delivery).
-pub async fn claim(runner: &Runner, job: &JobDispatch) -> redis::RedisResult<bool> {
+/// Takes the lease (KEYS[1]) for ARGV[1] = `runner:attempt` with TTL ARGV[3] ms, unless fenced.
+fn claim_script() -> String {
+    format!(
+        "{FENCED} local cur = redis.call('GET', KEYS[1]) \
+         if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 'ok' end \
+         if cur then return 'held' end \
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 'ok'"
+    )
+}
+
+/// Extends our lease; writes it again when it vanished (Redis lost its data) unless the fence
+/// says the attempt is over; `held`/`stale` when it is no longer ours.
+fn renew_script() -> String {
+    format!(
+        "{FENCED} local cur = redis.call('GET', KEYS[1]) \
+         if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 'ok' end \
+         if cur then return 'held' end \
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 'rewritten'"
+    )
+}
+
+/// What taking a job's lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is ours: run the job.
+    Ours,
+    /// Another runner (or attempt) holds the lease: a duplicate delivery, or a runner that died
+    /// holding it. Put the message back later; once the lease expires it can run.
+    Held,
+    /// The fence says this attempt must not run (the job is over, or a later attempt exists).
+    Stale,
+}
+
+async fn lease_script(
+    runner: &Runner,
+    script: &str,
+    job_id: uuid::Uuid,
+    attempt: u32,
+) -> redis::RedisResult<String> {
     let mut conn = runner.redis.clone();
-    let set: Option<String> = redis::cmd("SET")
-        .arg(runner.keys.lease(job.job_id))
-        .arg(lease_value(&runner.id, job.attempt))
-        .arg("NX")
-        .arg("PX")
+    redis::Script::new(script)
+        .key(runner.keys.lease(job_id))
+        .key(runner.keys.fence(job_id))
+        .arg(lease_value(&runner.id, attempt))
+        .arg(attempt)
         .arg(LEASE_TTL_MS)
-        .query_async(&mut conn)
-        .await?;
-    Ok(set.is_some())
+        .invoke_async(&mut conn)
+        .await
+}
+
+/// Takes the job's lease, if its fence allows this attempt.
+pub async fn claim(runner: &Runner, job: &JobDispatch) -> redis::RedisResult<Claim> {
+    Ok(
+        match lease_script(runner, &claim_script(), job.job_id, job.attempt)
+            .await?
+            .as_str()
+        {
+            "ok" => Claim::Ours,
+            "held" => Claim::Held,
+            _ => Claim::Stale,
+        },
+    )
 }
 
 fn level_word(l: Level) -> &'static str {
@@ -60,9 +115,16 @@ struct Reporter<'a> {
     pending: Vec<ReportBody>,
     lines: usize,
     oldest: Option<Instant>,
+    /// The sequence number after the worker's last log line.
+    next_seq: u64,
+    /// When the attempt started here.
+    started: Instant,
 }
 
 impl Reporter<'_> {
+    /// Publishes a report, retrying (with backoff, for as long as it takes) until the broker
+    /// confirms it: a report is never dropped. One published twice after an ambiguous failure is
+    /// applied once (the orchestrator is idempotent).
     async fn send(&self, body: ReportBody) {
         let report = RunnerReport {
             schema: SCHEMA_VERSION,
@@ -71,14 +133,34 @@ impl Reporter<'_> {
             runner_id: self.runner.id.clone(),
             body,
         };
-        if let Err(e) = self
-            .runner
-            .broker
-            .publish_report(&self.reply_to, &report)
-            .await
-        {
-            tracing::warn!(job_id = %self.job.job_id, error = %format!("{e:#}"), "Publishing a report failed.");
-        }
+        let publish = || async {
+            self.runner
+                .broker
+                .publish_report(&self.reply_to, &report)
+                .await
+        };
+        let _ = publish
+            .retry(crate::backoff())
+            .sleep(tokio::time::sleep)
+            .notify(|e, d| {
+                tracing::warn!(job_id = %self.job.job_id, error = %format!("{e:#}"), retry_in_ms = d.as_millis() as u64, "Publishing a report failed; retrying.");
+            })
+            .await;
+    }
+
+    /// Adds a runner-side line to the job's log (after the worker's last line).
+    fn system_line(&mut self, line: String) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let line = LogLine {
+            seq,
+            at_ms: self.started.elapsed().as_millis() as u64,
+            stage: None,
+            level: "warn".into(),
+            source: "system".into(),
+            line,
+        };
+        self.push(ReportBody::Logs { lines: vec![line] });
     }
 
     fn push(&mut self, body: ReportBody) {
@@ -107,6 +189,7 @@ impl Reporter<'_> {
                 source,
                 line,
             } => {
+                self.next_seq = seq + 1;
                 let line = LogLine {
                     seq,
                     at_ms,
@@ -163,16 +246,24 @@ impl Reporter<'_> {
 }
 
 /// Runs one attempt to its end and reports it. Never fails: every trouble becomes the outcome.
-pub async fn run(runner: &Runner, job: JobDispatch, reply_to: String) {
-    let entry = RunningJob {
-        job_id: job.job_id,
-        attempt: job.attempt,
-    };
+///
+/// The delivery is acknowledged only once `Started` is confirmed by the broker: a runner that
+/// dies before that leaves the message to be delivered again (its lease expires, then another
+/// runner takes it), and one that dies after it leaves a running attempt whose lease the
+/// orchestrator sees vanish.
+pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>) {
+    let job = delivery.message.clone();
+    let reply_to = delivery
+        .reply_to
+        .clone()
+        .unwrap_or_else(|| runner.broker.topology().reports_queue());
+    let key = (job.job_id, job.attempt);
+    let entry = Arc::new(RunningJob::default());
     runner
         .running
         .lock()
         .expect("the running list's lock is never poisoned")
-        .push(entry.clone());
+        .insert(key, entry.clone());
     tracing::info!(job_id = %job.job_id, attempt = job.attempt, pipeline = %job.pipeline, "Job started.");
     let mut reporter = Reporter {
         runner,
@@ -181,13 +272,22 @@ pub async fn run(runner: &Runner, job: JobDispatch, reply_to: String) {
         pending: Vec::new(),
         lines: 0,
         oldest: None,
+        next_seq: 0,
+        started: Instant::now(),
     };
     reporter.send(ReportBody::Started).await;
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(job_id = %job.job_id, error = %e, "Acknowledging a job failed; its lease stops duplicates.");
+    }
+    // The job needs the message only: the delivery (and the consumer channel it keeps open) is
+    // released now, not when the job ends.
+    drop(delivery);
 
     let renew = tokio::spawn(renew_lease(
-        runner.redis.clone(),
-        runner.keys.lease(job.job_id),
-        lease_value(&runner.id, job.attempt),
+        runner.clone(),
+        job.job_id,
+        job.attempt,
+        entry.clone(),
     ));
     let workspace = runner
         .work_dir
@@ -197,6 +297,11 @@ pub async fn run(runner: &Runner, job: JobDispatch, reply_to: String) {
             reason: format!("creating the workspace {}: {e}", workspace.display()),
         },
         Ok(()) => {
+            let mut policy = runner.policy.clone();
+            if let Some(ms) = job.timeout_ms {
+                policy.limits.job_timeout =
+                    policy.limits.job_timeout.min(Duration::from_millis(ms));
+            }
             let request = JobRequest {
                 mode: Mode::Run,
                 file_name: job.file_name.clone(),
@@ -212,12 +317,13 @@ pub async fn run(runner: &Runner, job: JobDispatch, reply_to: String) {
                 .into_iter()
                 .collect(),
                 workspace: workspace.clone(),
-                policy: runner.policy.clone(),
+                policy,
                 binaries: runner.binaries.clone(),
                 plugins: runner.plugins.clone(),
             };
             let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-            let options = runner.worker.clone();
+            let mut options = runner.worker.clone();
+            options.cancel = Some(entry.cancel.clone());
             let worker = tokio::task::spawn_blocking(move || {
                 rivet_sandbox::run_worker(&request, &options, |ev| {
                     let _ = tx.send(ev.clone());
@@ -247,6 +353,9 @@ pub async fn run(runner: &Runner, job: JobDispatch, reply_to: String) {
             }
         }
     };
+    if let (JobOutcome::Cancelled, Some(reason)) = (&outcome, entry.reason()) {
+        reporter.system_line(format!("Cancelled: {reason}."));
+    }
     reporter.push(ReportBody::Finished {
         outcome: outcome.clone(),
     });
@@ -257,23 +366,45 @@ pub async fn run(runner: &Runner, job: JobDispatch, reply_to: String) {
         .running
         .lock()
         .expect("the running list's lock is never poisoned")
-        .retain(|j| j != &entry);
+        .remove(&key);
     tracing::info!(job_id = %job.job_id, attempt = job.attempt, outcome = %outcome, "Job finished.");
 }
 
-async fn renew_lease(mut conn: redis::aio::ConnectionManager, key: String, value: String) {
+/// Keeps the lease alive while the job runs. A lease that vanished (Redis lost its data) is
+/// written again; one that another runner or attempt holds, or a fence that ended the attempt,
+/// means the job is not ours any more: it is cancelled.
+async fn renew_lease(
+    runner: Arc<Runner>,
+    job_id: uuid::Uuid,
+    attempt: u32,
+    entry: Arc<RunningJob>,
+) {
+    let script = renew_script();
     loop {
         tokio::time::sleep(Duration::from_millis(LEASE_RENEW_MS)).await;
-        let renewed: redis::RedisResult<i64> = redis::Script::new(RENEW)
-            .key(&key)
-            .arg(&value)
-            .arg(LEASE_TTL_MS)
-            .invoke_async(&mut conn)
-            .await;
-        match renewed {
-            Ok(1) => {}
-            Ok(_) => tracing::warn!(lease = %key, "The lease is no longer ours."),
-            Err(e) => tracing::warn!(lease = %key, error = %e, "Renewing the lease failed."),
+        match lease_script(&runner, &script, job_id, attempt)
+            .await
+            .as_deref()
+        {
+            Ok("ok") => {}
+            Ok("rewritten") => {
+                tracing::warn!(job_id = %job_id, attempt, "The lease had vanished (Redis lost its data?); written again.")
+            }
+            Ok(other) => {
+                tracing::warn!(job_id = %job_id, attempt, found = other, "The lease is no longer ours; stopping the job.");
+                entry.cancel(format!(
+                    "the runner lost the job's lease ({})",
+                    if other == "stale" {
+                        "the attempt was ended by the orchestrator"
+                    } else {
+                        "another runner holds it"
+                    }
+                ));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job_id, error = %e, "Renewing the lease failed; retrying.")
+            }
         }
     }
 }

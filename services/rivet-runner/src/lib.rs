@@ -22,10 +22,11 @@ pub use config::Config;
 use anyhow::Context;
 use rivet_amqp::Broker;
 use rivet_core::Policy;
-use rivet_protocol::redis_keys::{Keys, RunningJob};
+use rivet_protocol::redis_keys::Keys;
 use rivet_protocol::topology::Topology;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -56,8 +57,50 @@ pub struct Runner {
     pub work_dir: PathBuf,
     /// How to start workers.
     pub worker: rivet_sandbox::WorkerOptions,
-    /// Jobs running now.
-    pub running: Mutex<Vec<RunningJob>>,
+    /// Jobs running now, by job id and attempt.
+    pub running: Mutex<BTreeMap<(uuid::Uuid, u32), Arc<RunningJob>>>,
+    /// Set once the runner stops taking jobs (shown in its presence record).
+    pub draining: AtomicBool,
+    /// How long running jobs may go on after a drain began before they are cancelled.
+    pub drain_grace: Duration,
+    /// When it started (Unix ms), for its presence record.
+    pub started_at_ms: i64,
+}
+
+/// A job running on this runner: the switch that kills its worker, and why.
+#[derive(Debug, Default)]
+pub struct RunningJob {
+    /// Set to kill the worker's process group (polled by the worker's parent every 50 ms).
+    pub cancel: Arc<AtomicBool>,
+    reason: Mutex<Option<String>>,
+}
+
+impl RunningJob {
+    /// Kills the job's worker; `reason` goes to the job's log.
+    pub fn cancel(&self, reason: String) {
+        self.reason
+            .lock()
+            .expect("the reason's lock is never poisoned")
+            .get_or_insert(reason);
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Why it was cancelled, if it was.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .expect("the reason's lock is never poisoned")
+            .clone()
+    }
+}
+
+/// Backoff for retrying infrastructure calls: 100 ms doubling to 5 s, with jitter, forever.
+pub fn backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
 }
 
 impl std::fmt::Debug for Runner {
@@ -98,8 +141,9 @@ fn default_id() -> String {
     )
 }
 
-/// Connects, advertises itself and runs jobs until `shutdown`; then stops consuming, waits for
-/// running jobs and removes its presence.
+/// Connects, advertises itself and runs jobs until `shutdown` (SIGINT/SIGTERM) or a drain order;
+/// then drains: stops consuming, lets running jobs finish within the drain grace period (then
+/// cancels them, saying why), flushes their reports and removes its presence.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let policy = match &config.policy {
         Some(path) => {
@@ -171,12 +215,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             cancel: None,
             host,
         },
-        running: Mutex::new(Vec::new()),
+        running: Mutex::new(BTreeMap::new()),
+        draining: AtomicBool::new(false),
+        drain_grace: config.drain_grace,
+        started_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
     });
     tracing::info!(runner = %runner.id, capabilities = ?runner.capabilities, labels = ?runner.labels, slots = runner.slots, "Runner starting.");
-    let presence = tokio::spawn(presence::run(runner.clone(), shutdown.clone()));
-    let result = consume::run(runner.clone(), shutdown.clone()).await;
-    shutdown.cancel();
+    let stop_presence = CancellationToken::new();
+    let presence = tokio::spawn(presence::run(runner.clone(), stop_presence.clone()));
+    // A drain begins on `shutdown` (signals) or on a drain order (which cancels only the child).
+    let result = consume::run(runner.clone(), shutdown.child_token()).await;
+    stop_presence.cancel();
     let _ = presence.await;
     runner.broker.close().await;
     result

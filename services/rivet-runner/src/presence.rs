@@ -2,7 +2,9 @@
 
 use crate::Runner;
 use redis::AsyncCommands;
-use rivet_protocol::redis_keys::{RunnerPresence, PRESENCE_REFRESH_MS, PRESENCE_TTL_MS};
+use rivet_protocol::redis_keys::{
+    RunnerPresence, RunningJob, PRESENCE_REFRESH_MS, PRESENCE_TTL_MS,
+};
 use rivet_protocol::SCHEMA_VERSION;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,7 +33,9 @@ pub async fn publish(
             .running
             .lock()
             .expect("the running list's lock is never poisoned")
-            .clone(),
+            .keys()
+            .map(|&(job_id, attempt)| RunningJob { job_id, attempt })
+            .collect(),
         draining,
         version: env!("CARGO_PKG_VERSION").into(),
         started_at_ms,
@@ -43,11 +47,19 @@ pub async fn publish(
         .await
 }
 
+/// Writes the presence record now, from any task (a drain shows at once).
+pub async fn publish_now(runner: &Runner) -> redis::RedisResult<()> {
+    let started = runner.started_at_ms;
+    let draining = runner.draining.load(std::sync::atomic::Ordering::SeqCst);
+    publish(runner, started, draining).await
+}
+
 /// Refreshes the record until `shutdown`, then deletes it.
 pub async fn run(runner: Arc<Runner>, shutdown: CancellationToken) {
-    let started = now_ms();
+    let started = runner.started_at_ms;
     loop {
-        if let Err(e) = publish(&runner, started, false).await {
+        let draining = runner.draining.load(std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = publish(&runner, started, draining).await {
             tracing::warn!(error = %e, "Refreshing presence failed.");
         }
         tokio::select! {

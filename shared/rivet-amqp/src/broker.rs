@@ -11,7 +11,7 @@ use crate::AmqpError;
 use lapin::options::{BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
-use rivet_protocol::messages::{ClassAnnounce, JobDispatch, RunnerReport};
+use rivet_protocol::messages::{ClassAnnounce, JobDispatch, RunnerControl, RunnerReport};
 use rivet_protocol::topology::Topology;
 use rivet_protocol::{encode, Message};
 use std::sync::Arc;
@@ -27,17 +27,29 @@ const ANNOUNCEMENT_PREFETCH: u16 = 16;
 /// are serialised on one confirm channel, each waiting for its own confirm, with no deadline of
 /// its own (a broker under a memory alarm holds publishers back): wrap a publish in
 /// `tokio::time::timeout` to bound it; one given up on still completes in the background and
-/// does not disturb later ones. When the connection is lost the broker does not reconnect:
-/// calls fail, subscriptions end, and the owner connects again (see [`Broker::is_connected`]).
+/// does not disturb later ones.
+///
+/// When the connection is lost, calls made meanwhile fail and subscriptions end; the next call
+/// connects again (retrying with backoff for up to [`RECONNECT_WINDOW`] per call), declares the
+/// base topology and every class this broker declared, and goes on. Owners of subscriptions
+/// subscribe again when theirs end. After [`Broker::close`] it stays closed.
 pub struct Broker {
-    shared: Arc<Shared>,
+    shared: std::sync::RwLock<Arc<Shared>>,
+    reconnecting: tokio::sync::Mutex<()>,
+    closed: std::sync::atomic::AtomicBool,
+    /// Classes declared through this broker, declared again after a reconnect.
+    classes: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    reconnects: std::sync::atomic::AtomicU64,
     topology: Topology,
 }
+
+/// How long one call keeps trying to reconnect before it fails (the caller retries).
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
-            .field("endpoint", &self.shared.endpoint)
+            .field("endpoint", &self.current().endpoint)
             .field("namespace", &self.topology.namespace())
             .finish_non_exhaustive()
     }
@@ -72,12 +84,72 @@ impl Broker {
         }
         let connection = connect_with_retries(&endpoint, &topology, connect_timeout).await?;
         info!(endpoint = %endpoint.display, namespace = topology.namespace(), "Connected to RabbitMQ.");
-        let broker = Broker {
-            shared: Arc::new(Shared::new(connection, endpoint)),
+        let shared = Arc::new(Shared::new(connection, endpoint));
+        declare_base_topology(&shared, &topology).await?;
+        Ok(Broker {
+            shared: std::sync::RwLock::new(shared),
+            reconnecting: tokio::sync::Mutex::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            classes: std::sync::Mutex::new(Default::default()),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
             topology,
-        };
-        broker.declare_base_topology().await?;
-        Ok(broker)
+        })
+    }
+
+    fn current(&self) -> Arc<Shared> {
+        Arc::clone(
+            &self
+                .shared
+                .read()
+                .expect("the connection lock is never poisoned"),
+        )
+    }
+
+    /// The live connection: the current one, or a new one when it was lost (see the type's
+    /// documentation).
+    async fn shared(&self) -> Result<Arc<Shared>, AmqpError> {
+        let current = self.current();
+        if current.connection.status().connected() {
+            return Ok(current);
+        }
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AmqpError::Closed);
+        }
+        let _one_at_a_time = self.reconnecting.lock().await;
+        let current = self.current();
+        if current.connection.status().connected() {
+            return Ok(current);
+        }
+        let endpoint = current.endpoint.clone();
+        warn!(endpoint = %endpoint.display, "The RabbitMQ connection is gone; reconnecting.");
+        let connection = connect_with_retries(&endpoint, &self.topology, RECONNECT_WINDOW).await?;
+        let fresh = Arc::new(Shared::new(connection, endpoint));
+        declare_base_topology(&fresh, &self.topology).await?;
+        let classes: Vec<String> = self
+            .classes
+            .lock()
+            .expect("the class set's lock is never poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        for class_key in &classes {
+            declare_class_on(&fresh, &self.topology, class_key).await?;
+        }
+        *self
+            .shared
+            .write()
+            .expect("the connection lock is never poisoned") = Arc::clone(&fresh);
+        let n = self
+            .reconnects
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        info!(endpoint = %fresh.endpoint.display, reconnects = n, classes = classes.len(), "Reconnected to RabbitMQ.");
+        Ok(fresh)
+    }
+
+    /// How many times this broker connected again after losing its connection.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The names this broker declares and uses.
@@ -85,21 +157,26 @@ impl Broker {
         &self.topology
     }
 
-    /// Whether the connection is still up. A broker whose connection is gone stays gone: connect
-    /// a new one.
+    /// Whether the connection is up now (a lost one comes back with the next call).
     pub fn is_connected(&self) -> bool {
-        self.shared.connection.status().connected()
+        self.current().connection.status().connected()
+    }
+
+    /// Connects again now if the connection is gone (see the type's documentation).
+    pub async fn ensure_connected(&self) -> Result<(), AmqpError> {
+        self.shared().await.map(|_| ())
     }
 
     /// Declares the durable queue of a class and binds it to the jobs exchange with the class key
     /// as routing key. Idempotent. Messages rejected without requeue go to the dead-letter
     /// exchange.
     pub async fn declare_class(&self, class_key: &str) -> Result<(), AmqpError> {
-        let channel = self.shared.open_channel("declaring a class").await?;
-        let queue = self.topology.class_queue(class_key);
-        declare_queue(&channel, &queue, self.dead_lettered()).await?;
-        bind(&channel, &queue, &self.topology.jobs_exchange(), class_key).await?;
-        close_quietly(channel).await;
+        let shared = self.shared().await?;
+        declare_class_on(&shared, &self.topology, class_key).await?;
+        self.classes
+            .lock()
+            .expect("the class set's lock is never poisoned")
+            .insert(class_key.to_owned());
         Ok(())
     }
 
@@ -151,6 +228,65 @@ impl Broker {
         .await
     }
 
+    /// Sends an order to one runner through the runner-control exchange (confirmed). A runner
+    /// that is gone gets nothing, and that is not an error: whoever sent it keeps the state
+    /// that made the order necessary and sends it again if it still is.
+    pub async fn publish_control(&self, msg: &RunnerControl) -> Result<(), AmqpError> {
+        self.publish(Outgoing {
+            exchange: self.topology.runner_control_exchange(),
+            routing_key: msg.runner_id.clone(),
+            body: encode(msg),
+            properties: json_properties(RunnerControl::KIND),
+            mandatory: false,
+        })
+        .await
+    }
+
+    /// Subscribes to the orders for `runner_id`: a server-named, exclusive, auto-delete queue
+    /// bound to the runner-control exchange with the runner id as routing key.
+    pub async fn subscribe_control(
+        &self,
+        runner_id: &str,
+    ) -> Result<Subscription<RunnerControl>, AmqpError> {
+        let shared = self.shared().await?;
+        let channel = shared.open_channel("runner control").await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions::exclusive().auto_delete(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| AmqpError::Declare {
+                what: "queue",
+                name: "(server-named runner control queue)".into(),
+                source: Box::new(source),
+            })?;
+        let queue = queue.name().to_string();
+        bind(
+            &channel,
+            &queue,
+            &self.topology.runner_control_exchange(),
+            runner_id,
+        )
+        .await?;
+        channel
+            .basic_qos(ANNOUNCEMENT_PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(|source| AmqpError::Consume {
+                queue: queue.clone(),
+                source: Box::new(source),
+            })?;
+        Subscription::start(
+            shared,
+            channel,
+            &queue,
+            "",
+            self.topology.dead_letter_exchange(),
+        )
+        .await
+    }
+
     /// Publishes raw bytes (tests send poison messages with it): persistent, confirmed, and
     /// mandatory, so a message that reaches no queue is an error. A missing exchange is an error
     /// too (the broker closes the publishing channel; the next publish opens another).
@@ -171,7 +307,7 @@ impl Broker {
     }
 
     async fn publish(&self, out: Outgoing) -> Result<(), AmqpError> {
-        publisher::publish(&self.shared, out).await
+        publisher::publish(&self.shared().await?, out).await
     }
 
     /// Consumes `queue` on a channel of its own, with at most `prefetch` unacknowledged
@@ -185,7 +321,8 @@ impl Broker {
         prefetch: u16,
         consumer_tag: &str,
     ) -> Result<Subscription<M>, AmqpError> {
-        let channel = self.shared.open_channel("consuming").await?;
+        let shared = self.shared().await?;
+        let channel = shared.open_channel("consuming").await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
@@ -194,7 +331,7 @@ impl Broker {
                 source: Box::new(source),
             })?;
         Subscription::start(
-            Arc::clone(&self.shared),
+            shared,
             channel,
             queue,
             consumer_tag,
@@ -207,7 +344,8 @@ impl Broker {
     /// the control exchange, consumed. Each subscription gets every announcement published after
     /// it started.
     pub async fn subscribe_announcements(&self) -> Result<Subscription<ClassAnnounce>, AmqpError> {
-        let channel = self.shared.open_channel("announcements").await?;
+        let shared = self.shared().await?;
+        let channel = shared.open_channel("announcements").await?;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -230,7 +368,7 @@ impl Broker {
                 source: Box::new(source),
             })?;
         Subscription::start(
-            Arc::clone(&self.shared),
+            shared,
             channel,
             &queue,
             "",
@@ -243,7 +381,11 @@ impl Broker {
     /// `Ok(None)` when the queue does not exist.
     pub async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, AmqpError> {
         let name = short("queue", queue)?;
-        let channel = self.shared.open_channel("queue statistics").await?;
+        let channel = self
+            .shared()
+            .await?
+            .open_channel("queue statistics")
+            .await?;
         let result = channel
             .queue_declare(
                 name,
@@ -280,6 +422,7 @@ impl Broker {
         let exchanges = [
             t.jobs_exchange(),
             t.control_exchange(),
+            t.runner_control_exchange(),
             t.dead_letter_exchange(),
         ];
 
@@ -292,7 +435,12 @@ impl Broker {
         for (what, name) in deletions {
             let ch = match channel.take() {
                 Some(ch) if ch.status().connected() => ch,
-                _ => match self.shared.open_channel("deleting the topology").await {
+                _ => match self
+                    .shared()
+                    .await?
+                    .open_channel("deleting the topology")
+                    .await
+                {
                     Ok(ch) => ch,
                     Err(err) => return Err(first_error.unwrap_or(err)),
                 },
@@ -313,16 +461,34 @@ impl Broker {
     /// Closes the connection (subscriptions end; unacknowledged deliveries go back to their
     /// queues). Errors are logged: there is nothing left to do about them.
     pub async fn close(&self) {
-        if let Err(err) = self.shared.connection.close(200, "OK".into()).await {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(err) = self.current().connection.close(200, "OK".into()).await {
             debug!(error = %err, "Closing the RabbitMQ connection failed.");
         }
     }
+}
 
-    async fn declare_base_topology(&self) -> Result<(), AmqpError> {
-        let t = &self.topology;
-        let channel = self.shared.open_channel("declaring the topology").await?;
+/// Declares a class queue (dead-lettered) bound to the jobs exchange with the class key.
+async fn declare_class_on(
+    shared: &Shared,
+    topology: &Topology,
+    class_key: &str,
+) -> Result<(), AmqpError> {
+    let channel = shared.open_channel("declaring a class").await?;
+    let queue = topology.class_queue(class_key);
+    declare_queue(&channel, &queue, dead_lettered(topology)).await?;
+    bind(&channel, &queue, &topology.jobs_exchange(), class_key).await?;
+    close_quietly(channel).await;
+    Ok(())
+}
+
+/// Declares the exchanges and the reports and dead-letter queues.
+async fn declare_base_topology(shared: &Shared, t: &Topology) -> Result<(), AmqpError> {
+    {
+        let channel = shared.open_channel("declaring the topology").await?;
         declare_exchange(&channel, &t.jobs_exchange(), ExchangeKind::Direct).await?;
         declare_exchange(&channel, &t.control_exchange(), ExchangeKind::Fanout).await?;
+        declare_exchange(&channel, &t.runner_control_exchange(), ExchangeKind::Direct).await?;
         declare_exchange(&channel, &t.dead_letter_exchange(), ExchangeKind::Fanout).await?;
         declare_queue(&channel, &t.dead_letter_queue(), FieldTable::default()).await?;
         bind(
@@ -332,21 +498,21 @@ impl Broker {
             "",
         )
         .await?;
-        declare_queue(&channel, &t.reports_queue(), self.dead_lettered()).await?;
+        declare_queue(&channel, &t.reports_queue(), dead_lettered(t)).await?;
         close_quietly(channel).await;
         Ok(())
     }
+}
 
-    /// Queue arguments sending rejected (not requeued) and expired messages to the dead-letter
-    /// exchange, so nothing a consumer refuses is lost.
-    fn dead_lettered(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from(self.topology.dead_letter_exchange())),
-        );
-        args
-    }
+/// Queue arguments sending rejected (not requeued) and expired messages to the dead-letter
+/// exchange, so nothing a consumer refuses is lost.
+fn dead_lettered(topology: &Topology) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(topology.dead_letter_exchange())),
+    );
+    args
 }
 
 #[cfg(test)]

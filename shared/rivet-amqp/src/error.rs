@@ -16,6 +16,10 @@ pub enum AmqpError {
         reason: String,
     },
 
+    /// The broker was closed with [`Broker::close`](crate::Broker::close).
+    #[error("the RabbitMQ connection was closed")]
+    Closed,
+
     /// Called outside a tokio runtime.
     #[error("connecting to RabbitMQ at {endpoint}: not called from inside a tokio runtime")]
     NoRuntime {

@@ -184,6 +184,35 @@ impl Client {
         .await
     }
 
+    /// `POST /api/v1/jobs/{id}/cancel`: cancels a queued job at once, a running one through its
+    /// runner. A finished job is [`ClientError::Api`] with code `job_final`.
+    pub async fn cancel_job(&self, id: Uuid, reason: Option<&str>) -> Result<JobView> {
+        let body = serde_json::json!({ "reason": reason });
+        self.json(
+            self.http
+                .post(self.api(&["jobs", &id.to_string(), "cancel"]))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/jobs/{id}/retry`: runs a finished job again as a new attempt. A job that is
+    /// not over is [`ClientError::Api`] with code `job_not_final`.
+    pub async fn retry_job(&self, id: Uuid) -> Result<JobView> {
+        self.json(
+            self.http
+                .post(self.api(&["jobs", &id.to_string(), "retry"])),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/runners/{id}/drain`: the runner stops taking jobs and exits once its
+    /// running jobs ended (or its grace period ran out).
+    pub async fn drain_runner(&self, id: &str) -> Result<RunnerView> {
+        self.json(self.http.post(self.api(&["runners", id, "drain"])))
+            .await
+    }
+
     /// `GET /api/v1/runners`: live runners, then the ones seen before and gone.
     pub async fn runners(&self) -> Result<Vec<RunnerView>> {
         self.json(self.http.get(self.api(&["runners"]))).await

@@ -11,7 +11,94 @@ use std::fmt;
 use std::time::Duration;
 
 /// Keys allowed at the top level of a definition.
-pub const PIPELINE_KEYS: [&str; 5] = ["name", "description", "requires", "inputs", "stages"];
+pub const PIPELINE_KEYS: [&str; 8] = [
+    "name",
+    "description",
+    "requires",
+    "inputs",
+    "stages",
+    "timeout",
+    "queue_timeout",
+    "retries",
+];
+/// Keys allowed in `retries`.
+pub const RETRY_KEYS: [&str; 3] = ["count", "on", "backoff"];
+/// Most retries a pipeline may ask for.
+pub const MAX_RETRIES: u32 = 10;
+
+/// An attempt outcome after which a job can be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The runner disappeared (its lease expired).
+    Lost,
+    /// A stage failed.
+    Failed,
+    /// A stage or the job ran out of time.
+    TimedOut,
+    /// The worker process died.
+    Crashed,
+}
+
+impl RetryOn {
+    /// The words a definition may use.
+    pub const WORDS: [&'static str; 4] = ["lost", "failed", "timed_out", "crashed"];
+
+    /// Parses a word of [`RetryOn::WORDS`].
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "lost" => Some(Self::Lost),
+            "failed" => Some(Self::Failed),
+            "timed_out" => Some(Self::TimedOut),
+            "crashed" => Some(Self::Crashed),
+            _ => None,
+        }
+    }
+
+    /// Which retry reason an outcome is, if any.
+    pub fn of(outcome: &crate::JobOutcome) -> Option<Self> {
+        match outcome {
+            crate::JobOutcome::Lost { .. } => Some(Self::Lost),
+            crate::JobOutcome::Failed { .. } => Some(Self::Failed),
+            crate::JobOutcome::TimedOut { .. } => Some(Self::TimedOut),
+            crate::JobOutcome::Crashed { .. } => Some(Self::Crashed),
+            crate::JobOutcome::Succeeded | crate::JobOutcome::Cancelled => None,
+        }
+    }
+}
+
+/// When a job gets another attempt: `retries = {count = 2, on = {"lost"}, backoff = "5s"}`.
+/// Without `retries`, a lost runner is retried twice at once and nothing else is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RetrySpec {
+    /// Further attempts after the first.
+    pub count: u32,
+    /// Outcomes that are retried.
+    pub on: Vec<RetryOn>,
+    /// Wait before each further attempt.
+    #[serde(with = "duration_secs")]
+    #[cfg_attr(feature = "schema", schemars(with = "f64"))]
+    pub backoff: Duration,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            count: 2,
+            on: vec![RetryOn::Lost],
+            backoff: Duration::ZERO,
+        }
+    }
+}
+
+impl RetrySpec {
+    /// Whether an attempt numbered `attempt` (from 1) that ended with `outcome` gets another.
+    pub fn retries(&self, attempt: u32, outcome: &crate::JobOutcome) -> bool {
+        attempt <= self.count && RetryOn::of(outcome).is_some_and(|r| self.on.contains(&r))
+    }
+}
 /// Keys allowed in an input declaration.
 pub const INPUT_KEYS: [&str; 5] = ["type", "description", "required", "default", "options"];
 /// Keys allowed in a stage.
@@ -83,6 +170,25 @@ pub struct PipelineSpec {
     pub inputs: Vec<InputSpec>,
     /// Stages in execution order.
     pub stages: Vec<StageSpec>,
+    /// The whole job's time limit (`timeout`), when set.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>"))]
+    pub timeout: Option<Duration>,
+    /// How long a job may wait for a runner (`queue_timeout`) before it is `timed_out`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<f64>"))]
+    pub queue_timeout: Option<Duration>,
+    /// When further attempts are made.
+    #[serde(default)]
+    pub retries: RetrySpec,
 }
 
 /// One validation problem, with the line in the definition file when it is known.
@@ -140,5 +246,22 @@ mod opt_duration {
                 crate::duration::seconds(s).ok_or_else(|| serde::de::Error::custom("bad duration"))
             })
             .transpose()
+    }
+}
+
+mod duration_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if secs == 0.0 {
+            return Ok(Duration::ZERO);
+        }
+        crate::duration::seconds(secs).ok_or_else(|| serde::de::Error::custom("bad duration"))
     }
 }

@@ -48,6 +48,11 @@ pub enum JobOutcome {
     },
     /// Stopped on request.
     Cancelled,
+    /// The runner disappeared while running it (its lease expired); decided by the orchestrator.
+    Lost {
+        /// What is known.
+        reason: String,
+    },
 }
 
 impl JobOutcome {
@@ -64,6 +69,7 @@ impl JobOutcome {
             Self::TimedOut { .. } => "timed_out",
             Self::Crashed { .. } => "crashed",
             Self::Cancelled => "cancelled",
+            Self::Lost { .. } => "lost",
         }
     }
 }
@@ -84,6 +90,7 @@ impl fmt::Display for JobOutcome {
             Self::TimedOut { stage: None, error } => write!(f, "timed out: {error}"),
             Self::Crashed { reason } => write!(f, "crashed: {reason}"),
             Self::Cancelled => f.write_str("cancelled"),
+            Self::Lost { reason } => write!(f, "lost: {reason}"),
         }
     }
 }

@@ -100,11 +100,13 @@ pub enum JobState {
     Crashed,
     /// Stopped on request.
     Cancelled,
+    /// Its runner disappeared and no retry was left.
+    Lost,
 }
 
 impl JobState {
     /// Every state, as stored.
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         Self::Queued,
         Self::Running,
         Self::Succeeded,
@@ -112,6 +114,7 @@ impl JobState {
         Self::TimedOut,
         Self::Crashed,
         Self::Cancelled,
+        Self::Lost,
     ];
 
     /// The stored and displayed word.
@@ -124,6 +127,7 @@ impl JobState {
             Self::TimedOut => "timed_out",
             Self::Crashed => "crashed",
             Self::Cancelled => "cancelled",
+            Self::Lost => "lost",
         }
     }
 
@@ -145,6 +149,7 @@ impl JobState {
             JobOutcome::TimedOut { .. } => Self::TimedOut,
             JobOutcome::Crashed { .. } => Self::Crashed,
             JobOutcome::Cancelled => Self::Cancelled,
+            JobOutcome::Lost { .. } => Self::Lost,
         }
     }
 }

@@ -87,6 +87,10 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
             messages::ClassAnnounce::KIND,
             schema_for!(messages::ClassAnnounce),
         ),
+        (
+            messages::RunnerControl::KIND,
+            schema_for!(messages::RunnerControl),
+        ),
         ("runner-presence", schema_for!(redis_keys::RunnerPresence)),
         ("http-api", schema_for!(http::ApiSchemas)),
     ]

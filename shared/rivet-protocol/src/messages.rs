@@ -35,6 +35,10 @@ pub struct JobDispatch {
     pub class_key: String,
     /// The requirement set, as written (`process`, `plugin.git`, `label:region=eu`).
     pub requires: Vec<String>,
+    /// The job's wall-clock limit in milliseconds (the pipeline's `timeout`), when it sets one;
+    /// the runner's policy limit applies too, whichever is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 impl Message for JobDispatch {
@@ -140,4 +144,43 @@ pub struct ClassAnnounce {
 
 impl Message for ClassAnnounce {
     const KIND: &'static str = "class-announce";
+}
+
+/// An order for one runner, published to [`Topology::runner_control_exchange`] with the runner's
+/// id as routing key.
+///
+/// [`Topology::runner_control_exchange`]: crate::topology::Topology::runner_control_exchange
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerControl {
+    /// Always [`SCHEMA_VERSION`].
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    /// The runner addressed.
+    pub runner_id: String,
+    /// What to do.
+    pub command: ControlCommand,
+}
+
+impl Message for RunnerControl {
+    const KIND: &'static str = "runner-control";
+}
+
+/// The content of a [`RunnerControl`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlCommand {
+    /// Kill this attempt's worker (its process group) and report it `cancelled`.
+    Cancel {
+        /// The job.
+        job_id: Uuid,
+        /// The attempt.
+        attempt: u32,
+        /// Why, for the job's log.
+        reason: String,
+    },
+    /// Stop taking jobs, let running ones finish within the runner's grace period, then exit.
+    Drain {
+        /// Why, for the runner's log.
+        reason: String,
+    },
 }

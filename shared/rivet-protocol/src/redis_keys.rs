@@ -43,6 +43,18 @@ impl Keys {
     }
 
     /// Hash of every known class: field = class key, value = JSON list of requirements.
+    /// The job's fence: the attempt number a runner may start, or `0` once the job is final
+    /// (cancelled, timed out, finished). Written by the orchestrator; checked by a runner's claim.
+    pub fn fence(&self, job_id: Uuid) -> String {
+        format!("{}:fence:{job_id}", self.namespace)
+    }
+
+    /// Written once by the orchestrator's reaper with `SET NX`; its absence means Redis lost
+    /// its data, and every fence is written again.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.namespace)
+    }
+
     pub fn classes(&self) -> String {
         format!("{}:classes", self.namespace)
     }
@@ -58,9 +70,9 @@ pub const PRESENCE_TTL_MS: u64 = 10_000;
 /// How often a runner refreshes its presence.
 pub const PRESENCE_REFRESH_MS: u64 = 2_000;
 /// How long a lease lives without renewal.
-pub const LEASE_TTL_MS: u64 = 30_000;
+pub const LEASE_TTL_MS: u64 = 10_000;
 /// How often a runner renews the leases of its running jobs.
-pub const LEASE_RENEW_MS: u64 = 10_000;
+pub const LEASE_RENEW_MS: u64 = 2_000;
 
 fn schema_version() -> u32 {
     SCHEMA_VERSION

@@ -5,7 +5,8 @@
 //!   job's class key as routing key; each class has a durable queue [`Topology::class_queue`].
 //! - Reports: runners publish results and log batches to [`Topology::reports_queue`] (the job
 //!   message's `reply_to`); one queue keeps a job's events and logs in order.
-//! - Control: the fanout exchange [`Topology::control_exchange`] announces new classes.
+//! - Control: the fanout exchange [`Topology::control_exchange`] announces new classes; the direct
+//!   exchange [`Topology::runner_control_exchange`] carries orders (cancel, drain) to one runner.
 //! - Poison messages go to [`Topology::dead_letter_queue`] with the reason in [`REASON_HEADER`].
 
 /// Header carrying why a message was dead-lettered.
@@ -54,6 +55,12 @@ impl Topology {
     /// Fanout exchange for announcements to every runner.
     pub fn control_exchange(&self) -> String {
         format!("{}.control", self.namespace)
+    }
+
+    /// Direct exchange for orders to one runner ([`crate::messages::RunnerControl`]); routing
+    /// key = runner id, each runner binds an exclusive queue of its own.
+    pub fn runner_control_exchange(&self) -> String {
+        format!("{}.runner-control", self.namespace)
     }
 
     /// Fanout exchange dead-lettered messages are published to.

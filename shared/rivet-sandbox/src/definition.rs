@@ -3,7 +3,9 @@
 
 use crate::vm::{load_text, Budget};
 use mlua::{Function, Lua, Table, Value};
-use rivet_core::definition::{INPUT_KEYS, PIPELINE_KEYS, STAGE_KEYS};
+use rivet_core::definition::{
+    RetryOn, RetrySpec, INPUT_KEYS, MAX_RETRIES, PIPELINE_KEYS, RETRY_KEYS, STAGE_KEYS,
+};
 use rivet_core::policy::Limits;
 use rivet_core::requirement::{Requirement, RequirementSet};
 use rivet_core::suggest;
@@ -192,6 +194,122 @@ impl Validator<'_> {
         }
     }
 
+    /// A positive duration at `t[key]`: seconds (number) or text like `"5m"`; `zero_ok` also
+    /// allows zero (a backoff).
+    fn duration(
+        &mut self,
+        t: &Table,
+        key: &str,
+        path: &str,
+        near: Option<u32>,
+        zero_ok: bool,
+    ) -> Option<std::time::Duration> {
+        let bad = |this: &mut Self, msg: String| {
+            this.push(this.key_line(key, near), msg);
+            None
+        };
+        match t.raw_get::<Value>(key).unwrap_or(Value::Nil) {
+            Value::Nil => None,
+            Value::Integer(i) if i > 0 || (zero_ok && i == 0) => {
+                Some(std::time::Duration::from_secs(i as u64))
+            }
+            Value::Number(x) if x > 0.0 => rivet_core::duration::seconds(x),
+            Value::String(s) => match rivet_core::duration::parse_duration(&s.to_string_lossy()) {
+                Ok(d) if !d.is_zero() || zero_ok => Some(d),
+                Ok(_) => bad(self, format!("{path}`{key}` must be positive")),
+                Err(e) => bad(self, format!("{path}`{key}`: {e}")),
+            },
+            other => bad(
+                self,
+                format!(
+                    "{path}`{key}` must be a positive number of seconds or a string like \"5m\", got {}",
+                    display_value(&other)
+                ),
+            ),
+        }
+    }
+
+    /// `retries = {count = N, on = {...}, backoff = "5s"}`.
+    fn retries(&mut self, t: &Table) -> Option<RetrySpec> {
+        let r = match t.raw_get::<Value>("retries").unwrap_or(Value::Nil) {
+            Value::Nil => return None,
+            Value::Table(r) => r,
+            other => {
+                self.push(
+                    self.key_line("retries", None),
+                    format!(
+                        "retries: must be a table like {{count = 2, on = {{\"lost\"}}, backoff = \"5s\"}}, got {}",
+                        other.type_name()
+                    ),
+                );
+                return None;
+            }
+        };
+        let line = self.key_line("retries", None);
+        self.keys(&r, &RETRY_KEYS, "retries.", line);
+        let count = match r.raw_get::<Value>("count").unwrap_or(Value::Nil) {
+            Value::Nil => RetrySpec::default().count,
+            Value::Integer(i) if (0..=i64::from(MAX_RETRIES)).contains(&i) => i as u32,
+            other => {
+                self.push(
+                    line,
+                    format!(
+                        "retries.count: must be a whole number from 0 to {MAX_RETRIES}, got {}",
+                        display_value(&other)
+                    ),
+                );
+                0
+            }
+        };
+        let mut on = Vec::new();
+        match r.raw_get::<Value>("on").unwrap_or(Value::Nil) {
+            Value::Nil => on = RetrySpec::default().on,
+            Value::Table(list) => {
+                for (i, item) in sequence(&list).into_iter().enumerate() {
+                    let text = match &item {
+                        Value::String(s) => s.to_string_lossy(),
+                        other => {
+                            self.push(
+                                line,
+                                format!(
+                                    "retries.on[{}]: must be a string, got {}",
+                                    i + 1,
+                                    other.type_name()
+                                ),
+                            );
+                            continue;
+                        }
+                    };
+                    match RetryOn::parse(&text) {
+                        Some(reason) => on.push(reason),
+                        None => {
+                            let hint = suggest::hint(&text, RetryOn::WORDS.iter().copied());
+                            self.push(
+                                line,
+                                format!(
+                                    "retries.on[{}]: `{text}` is not an outcome that can be retried{hint} (one of: {})",
+                                    i + 1,
+                                    RetryOn::WORDS.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            other => self.push(
+                line,
+                format!(
+                    "retries.on: must be a list such as {{\"lost\", \"failed\"}}, got {}",
+                    other.type_name()
+                ),
+            ),
+        }
+        let backoff = self
+            .duration(&r, "backoff", "retries.", line, true)
+            .unwrap_or_default();
+        Some(RetrySpec { count, on, backoff })
+    }
+
     fn pipeline(&mut self, t: &Table, plugins: &BTreeSet<String>) -> Option<PipelineSpec> {
         self.keys(t, &PIPELINE_KEYS, "", None);
         let name = self.string(t, "name", "", None);
@@ -207,12 +325,18 @@ impl Validator<'_> {
         let requires = self.requires(t, plugins);
         let inputs = self.inputs(t);
         let stages = self.stages(t, &requires);
+        let timeout = self.duration(t, "timeout", "", None, false);
+        let queue_timeout = self.duration(t, "queue_timeout", "", None, false);
+        let retries = self.retries(t).unwrap_or_default();
         Some(PipelineSpec {
             name: name?,
             description,
             requires,
             inputs,
             stages,
+            timeout,
+            queue_timeout,
+            retries,
         })
     }
 
@@ -539,37 +663,7 @@ impl Validator<'_> {
                     format!("{label}: uses `container` but the pipeline does not list \"container\" in `requires`"),
                 );
             }
-            let timeout = match stage.raw_get::<Value>("timeout").unwrap_or(Value::Nil) {
-                Value::Nil => None,
-                Value::Integer(i) if i > 0 => Some(std::time::Duration::from_secs(i as u64)),
-                Value::Number(x) if x > 0.0 => rivet_core::duration::seconds(x),
-                Value::String(s) => {
-                    match rivet_core::duration::parse_duration(&s.to_string_lossy()) {
-                        Ok(d) if !d.is_zero() => Some(d),
-                        Ok(_) => {
-                            self.push(
-                                self.key_line("timeout", line),
-                                format!("{label}: `timeout` must be positive"),
-                            );
-                            None
-                        }
-                        Err(e) => {
-                            self.push(
-                                self.key_line("timeout", line),
-                                format!("{label}: `timeout`: {e}"),
-                            );
-                            None
-                        }
-                    }
-                }
-                other => {
-                    self.push(
-                        self.key_line("timeout", line),
-                        format!("{label}: `timeout` must be a positive number of seconds or a string like \"5m\", got {}", display_value(&other)),
-                    );
-                    None
-                }
-            };
+            let timeout = self.duration(&stage, "timeout", &format!("{label}: "), line, false);
             let env = self.stage_env(&stage, &label, line);
             if let Some(name) = name {
                 out.push(StageSpec {

@@ -268,6 +268,10 @@ fn run_stages(ctx: &Rc<JobContext>, loaded: &Loaded) -> JobOutcome {
         }
     };
     let mut failure: Option<JobOutcome> = None;
+    let job_limit = loaded
+        .spec
+        .timeout
+        .map_or(limits.job_timeout, |t| t.min(limits.job_timeout));
     for (index, spec) in loaded.spec.stages.iter().enumerate() {
         let name = spec.name.clone();
         if let Some(outcome) = &failure {
@@ -293,11 +297,17 @@ fn run_stages(ctx: &Rc<JobContext>, loaded: &Loaded) -> JobOutcome {
                 }
             }
         };
-        let job_left = limits.job_timeout.saturating_sub(job_started.elapsed());
-        let timeout = spec.timeout.unwrap_or(limits.stage_timeout).min(job_left);
+        let job_left = job_limit.saturating_sub(job_started.elapsed());
+        let stage_limit = spec.timeout.unwrap_or(limits.stage_timeout);
+        let timeout = stage_limit.min(job_left);
         *ctx.sink.stage.borrow_mut() = Some(name.clone());
         *ctx.stage_env.borrow_mut() = spec.env.clone();
-        ctx.budget.arm(limits.instructions, timeout);
+        if job_left < stage_limit {
+            ctx.budget
+                .arm_job_bound(limits.instructions, timeout, job_limit);
+        } else {
+            ctx.budget.arm(limits.instructions, timeout);
+        }
         let started = Instant::now();
 
         if spec.has_condition {

@@ -31,6 +31,8 @@ pub enum Exhausted {
     Instructions(u64),
     /// The wall-clock deadline passed.
     Deadline(Duration),
+    /// The job's own time limit (shorter than the stage's) ran out.
+    JobDeadline(Duration),
 }
 
 impl Exhausted {
@@ -39,6 +41,10 @@ impl Exhausted {
         match self {
             Self::Instructions(n) => format!("instruction budget exceeded ({n} instructions)"),
             Self::Deadline(d) => format!("time limit exceeded ({})", crate::fmt_duration(*d)),
+            Self::JobDeadline(d) => format!(
+                "the job's time limit of {} was reached",
+                crate::fmt_duration(*d)
+            ),
         }
     }
 }
@@ -50,6 +56,8 @@ pub struct Budget {
     used: Cell<u64>,
     started: Cell<Instant>,
     timeout: Cell<Duration>,
+    /// When the job's limit, not the stage's, sets the deadline: that limit (for the message).
+    job_limit: Cell<Option<Duration>>,
     exhausted: std::cell::RefCell<Option<Exhausted>>,
 }
 
@@ -60,7 +68,21 @@ impl Budget {
             used: Cell::new(0),
             started: Cell::new(Instant::now()),
             timeout: Cell::new(Duration::MAX),
+            job_limit: Cell::new(None),
             exhausted: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Like [`Budget::arm`], saying that the deadline is the job's limit `job_limit` running out.
+    pub fn arm_job_bound(&self, instructions: u64, timeout: Duration, job_limit: Duration) {
+        self.arm(instructions, timeout);
+        self.job_limit.set(Some(job_limit));
+    }
+
+    fn deadline(&self) -> Exhausted {
+        match self.job_limit.get() {
+            Some(limit) => Exhausted::JobDeadline(limit),
+            None => Exhausted::Deadline(self.timeout.get()),
         }
     }
 
@@ -70,6 +92,7 @@ impl Budget {
         self.used.set(0);
         self.started.set(Instant::now());
         self.timeout.set(timeout);
+        self.job_limit.set(None);
         *self.exhausted.borrow_mut() = None;
     }
 
@@ -92,7 +115,7 @@ impl Budget {
 
     /// Marks the deadline as passed (a core module found it so while Lua was not running).
     pub fn expire_deadline(&self) {
-        *self.exhausted.borrow_mut() = Some(Exhausted::Deadline(self.timeout.get()));
+        *self.exhausted.borrow_mut() = Some(self.deadline());
     }
 
     /// Called by the hook every [`HOOK_EVERY`] instructions.
@@ -105,7 +128,7 @@ impl Budget {
         let why = if used >= self.limit.get() {
             Exhausted::Instructions(self.limit.get())
         } else if self.started.get().elapsed() >= self.timeout.get() {
-            Exhausted::Deadline(self.timeout.get())
+            self.deadline()
         } else {
             return Ok(());
         };

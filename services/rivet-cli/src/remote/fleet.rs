@@ -11,6 +11,21 @@ use rivet_protocol::http::{QueueView, RunnerView};
 pub enum RunnerCommand {
     /// List runners: live ones, then the ones seen before that went away (offline).
     Ls(ListArgs),
+    /// Drain a runner: it stops taking jobs, lets running ones finish (within its grace
+    /// period) and exits.
+    Drain(DrainArgs),
+}
+
+/// Arguments of `rivet runner drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The runner's id (`rivet runner ls`).
+    pub id: String,
+    /// Print the orchestrator's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// `rivet queue ...`.
@@ -33,7 +48,24 @@ pub struct ListArgs {
 
 /// Runs `rivet runner ...`.
 pub fn runner(cmd: RunnerCommand) -> Result<i32> {
-    let RunnerCommand::Ls(args) = cmd;
+    let args = match cmd {
+        RunnerCommand::Ls(args) => args,
+        RunnerCommand::Drain(args) => {
+            return block_on(async move {
+                let runner = args.remote.client()?.drain_runner(&args.id).await?;
+                if args.json {
+                    print_json(&runner)?;
+                } else {
+                    println!(
+                        "runner {} is draining: no new jobs; it exits once its {} running job(s) end",
+                        runner.id,
+                        runner.running.len()
+                    );
+                }
+                Ok(0)
+            })
+        }
+    };
     block_on(async move {
         let runners = args.remote.client()?.runners().await?;
         if args.json {

@@ -1,4 +1,4 @@
-//! `rivet job ls|show|logs`: jobs on the orchestrator.
+//! `rivet job ls|show|logs|cancel|retry`: jobs on the orchestrator.
 
 use super::follow::{self, Follow};
 use super::table::{ago, fields, list, now_ms, span, took, Table};
@@ -21,6 +21,38 @@ pub enum JobCommand {
     /// Print a job's log lines (the current attempt's unless --attempt); with --follow, keep
     /// printing until the job ends and exit 0 only if it succeeded.
     Logs(LogsArgs),
+    /// Cancel a job: a queued one never starts; a running one's worker is killed and its logs
+    /// so far are kept.
+    Cancel(CancelArgs),
+    /// Run a finished job again, as a new attempt with the same inputs.
+    Retry(RetryArgs),
+}
+
+/// Arguments of `rivet job cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The job's id.
+    pub id: Uuid,
+    /// Why (shown in the job's log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Print the orchestrator's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// Arguments of `rivet job retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The job's id.
+    pub id: Uuid,
+    /// Print the orchestrator's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Arguments of `rivet job ls`.
@@ -121,6 +153,35 @@ pub fn run(cmd: JobCommand) -> Result<i32> {
             };
             let job = follow::follow(&client, args.id, opts).await?;
             follow::print_end(&job, args.attempt, args.json)
+        }),
+        JobCommand::Cancel(args) => block_on(async move {
+            let client = args.remote.client()?;
+            let job = client.cancel_job(args.id, args.reason.as_deref()).await?;
+            if args.json {
+                print_json(&job)?;
+            } else if job.state == JobState::Running {
+                println!(
+                    "job {} is running on {}: cancel sent; it stops within seconds (`rivet job show {}`)",
+                    job.id,
+                    job.runner_id.as_deref().unwrap_or("its runner"),
+                    job.id
+                );
+            } else {
+                println!("job {} {}", job.id, job.state.as_str());
+            }
+            Ok(0)
+        }),
+        JobCommand::Retry(args) => block_on(async move {
+            let job = args.remote.client()?.retry_job(args.id).await?;
+            if args.json {
+                print_json(&job)?;
+            } else {
+                println!(
+                    "job {} queued again as attempt {} (`rivet job logs -f {}`)",
+                    job.id, job.attempt, job.id
+                );
+            }
+            Ok(0)
         }),
     }
 }

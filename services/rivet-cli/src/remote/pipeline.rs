@@ -259,6 +259,9 @@ mod tests {
             definition: PipelineSpec {
                 name: "Build and Test".into(),
                 description: None,
+                timeout: None,
+                queue_timeout: None,
+                retries: Default::default(),
                 requires: Default::default(),
                 inputs: vec![
                     InputSpec {

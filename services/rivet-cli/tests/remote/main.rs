@@ -327,3 +327,59 @@ async fn a_missing_input_is_asked_for_on_a_terminal() {
     assert_eq!(jobs[0].inputs["n"], "7");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_cancelled_and_retried_and_runners_drained_from_the_cli() {
+    let app = spawn_app().await;
+    let dir = scratch();
+    let file = write(dir.path(), "hello.lua", PIPELINE);
+    app.rivet(&["pipeline", "push", &file]).await;
+    let out = app.rivet(&["run", "hello-fleet", "--input", "n=1"]).await;
+    let id = job_id(&text(&out).0);
+
+    // No runner: the job is queued, and a cancel ends it at once.
+    let out = app
+        .rivet(&["job", "cancel", &id, "--reason", "not needed"])
+        .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, format!("job {id} cancelled\n"));
+    let out = app.rivet(&["job", "cancel", &id]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("is already cancelled"),
+        "{}",
+        text(&out).1
+    );
+
+    // A finished job can run again, as attempt 2.
+    let out = app.rivet(&["job", "retry", &id]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!("job {id} queued again as attempt 2 (`rivet job logs -f {id}`)\n")
+    );
+    let out = app.rivet(&["job", "show", &id, "--json"]).await;
+    let job: JobView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 2));
+    assert_eq!(job.attempts.len(), 2);
+    assert_eq!(job.attempts[0].state, JobState::Cancelled);
+    // ...and one that is not over cannot.
+    let out = app.rivet(&["job", "retry", &id]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("only a finished job can be retried"),
+        "{}",
+        text(&out).1
+    );
+
+    let out = app.rivet(&["runner", "drain", "no-such-runner"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("no live runner `no-such-runner`"),
+        "{}",
+        text(&out).1
+    );
+    app.stop().await;
+}

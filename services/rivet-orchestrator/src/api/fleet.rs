@@ -80,3 +80,40 @@ pub async fn queues(State(state): State<AppState>) -> Result<Json<Vec<QueueView>
     }
     Ok(Json(out))
 }
+
+/// `POST /runners/{id}/drain`: the runner stops taking jobs, lets running ones finish within its
+/// grace period and exits. 202; 404 when no live runner has that id.
+pub async fn drain(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<(axum::http::StatusCode, Json<RunnerView>), ApiError> {
+    let live = live_runners(&state).await?;
+    let Some(runner) = live.into_iter().find(|r| r.id == id) else {
+        return Err(ApiError::NotFound(format!("no live runner `{id}`")));
+    };
+    let order = rivet_protocol::messages::RunnerControl {
+        schema: rivet_protocol::SCHEMA_VERSION,
+        runner_id: id.clone(),
+        command: rivet_protocol::messages::ControlCommand::Drain {
+            reason: "drain requested through the API".into(),
+        },
+    };
+    state
+        .broker
+        .publish_control(&order)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.into()))?;
+    tracing::info!(runner = %id, "Drain sent.");
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(RunnerView {
+            id: runner.id.clone(),
+            status: "draining".into(),
+            capabilities: runner.capabilities.clone(),
+            labels: runner.labels.clone(),
+            slots: runner.slots,
+            running: runner.running.iter().map(|j| j.job_id).collect(),
+            last_seen_ms: runner.updated_at_ms,
+        }),
+    ))
+}

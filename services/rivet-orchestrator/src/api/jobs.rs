@@ -1,8 +1,9 @@
-//! Jobs: list, show, logs.
+//! Jobs: list, show, logs, cancel, retry.
 
 use crate::error::ApiError;
 use crate::{db, AppState};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use rivet_protocol::http::{JobState, JobView, LogPage};
 use serde::Deserialize;
@@ -102,4 +103,76 @@ pub async fn logs(
         next_after,
         complete,
     }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CancelBody {
+    reason: Option<String>,
+}
+
+/// `POST /jobs/{id}/cancel`: a queued job is cancelled at once; a running one is killed by its
+/// runner (202 either way, with the job as it is now). A finished job: 409.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<CancelBody>>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let id = parse_id(&id)?;
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .map(|r| r.chars().take(500).collect::<String>())
+        .unwrap_or_else(|| "cancelled on request".into());
+    match db::attempts::cancel(&state.db, id, &reason).await? {
+        db::attempts::Cancel::NotFound => return Err(ApiError::NotFound(format!("no job `{id}`"))),
+        db::attempts::Cancel::AlreadyFinal(s) => {
+            return Err(ApiError::Conflict(
+                "job_final",
+                format!("job `{id}` is already {}", s.as_str()),
+            ))
+        }
+        db::attempts::Cancel::Cancelled { attempt } => {
+            tracing::info!(job_id = %id, attempt, "Queued job cancelled.");
+            crate::fence::close(&state, id).await;
+        }
+        db::attempts::Cancel::Requested { runner_id, attempt } => {
+            tracing::info!(job_id = %id, attempt, runner = %runner_id, "Cancel sent to the runner.");
+            crate::fence::order_cancel(&state, &runner_id, id, attempt, &reason).await;
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(current(&state, id).await?)))
+}
+
+/// `POST /jobs/{id}/retry`: a finished job runs again as a new attempt with the same inputs.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let id = parse_id(&id)?;
+    match db::attempts::retry(&state.db, id).await? {
+        db::attempts::Retry::NotFound => return Err(ApiError::NotFound(format!("no job `{id}`"))),
+        db::attempts::Retry::NotFinal(s) => {
+            return Err(ApiError::Conflict(
+                "job_not_final",
+                format!(
+                    "job `{id}` is {}; only a finished job can be retried",
+                    s.as_str()
+                ),
+            ))
+        }
+        db::attempts::Retry::Queued { attempt } => {
+            tracing::info!(job_id = %id, attempt, "Job retried on request.");
+            crate::fence::open(&state, id, attempt).await;
+            state.relay_wakeup.notify_one();
+        }
+    }
+    Ok((StatusCode::CREATED, Json(current(&state, id).await?)))
+}
+
+async fn current(state: &AppState, id: Uuid) -> Result<JobView, ApiError> {
+    let mut job = db::jobs::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
+    job.attempts = db::jobs::attempts(&state.db, id).await?;
+    annotate(state, std::slice::from_mut(&mut job)).await?;
+    Ok(job)
 }

@@ -113,8 +113,17 @@ pub async fn run(
         inputs,
         class_key: version.view.class_key.clone(),
         requires: version.view.requires.clone(),
+        timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
     };
-    db::jobs::create(&state.db, version.pipeline_id, &dispatch).await?;
+    let queue_timeout = spec.queue_timeout.unwrap_or(state.queue_timeout);
+    db::jobs::create(
+        &state.db,
+        version.pipeline_id,
+        &dispatch,
+        &spec.retries,
+        queue_timeout,
+    )
+    .await?;
     state.relay_wakeup.notify_one();
     let mut job = db::jobs::get(&state.db, dispatch.job_id)
         .await?

@@ -10,7 +10,13 @@ use uuid::Uuid;
 
 /// Creates a queued job, its first attempt, its class (if new) and its outbox row, in one
 /// transaction: once this commits, the relay will publish it.
-pub async fn create(db: &PgPool, pipeline_id: Uuid, dispatch: &JobDispatch) -> sqlx::Result<()> {
+pub async fn create(
+    db: &PgPool,
+    pipeline_id: Uuid,
+    dispatch: &JobDispatch,
+    retry: &rivet_core::definition::RetrySpec,
+    queue_timeout: std::time::Duration,
+) -> sqlx::Result<()> {
     let mut tx: Transaction<'_, Postgres> = db.begin().await?;
     sqlx::query("INSERT INTO classes (class_key, requires) VALUES ($1, $2) ON CONFLICT (class_key) DO NOTHING")
         .bind(&dispatch.class_key)
@@ -18,8 +24,8 @@ pub async fn create(db: &PgPool, pipeline_id: Uuid, dispatch: &JobDispatch) -> s
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt) \
-         VALUES ($1, $2, $3, $4, $5, 'queued', $6)",
+        "INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt, retry, queue_timeout_ms) \
+         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8)",
     )
     .bind(dispatch.job_id)
     .bind(pipeline_id)
@@ -27,6 +33,8 @@ pub async fn create(db: &PgPool, pipeline_id: Uuid, dispatch: &JobDispatch) -> s
     .bind(Json(&dispatch.inputs))
     .bind(&dispatch.class_key)
     .bind(dispatch.attempt as i32)
+    .bind(Json(retry))
+    .bind(i64::try_from(queue_timeout.as_millis()).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO attempts (job_id, attempt, state) VALUES ($1, $2, 'queued')")
@@ -186,9 +194,24 @@ fn stage_outcome(state: &str) -> Option<StageOutcome> {
     serde_json::from_value(serde_json::Value::String(state.to_owned())).ok()
 }
 
-/// Marks the attempt running on `runner_id`. Returns false when the job is not waiting for this
-/// attempt (a stale or duplicate report).
-pub async fn start(db: &PgPool, job_id: Uuid, attempt: u32, runner_id: &str) -> sqlx::Result<bool> {
+/// What a `Started` report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The attempt is now running on the runner.
+    Started,
+    /// It already was (the same report delivered again).
+    Duplicate,
+    /// The job is not waiting for this attempt: the runner must stop it.
+    Refused,
+}
+
+/// Marks the attempt running on `runner_id`, if the job is waiting for that attempt.
+pub async fn start(
+    db: &PgPool,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+) -> sqlx::Result<Start> {
     let mut tx = db.begin().await?;
     let done = sqlx::query(
         "UPDATE jobs SET state = 'running', runner_id = $3, started_at = now() \
@@ -201,16 +224,29 @@ pub async fn start(db: &PgPool, job_id: Uuid, attempt: u32, runner_id: &str) -> 
     .await?
     .rows_affected()
         == 1;
-    if done {
-        sqlx::query("UPDATE attempts SET state = 'running', runner_id = $3, started_at = now() WHERE job_id = $1 AND attempt = $2")
-            .bind(job_id)
-            .bind(attempt as i32)
-            .bind(runner_id)
-            .execute(&mut *tx)
-            .await?;
+    if !done {
+        let again: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' AND runner_id = $3",
+        )
+        .bind(job_id)
+        .bind(attempt as i32)
+        .bind(runner_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        return Ok(if again.is_some() {
+            Start::Duplicate
+        } else {
+            Start::Refused
+        });
     }
+    sqlx::query("UPDATE attempts SET state = 'running', runner_id = $3, started_at = now() WHERE job_id = $1 AND attempt = $2")
+        .bind(job_id)
+        .bind(attempt as i32)
+        .bind(runner_id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(done)
+    Ok(Start::Started)
 }
 
 /// Whether `attempt` is the job's current, running attempt held by `runner_id`; locks the job's
@@ -268,39 +304,6 @@ pub async fn stage(db: &mut sqlx::PgConnection, u: &StageUpdate<'_>) -> sqlx::Re
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Records how the attempt ended, in the caller's transaction. Returns false when it had
-/// already ended (a duplicate).
-pub async fn finish(
-    tx: &mut sqlx::PgConnection,
-    job_id: Uuid,
-    attempt: u32,
-    outcome: &JobOutcome,
-) -> sqlx::Result<bool> {
-    let state = JobState::from_outcome(outcome).as_str();
-    let done = sqlx::query(
-        "UPDATE jobs SET state = $3, outcome = $4, finished_at = now() \
-         WHERE id = $1 AND attempt = $2 AND state IN ('queued', 'running')",
-    )
-    .bind(job_id)
-    .bind(attempt as i32)
-    .bind(state)
-    .bind(Json(outcome))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if done {
-        sqlx::query("UPDATE attempts SET state = $3, outcome = $4, finished_at = now() WHERE job_id = $1 AND attempt = $2")
-            .bind(job_id)
-            .bind(attempt as i32)
-            .bind(state)
-            .bind(Json(outcome))
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(done)
 }
 
 /// Age in ms of the oldest queued job of each class.

@@ -141,6 +141,7 @@ impl Fleet {
             work_dir: self.work.join(&id),
             worker_program: Some(worker_program()),
             container_host,
+            drain_grace: Duration::from_secs(10),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(rivet_runner::run(config, stop.clone()));
@@ -174,6 +175,60 @@ impl Fleet {
         tokio::time::timeout(within, done)
             .await
             .unwrap_or_else(|_| panic!("job {id} did not finish within {within:?}"))
+    }
+
+    /// Waits until `check` holds for the job (its latest view), or panics after `within`.
+    pub async fn wait_job(
+        &self,
+        id: Uuid,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&JobView) -> bool,
+    ) -> JobView {
+        let done = async {
+            loop {
+                let job: JobView = self.get(&format!("/jobs/{id}")).await;
+                if check(&job) {
+                    return job;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(within, done)
+            .await
+            .unwrap_or_else(|_| panic!("job {id}: {what}: not within {within:?}"))
+    }
+
+    /// The log lines of one attempt.
+    pub async fn logs(&self, id: Uuid, attempt: u32) -> Vec<rivet_protocol::messages::LogLine> {
+        let page: rivet_protocol::http::LogPage = self
+            .get(&format!("/jobs/{id}/logs?attempt={attempt}"))
+            .await;
+        page.lines
+    }
+
+    /// Waits until the runner's task has returned (after a drain), with its result.
+    pub async fn runner_exit(&mut self, id: &str, within: Duration) -> anyhow::Result<()> {
+        let i = self
+            .runners
+            .iter()
+            .position(|(r, _, _)| r == id)
+            .expect("a runner of this fleet");
+        let (_, _, task) = self.runners.remove(i);
+        tokio::time::timeout(within, task)
+            .await
+            .unwrap_or_else(|_| panic!("runner {id} did not exit within {within:?}"))
+            .expect("the runner task did not panic")
+    }
+
+    /// Stops one runner as SIGTERM would (a drain), without waiting.
+    pub fn terminate(&self, id: &str) {
+        let (_, stop, _) = self
+            .runners
+            .iter()
+            .find(|(r, _, _)| r == id)
+            .expect("a runner of this fleet");
+        stop.cancel();
     }
 
     pub async fn stop(self) {

@@ -2,6 +2,7 @@
 //! labels, against the real RabbitMQ, PostgreSQL and Redis.
 
 mod helpers;
+mod reliability;
 
 use rivet_protocol::http::{JobState, JobView, LogPage, QueueView};
 use serde_json::json;
@@ -182,6 +183,49 @@ async fn three_hundred_jobs_finish_exactly_once_with_complete_logs() {
     assert_eq!((attempts, unpublished), (300, 0));
     let queues: Vec<QueueView> = fleet.get("/queues").await;
     assert!(queues.iter().all(|q| q.depth == 0), "{queues:?}");
+    fleet.stop().await;
+}
+
+/// A runner whose only slot is taken by a long job does not sit on the next job: within a second
+/// it goes back to its queue and an idle runner runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
+    let mut fleet = helpers::start().await;
+    fleet.runner_with_slots("one", &[], "", 1).await;
+    fleet.runner_with_slots("two", &[], "", 1).await;
+    fleet
+        .push(&pipeline(
+            "long",
+            "'process'",
+            "process.run{command = 'sleep', args = {'4'}}",
+        ))
+        .await;
+    fleet
+        .push(&pipeline("short", "", "log.info('quick')"))
+        .await;
+    let long_a = fleet.submit("long", json!({})).await;
+    let long_b = fleet.submit("long", json!({})).await;
+    // Both slots are now (or about to be) busy for 4 s; a third long job waits in the queue...
+    let waiting = fleet.submit("long", json!({})).await;
+    // ...and once one runner finishes, it takes the next; the short job must not wait behind a
+    // delivery some busy runner holds: it finishes before the waiting long one.
+    let short = fleet.submit("short", json!({})).await;
+    let short_done = fleet.wait_final(short.id, Duration::from_secs(60)).await;
+    let waiting_done = fleet.wait_final(waiting.id, Duration::from_secs(60)).await;
+    for id in [long_a.id, long_b.id] {
+        assert_eq!(
+            fleet.wait_final(id, Duration::from_secs(60)).await.state,
+            JobState::Succeeded
+        );
+    }
+    assert_eq!(short_done.state, JobState::Succeeded);
+    assert_eq!(waiting_done.state, JobState::Succeeded);
+    assert!(
+        short_done.finished_at_ms <= waiting_done.finished_at_ms,
+        "the short job ({:?}) finished after the long job queued before it ({:?})",
+        short_done.finished_at_ms,
+        waiting_done.finished_at_ms
+    );
     fleet.stop().await;
 }
 

@@ -119,6 +119,7 @@ pub fn job(class_key: &str, attempt: u32) -> JobDispatch {
         inputs: BTreeMap::from([("branch".into(), "main".into())]),
         class_key: class_key.into(),
         requires: vec!["process".into()],
+        timeout_ms: None,
     }
 }
 

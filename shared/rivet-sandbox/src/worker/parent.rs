@@ -201,7 +201,8 @@ pub fn run_worker(
     let limits = &policy.limits;
     let started = Instant::now();
     let grace = limits.kill_grace;
-    let job_deadline = match request.mode {
+    let mut job_limit = limits.job_timeout;
+    let mut job_deadline = match request.mode {
         Mode::Lint => started + limits.definition_timeout + grace + STARTUP_ALLOWANCE,
         Mode::Run => started + limits.job_timeout + grace + STARTUP_ALLOWANCE,
     };
@@ -303,7 +304,7 @@ pub fn run_worker(
                     crate::fmt_duration(grace)
                 ),
                 None if job_deadline <= phase_deadline => {
-                    format!("the job exceeded its time limit of {} and its worker was killed", crate::fmt_duration(limits.job_timeout))
+                    format!("the job exceeded its time limit of {} and its worker was killed", crate::fmt_duration(job_limit))
                 }
                 None => format!(
                     "evaluating the definition exceeded its time limit of {} and its worker was killed",
@@ -379,7 +380,16 @@ pub fn run_worker(
                         phase_deadline = Instant::now() + limits.definition_timeout + grace;
                         stage = None;
                     }
-                    Event::Definition { spec } => report.definition = Some(spec.clone()),
+                    Event::Definition { spec } => {
+                        // The pipeline's own `timeout` shortens the policy's job limit.
+                        if let (Mode::Run, Some(t)) = (request.mode, spec.timeout) {
+                            if t < job_limit {
+                                job_limit = t;
+                                job_deadline = started + t + grace + STARTUP_ALLOWANCE;
+                            }
+                        }
+                        report.definition = Some(spec.clone());
+                    }
                     Event::Problems { problems } => {
                         report.problems.extend(problems.iter().cloned())
                     }

@@ -71,7 +71,7 @@ impl Job {
     pub fn error(&self) -> &str {
         match &self.report.outcome {
             JobOutcome::Failed { error, .. } | JobOutcome::TimedOut { error, .. } => error,
-            JobOutcome::Crashed { reason } => reason,
+            JobOutcome::Crashed { reason } | JobOutcome::Lost { reason } => reason,
             JobOutcome::Succeeded | JobOutcome::Cancelled => "",
         }
     }
