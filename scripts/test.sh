@@ -17,6 +17,11 @@ fi
 # Services for the crates that talk to RabbitMQ, PostgreSQL and Redis.
 scripts/services.sh
 
+# Podman's Docker-compatible API and the local test images (rivet-test/busybox, python:3.11)
+# for the container tests; nothing is pulled from a registry.
+scripts/podman-setup.sh --python
+export RIVET_CONTAINER_HOST="unix://${RIVET_PODMAN_SOCKET:-/run/rivet-podman/podman.sock}"
+
 # Tests clean up after themselves; a test that panicked may not have. Remove what earlier runs
 # left: test databases, and test queues (each test uses its own `rivet-test-*` namespace).
 if command -v psql >/dev/null; then

@@ -94,6 +94,27 @@ pub fn file_name(file: &Path) -> String {
 
 /// Options to start workers from this executable.
 pub fn worker_options() -> Result<rivet_sandbox::WorkerOptions> {
-    rivet_sandbox::WorkerOptions::current_exe()
-        .context("locating the rivet executable to start a sandbox worker")
+    let mut options = rivet_sandbox::WorkerOptions::current_exe()
+        .context("locating the rivet executable to start a sandbox worker")?;
+    // Container calls go to the engine at RIVET_CONTAINER_HOST, else to the first usual socket
+    // that exists; the connection is made only when a job first uses `container`.
+    let host = std::env::var("RIVET_CONTAINER_HOST").ok().or_else(|| {
+        CONTAINER_SOCKETS
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .map(|p| format!("unix://{p}"))
+    });
+    if let Some(host) = host {
+        let services = rivet_sandbox::HostServices::new(&Policy::default())
+            .with_container_host(host, format!("cli-{}", std::process::id()));
+        options.host = std::sync::Arc::new(services);
+    }
+    Ok(options)
 }
+
+/// Engine sockets tried, in order, when RIVET_CONTAINER_HOST is not set.
+const CONTAINER_SOCKETS: [&str; 3] = [
+    "/run/rivet-podman/podman.sock",
+    "/run/podman/podman.sock",
+    "/var/run/docker.sock",
+];

@@ -20,8 +20,11 @@ pub fn detect(
     binaries: &BTreeMap<String, PathBuf>,
     labels: &BTreeMap<String, String>,
     limits: &Limits,
+    engine: &[&str],
 ) -> (Vec<String>, Vec<String>) {
     let mut caps: BTreeSet<String> = CORE.iter().map(|m| m.name().to_owned()).collect();
+    // `container` (and which engine) only when an engine answered at start.
+    caps.extend(engine.iter().map(|c| (*c).to_owned()));
     let mut notes = Vec::new();
     let mut manifests = BTreeMap::new();
     for (name, source) in plugins {
@@ -41,11 +44,15 @@ pub fn detect(
                 continue;
             }
             let requirements_met = m.requires.0.iter().all(|r| match r {
-                Requirement::Module { module } => CORE.contains(module),
+                Requirement::Module { module } => caps.contains(module.name()),
                 Requirement::Plugin { name } => caps.contains(&format!("plugin.{name}")),
                 Requirement::Label { key, value } => labels.get(key) == Some(value),
             });
-            if requirements_met && m.binaries.iter().all(|b| binaries.contains_key(b)) {
+            let binaries_met = m
+                .binaries
+                .iter()
+                .all(|b| rivet_sandbox::plugins::binary_met(b, |one| binaries.contains_key(one)));
+            if requirements_met && binaries_met {
                 caps.insert(cap);
                 added = true;
             }
@@ -65,7 +72,9 @@ pub fn detect(
                 .chain(
                     m.binaries
                         .iter()
-                        .filter(|b| !binaries.contains_key(*b))
+                        .filter(|b| {
+                            !rivet_sandbox::plugins::binary_met(b, |one| binaries.contains_key(one))
+                        })
                         .map(|b| format!("binary `{b}`")),
                 )
                 .collect();
@@ -98,6 +107,10 @@ mod tests {
                 "return { requires = {'process'}, binaries = {'nvidia-smi'} }".to_string(),
             ),
             ("broken".to_string(), "return 42".to_string()),
+            (
+                "either".to_string(),
+                "return { requires = {'process'}, binaries = {'nvidia-smi|git'} }".to_string(),
+            ),
         ]
         .into_iter()
         .collect();
@@ -105,13 +118,20 @@ mod tests {
             [("git".to_string(), PathBuf::from("/usr/bin/git"))]
                 .into_iter()
                 .collect();
-        let (caps, notes) = detect(&plugins, &binaries, &BTreeMap::new(), &Limits::default());
+        let (caps, notes) = detect(
+            &plugins,
+            &binaries,
+            &BTreeMap::new(),
+            &Limits::default(),
+            &[],
+        );
         assert_eq!(
             caps,
             [
                 "filesystem",
                 "http",
                 "plugin.deploy",
+                "plugin.either",
                 "plugin.git",
                 "process"
             ]
@@ -131,11 +151,44 @@ mod tests {
             &BTreeMap::new(),
             &BTreeMap::new(),
             &Limits::default(),
+            &[],
         );
         assert_eq!(
             caps,
             ["filesystem", "http", "process"],
             "without git, neither git nor what needs it"
+        );
+    }
+
+    #[test]
+    fn container_is_advertised_only_with_an_engine() {
+        let plugins: BTreeMap<String, String> = [(
+            "compose".to_string(),
+            "return { requires = {'container'} }".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let none = BTreeMap::new();
+        let no_labels = BTreeMap::new();
+        let (caps, _) = detect(&plugins, &none, &no_labels, &Limits::default(), &[]);
+        assert_eq!(caps, ["filesystem", "http", "process"]);
+        let (caps, _) = detect(
+            &plugins,
+            &none,
+            &no_labels,
+            &Limits::default(),
+            &["container", "container.podman"],
+        );
+        assert_eq!(
+            caps,
+            [
+                "container",
+                "container.podman",
+                "filesystem",
+                "http",
+                "plugin.compose",
+                "process"
+            ]
         );
     }
 }

@@ -51,6 +51,11 @@ pub struct Config {
     /// Executable for sandbox workers (default: this executable).
     #[arg(long, env = "RIVET_WORKER_PROGRAM")]
     pub worker_program: Option<PathBuf>,
+    /// Container engine API (`unix:///run/podman/podman.sock`, Podman or Docker). When it
+    /// answers at start, the runner advertises `container` and `container.podman` or
+    /// `container.docker`; unset or unreachable, it advertises neither.
+    #[arg(long, env = "RIVET_CONTAINER_HOST")]
+    pub container_host: Option<String>,
     /// On SIGTERM/SIGINT or a drain order: how long running jobs may go on before they are
     /// cancelled (`30s`, `10m`).
     #[arg(long, env = "RIVET_DRAIN_GRACE", default_value = "5m", value_parser = parse_duration)]

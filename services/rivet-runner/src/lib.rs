@@ -162,7 +162,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let plugins =
         rivet_sandbox::plugins::catalog(config.plugin_dir.as_deref()).context("reading plugins")?;
     let labels = config.label_map();
-    let (capabilities, notes) = capabilities::detect(&plugins, &binaries, &labels, &policy.limits);
+    let id = config.id.clone().unwrap_or_else(default_id);
+    let engine = match &config.container_host {
+        Some(host) => connect_engine(host.clone(), id.clone()).await,
+        None => None,
+    };
+    let engine_caps: Vec<&'static str> = engine
+        .as_ref()
+        .map(|e| e.capabilities().to_vec())
+        .unwrap_or_default();
+    let (capabilities, notes) =
+        capabilities::detect(&plugins, &binaries, &labels, &policy.limits, &engine_caps);
     for note in notes {
         tracing::warn!(note = %note, "Capability not advertised.");
     }
@@ -183,9 +193,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await
     .context("connecting to RabbitMQ")?;
     // Created once: the runner-wide HTTP limits hold across all of this runner's jobs.
-    let host = Arc::new(rivet_sandbox::HostServices::new(&policy));
+    let mut host = rivet_sandbox::HostServices::new(&policy);
+    if let Some(engine) = engine {
+        host = host.with_container_engine(engine);
+    }
+    let host = Arc::new(host);
     let runner = Arc::new(Runner {
-        id: config.id.clone().unwrap_or_else(default_id),
+        id,
         broker,
         redis,
         keys: Keys::new(&config.namespace),
@@ -218,4 +232,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = presence.await;
     runner.broker.close().await;
     result
+}
+
+/// Connects to the container engine and removes what an earlier run of this runner left behind
+/// (containers labelled with its id). `None`, with a warning, when the engine does not answer:
+/// the runner then does not advertise `container`.
+async fn connect_engine(host: String, id: String) -> Option<Arc<rivet_container::Engine>> {
+    let connected = tokio::task::spawn_blocking(move || {
+        let engine = rivet_container::Engine::connect(&host, &id)?;
+        let swept = engine.sweep_runner()?;
+        Ok::<_, rivet_container::ContainerError>((engine, swept))
+    })
+    .await;
+    match connected {
+        Ok(Ok((engine, swept))) => {
+            tracing::info!(host = %engine.host(), version = %engine.version(), kind = ?engine.kind(), swept, "Container engine connected.");
+            Some(engine)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e.describe(), "Container engine unavailable; `container` is not advertised.");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Connecting to the container engine failed.");
+            None
+        }
+    }
 }

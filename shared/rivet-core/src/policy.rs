@@ -77,6 +77,8 @@ pub struct Policy {
     pub log: LogPolicy,
     /// The worker process's OS-level isolation.
     pub sandbox: SandboxPolicy,
+    /// The `container` module.
+    pub container: ContainerPolicy,
 }
 
 /// Limits on the Lua VM and on the job as a whole.
@@ -400,6 +402,66 @@ impl Default for SandboxPolicy {
     }
 }
 
+/// Network of a job's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerNetwork {
+    /// No network at all: only a loopback device.
+    None,
+    /// The engine's default bridge: outbound traffic is possible (no egress filter yet).
+    Bridge,
+}
+
+/// What the `container` module may start, and with what resources. The host configuration of
+/// every container is built by the parent process from this; a job cannot add to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerPolicy {
+    /// Image references a job may use: `python:3.11`, `rivet-test/*` (a trailing `*` matches
+    /// any rest), or `*`. Empty (the default): no image.
+    pub images: Vec<String>,
+    /// Whether an image missing on the runner may be pulled. Default: never.
+    pub pull: bool,
+    /// Network of the containers.
+    pub network: ContainerNetwork,
+    /// Memory limit of each container (swap included).
+    #[serde(with = "bytes")]
+    pub memory: u64,
+    /// CPUs each container may use (`1.5` = one and a half cores).
+    pub cpus: f64,
+    /// Processes (threads included) each container may run.
+    pub pids_limit: i64,
+    /// Whether containers get a read-only root filesystem (the workspace and a `/tmp` tmpfs stay
+    /// writable).
+    pub read_only_rootfs: bool,
+    /// Timeout of a `container.run` or of one command run in a container, when the call sets
+    /// none.
+    #[serde(with = "serde_human")]
+    pub default_timeout: Duration,
+    /// Bytes of stdout plus stderr one call may produce before its container is killed.
+    #[serde(with = "bytes")]
+    pub max_output: u64,
+    /// Containers a job may have at the same time.
+    pub max_containers: u32,
+}
+
+impl Default for ContainerPolicy {
+    fn default() -> Self {
+        Self {
+            images: Vec::new(),
+            pull: false,
+            network: ContainerNetwork::None,
+            memory: 1 << 30,
+            cpus: 1.0,
+            pids_limit: 512,
+            read_only_rootfs: false,
+            default_timeout: Duration::from_secs(600),
+            max_output: 16 << 20,
+            max_containers: 4,
+        }
+    }
+}
+
 /// Why a policy file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -445,6 +507,32 @@ impl Policy {
                     "process.env_allow entry `{pattern}` must be a variable name, optionally with a leading or trailing `*`"
                 )));
             }
+        }
+        let c = &self.container;
+        for pattern in &c.images {
+            let core = pattern.strip_suffix('*').unwrap_or(pattern);
+            if pattern != "*"
+                && (core.is_empty()
+                    || core.contains('*')
+                    || !core.bytes().all(|b| {
+                        b.is_ascii_alphanumeric()
+                            || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@')
+                    }))
+            {
+                return Err(PolicyError::Invalid(format!(
+                    "container.images entry `{pattern}` must be an image reference, optionally ending in `*`, or `*`"
+                )));
+            }
+        }
+        if !(c.cpus > 0.0 && c.cpus <= 1024.0) || c.pids_limit < 16 || c.memory < (16 << 20) {
+            return Err(PolicyError::Invalid(
+                "container.cpus must be in (0, 1024], container.pids_limit at least 16 and container.memory at least 16MiB".into(),
+            ));
+        }
+        if c.max_containers == 0 || c.default_timeout.is_zero() {
+            return Err(PolicyError::Invalid(
+                "container.max_containers and container.default_timeout must be positive".into(),
+            ));
         }
         self.http.check()?;
         if self.limits.max_value_depth == 0 || self.limits.instructions == 0 {
@@ -591,6 +679,27 @@ mod tests {
         assert_eq!(p.limits.stage_timeout, Duration::from_secs(300));
         assert_eq!(p.process.allow, vec!["sh".to_string()]);
         assert_eq!(p.sandbox.network, NetworkMode::Host);
+    }
+
+    #[test]
+    fn reads_the_container_section_and_refuses_bad_values() {
+        let p = Policy::from_toml(
+            "[container]\nimages = [\"python:3.11\", \"rivet-test/*\"]\nnetwork = \"bridge\"\nmemory = \"512MiB\"\ncpus = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(p.container.images, ["python:3.11", "rivet-test/*"]);
+        assert_eq!(p.container.network, ContainerNetwork::Bridge);
+        assert_eq!(p.container.memory, 512 << 20);
+        assert!(!p.container.pull, "pulls stay off unless asked for");
+        for bad in [
+            "[container]\nimages = [\"alpine --privileged\"]\n",
+            "[container]\nimages = [\"*/x\"]\n",
+            "[container]\ncpus = 0\n",
+            "[container]\npids_limit = -1\n",
+            "[container]\nprivileged = true\n",
+        ] {
+            assert!(Policy::from_toml(bad).is_err(), "accepted: {bad}");
+        }
     }
 
     #[test]

@@ -59,6 +59,8 @@ fn vm_with_modules(workspace: &std::path::Path, policy: &Policy) {
         pid_namespace: false,
         fs_usage: Default::default(),
         host: rivet_sandbox::host::HostChannel::closed(),
+        containers: Default::default(),
+        process_granted: std::cell::Cell::new(true),
         request,
     });
     let g = vm.lua.globals();

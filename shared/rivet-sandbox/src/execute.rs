@@ -75,6 +75,8 @@ pub fn execute(
         pid_namespace: isolation.pid_namespace,
         fs_usage: Default::default(),
         host,
+        containers: Default::default(),
+        process_granted: std::cell::Cell::new(false),
         request,
     });
     let outcome = match run(&vm, &ctx) {
@@ -154,22 +156,17 @@ fn run(vm: &Vm, ctx: &Rc<JobContext>) -> mlua::Result<JobOutcome> {
             });
         }
     }
-    for module in [CoreModule::Container] {
-        if grants.has_module(module) {
-            return Ok(JobOutcome::Failed {
-                stage: None,
-                error: format!(
-                    "requirement `{}` is not available on this runner",
-                    module.name()
-                ),
-            });
-        }
-    }
 
     lua.set_memory_limit(usize::try_from(limits.memory).unwrap_or(usize::MAX))?;
     modules::env::register(lua, ctx, &globals)?;
-    if grants.has_module(CoreModule::Process) {
+    let process = grants.has_module(CoreModule::Process);
+    let container = grants.has_module(CoreModule::Container);
+    ctx.process_granted.set(process);
+    if process || container {
         modules::process::register(lua, ctx, &globals)?;
+    }
+    if container {
+        modules::container::register(lua, ctx, &globals)?;
     }
     if grants.has_module(CoreModule::Filesystem) {
         modules::filesystem::register(lua, ctx, &globals)?;
@@ -215,7 +212,7 @@ fn load_plugins(
         let (table, manifest) = plugins::load(lua, globals.clone(), &name, source)?;
         if ctx.request.mode == Mode::Run {
             for bin in &manifest.binaries {
-                if !ctx.request.binaries.contains_key(bin) {
+                if !plugins::binary_met(bin, |b| ctx.request.binaries.contains_key(b)) {
                     return Err(format!(
                         "plugin `{name}` needs the program `{bin}`, which is not allowed by the policy or not installed"
                     ));
@@ -344,9 +341,23 @@ fn run_stages(ctx: &Rc<JobContext>, loaded: &Loaded) -> JobOutcome {
             name: name.clone(),
             timeout_ms: timeout.as_millis() as u64,
         });
-        let result = table
-            .raw_get::<Function>("script")
-            .and_then(|f| f.call::<()>(()));
+        let result = match &spec.container {
+            // The whole stage runs with its `process.run` calls inside this image.
+            Some(image) => {
+                let mut options = serde_json::Map::new();
+                options.insert("image".into(), serde_json::Value::String(image.clone()));
+                modules::container::enter_options(ctx, options).and_then(|handle| {
+                    let ran = table
+                        .raw_get::<Function>("script")
+                        .and_then(|f| f.call::<()>(()));
+                    let left = modules::container::leave(ctx, handle);
+                    ran.and(left)
+                })
+            }
+            None => table
+                .raw_get::<Function>("script")
+                .and_then(|f| f.call::<()>(())),
+        };
         match result {
             Ok(()) => {
                 ctx.sink.emit(&Event::StageFinished {

@@ -19,7 +19,8 @@ pub struct Manifest {
     pub name: String,
     /// Its requirements.
     pub requires: RequirementSet,
-    /// Programs it runs through `process`.
+    /// Programs it runs through `process`. An entry `a|b|c` is met by any one of them (a plugin
+    /// that works with whichever of several tools the runner has).
     pub binaries: Vec<String>,
     /// What it does.
     pub description: Option<String>,
@@ -30,6 +31,10 @@ pub struct Manifest {
 pub const BUILTIN: &[(&str, &str)] = &[
     ("git", include_str!("../../../plugins/git.lua")),
     ("slack", include_str!("../../../plugins/slack.lua")),
+    (
+        "docker-compose",
+        include_str!("../../../plugins/docker-compose.lua"),
+    ),
 ];
 
 /// The built-in plugins, then those of `dir` (if given) over them.
@@ -65,6 +70,12 @@ pub fn read_dir(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
         out.insert(stem.to_owned(), std::fs::read_to_string(&path)?);
     }
     Ok(out)
+}
+
+/// Whether a `binaries` entry (`git`, or alternatives `docker-compose|podman-compose`) is met
+/// by `available`.
+pub fn binary_met(entry: &str, available: impl Fn(&str) -> bool) -> bool {
+    entry.split('|').any(available)
 }
 
 /// The global name a plugin is injected as: `docker-compose` becomes `docker_compose`.
@@ -107,9 +118,9 @@ pub fn load(lua: &Lua, env: Table, name: &str, source: &str) -> Result<(Table, M
             let b: String = list
                 .raw_get(i)
                 .map_err(|_| format!("plugin `{name}`: binaries[{i}] must be a string"))?;
-            if !rivet_core::policy::is_program_name(&b) {
+            if !b.split('|').all(rivet_core::policy::is_program_name) {
                 return Err(format!(
-                    "plugin `{name}`: binaries[{i}] `{b}` must be a bare program name"
+                    "plugin `{name}`: binaries[{i}] `{b}` must be a bare program name, or names separated by `|`"
                 ));
             }
             binaries.push(b);

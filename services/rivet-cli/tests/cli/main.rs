@@ -346,3 +346,134 @@ fn a_missing_required_input_is_asked_for_on_a_terminal() {
     assert!(stdout.contains("[s] hello terminal user"), "{stdout}");
     assert!(!stdout.contains("is required"), "{stdout}");
 }
+
+/// A stand-in for Slack's incoming webhook on loopback: records each request's method, path and
+/// body, answers `ok`.
+fn slack_stand_in() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/services/T000/B000/XXXX",
+        listener.local_addr().unwrap()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            );
+            let head = request_line.trim().to_owned();
+            if tx
+                .send((head, String::from_utf8_lossy(&body).into_owned()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+/// The brief's "Build and Deploy" example end to end: git checkout of a local repository, the
+/// test stage in the locally built `python:3.11` image through Podman's API, and the Slack
+/// notification to a stand-in server; then a failing branch, which stops before notifying.
+#[test]
+fn the_seed_example_runs_end_to_end() {
+    let host = std::env::var("RIVET_CONTAINER_HOST")
+        .unwrap_or_else(|_| "unix:///run/rivet-podman/podman.sock".into());
+    let socket = host.trim_start_matches("unix://");
+    assert!(
+        Path::new(socket).exists(),
+        "no container engine at {host}: run `scripts/podman-setup.sh --python` first"
+    );
+    let origin = scratch();
+    sh(
+        origin.path(),
+        "git init -q -b main . && mkdir tests && printf 'def test_adds():\\n    assert 1 + 1 == 2\\n' > tests/test_app.py \
+         && git add . && git -c user.email=t@t -c user.name=t commit -q -m ok \
+         && git checkout -q -b broken && printf 'def test_adds():\\n    assert 1 + 1 == 3\\n' > tests/test_app.py \
+         && git -c user.email=t@t -c user.name=t commit -q -am bad && git checkout -q main",
+    );
+    let dir = scratch();
+    let policy = write(
+        dir.path(),
+        "policy.toml",
+        "[container]\nimages = [\"python:3.11\"]\n[http]\nallow_loopback = true\n",
+    );
+    let (webhook, received) = slack_stand_in();
+    let run = |branch: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rivet"))
+            .args([
+                "run",
+                "examples/build-and-deploy.lua",
+                "--policy",
+                &policy,
+                "--secret",
+                "SLACK_WEBHOOK",
+                "--input",
+                &format!("repo_url={}", origin.path().display()),
+                "--input",
+                &format!("branch={branch}"),
+            ])
+            .current_dir(root())
+            .env_remove("RIVET_POLICY")
+            .env_remove("RIVET_PLUGIN_DIR")
+            .env("RIVET_CONTAINER_HOST", &host)
+            .env("SLACK_WEBHOOK", &webhook)
+            .output()
+            .expect("rivet runs")
+    };
+
+    let out = run("main");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in ["✓ checkout", "✓ test", "✓ notify", "1 passed"] {
+        assert!(
+            stdout.contains(want),
+            "missing {want:?} in\n{stdout}\n{stderr}"
+        );
+    }
+    assert!(
+        !stdout.contains(&webhook),
+        "the webhook (a secret) was logged:\n{stdout}"
+    );
+    let (head, body) = received
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the Slack stand-in got no request");
+    assert!(head.starts_with("POST /services/T000/B000/XXXX "), "{head}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("a JSON payload");
+    let message = json["text"].as_str().unwrap_or_default();
+    assert!(message.contains("tests passed on main"), "{body}");
+
+    let out = run("broken");
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 failed"),
+        "pytest's verdict streams into the log:\n{stdout}"
+    );
+    assert!(stdout.contains("✗ test"), "{stdout}");
+    assert!(
+        received.try_recv().is_err(),
+        "a failed test stage must not notify Slack"
+    );
+}

@@ -101,6 +101,19 @@ impl Fleet {
         policy_toml: &str,
         slots: u32,
     ) -> String {
+        self.runner_with_engine(name, labels, policy_toml, slots, None)
+            .await
+    }
+
+    /// Like [`Fleet::runner_with_slots`], with a container engine (`unix:///...`).
+    pub async fn runner_with_engine(
+        &mut self,
+        name: &str,
+        labels: &[&str],
+        policy_toml: &str,
+        slots: u32,
+        container_host: Option<String>,
+    ) -> String {
         let id = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..6]);
         let policy = if policy_toml.is_empty() {
             None
@@ -127,6 +140,7 @@ impl Fleet {
             policy,
             work_dir: self.work.join(&id),
             worker_program: Some(worker_program()),
+            container_host,
             drain_grace: Duration::from_secs(10),
         };
         let stop = CancellationToken::new();

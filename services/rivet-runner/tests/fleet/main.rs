@@ -228,3 +228,76 @@ async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
     );
     fleet.stop().await;
 }
+
+/// `container` jobs land only on a runner whose engine answered at start; there they run in
+/// the engine (Podman's API, `scripts/podman-setup.sh`), their output reaches the job's log,
+/// and nothing of theirs is left on the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn container_jobs_run_on_runners_with_an_engine_and_leave_nothing_behind() {
+    let host = std::env::var("RIVET_CONTAINER_HOST")
+        .unwrap_or_else(|_| "unix:///run/rivet-podman/podman.sock".into());
+    let engine = rivet_container::Engine::connect(&host, "fleet-test-probe").unwrap_or_else(|e| {
+        panic!(
+            "no container engine at {host} ({}): run `scripts/podman-setup.sh`",
+            e.describe()
+        )
+    });
+    let mut fleet = helpers::start().await;
+    let plain = fleet.runner("plain", &[], "").await;
+    let policy = "[container]\nimages = ['rivet-test/*']\n";
+    let podman = fleet
+        .runner_with_engine("podman", &[], policy, 2, Some(host.clone()))
+        .await;
+    let runners: Vec<rivet_protocol::http::RunnerView> = fleet.get("/runners").await;
+    let caps = |id: &str| {
+        runners
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.capabilities.clone())
+            .unwrap()
+    };
+    assert!(
+        !caps(&plain).contains(&"container".to_string()),
+        "{:?}",
+        caps(&plain)
+    );
+    for want in ["container", "container.podman"] {
+        assert!(
+            caps(&podman).contains(&want.to_string()),
+            "{:?}",
+            caps(&podman)
+        );
+    }
+
+    fleet
+        .push(&pipeline(
+            "in-a-container",
+            "'container'",
+            "local r = container.run{image = 'rivet-test/busybox', command = {'sh', '-c', 'echo from-container'}}\nassert(r.code == 0)",
+        ))
+        .await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(fleet.submit("in-a-container", json!({})).await);
+    }
+    for job in &jobs {
+        let done = fleet.wait_final(job.id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
+        assert_eq!(done.runner_id.as_deref(), Some(podman.as_str()));
+        let logs: LogPage = fleet.get(&format!("/jobs/{}/logs", job.id)).await;
+        assert!(
+            logs.lines
+                .iter()
+                .any(|l| l.source == "stdout" && l.line == "from-container"),
+            "{:?}",
+            logs.lines
+        );
+        let left = engine.job_containers(&job.id.to_string()).unwrap();
+        assert!(
+            left.is_empty(),
+            "containers left by job {}: {left:?}",
+            job.id
+        );
+    }
+    fleet.stop().await;
+}

@@ -1,7 +1,7 @@
 //! The worker's side of host calls: send [`Event::Call`], block for the matching [`Reply`].
 
 use super::{CallError, HostCall, HostResponse};
-use crate::events::{read_frame, Event, Reply};
+use crate::events::{read_frame, Event, Level, Reply, Source};
 use crate::modules::Sink;
 use std::cell::{Cell, RefCell};
 use std::io::Read;
@@ -60,24 +60,39 @@ impl HostChannel {
             budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
             call,
         });
-        match read_frame::<Reply>(reader) {
-            Ok(Some(reply)) if reply.id == id => reply.result,
-            Ok(Some(reply)) => {
-                *input = None;
-                Err(CallError::protocol(format!(
-                    "the parent answered call {} while call {id} was waiting",
-                    reply.id
-                )))
-            }
-            Ok(None) => {
-                *input = None;
-                Err(CallError::failed("the parent closed the host-call channel"))
-            }
-            Err(e) => {
-                *input = None;
-                Err(CallError::protocol(format!(
-                    "unreadable answer from the parent: {e}"
-                )))
+        loop {
+            match read_frame::<Reply>(reader) {
+                Ok(Some(Reply {
+                    id: reply_id,
+                    result: Ok(HostResponse::Output(out)),
+                })) if reply_id == id => {
+                    // A line of the running call's output: log it (masked, capped) and keep waiting.
+                    let (level, source) = if out.stderr {
+                        (Level::Error, Source::Stderr)
+                    } else {
+                        (Level::Info, Source::Stdout)
+                    };
+                    sink.log(level, source, &out.line);
+                    continue;
+                }
+                Ok(Some(reply)) if reply.id == id => return reply.result,
+                Ok(Some(reply)) => {
+                    *input = None;
+                    return Err(CallError::protocol(format!(
+                        "the parent answered call {} while call {id} was waiting",
+                        reply.id
+                    )));
+                }
+                Ok(None) => {
+                    *input = None;
+                    return Err(CallError::failed("the parent closed the host-call channel"));
+                }
+                Err(e) => {
+                    *input = None;
+                    return Err(CallError::protocol(format!(
+                        "unreadable answer from the parent: {e}"
+                    )));
+                }
             }
         }
     }

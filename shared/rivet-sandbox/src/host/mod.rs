@@ -12,11 +12,13 @@
 //! single `match`.
 
 mod channel;
+mod container;
 pub mod destination;
 pub mod http;
 mod limit;
 
 pub use channel::HostChannel;
+pub use rivet_container::{ContainerCall, ContainerReply};
 use rivet_core::requirement::CoreModule;
 use rivet_core::Policy;
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,8 @@ use std::time::Instant;
 pub enum HostCall {
     /// One HTTP request (redirects are followed by the parent, each hop checked).
     Http(http::HttpRequest),
+    /// A container operation (run, start, exec, remove), checked and performed by the parent.
+    Container(rivet_container::ContainerCall),
 }
 
 impl HostCall {
@@ -37,6 +41,7 @@ impl HostCall {
     pub fn module(&self) -> CoreModule {
         match self {
             Self::Http(_) => CoreModule::Http,
+            Self::Container(_) => CoreModule::Container,
         }
     }
 }
@@ -47,6 +52,20 @@ impl HostCall {
 pub enum HostResponse {
     /// The final response of an HTTP call.
     Http(http::HttpResponse),
+    /// The final answer of a container call.
+    Container(rivet_container::ContainerReply),
+    /// Not an answer: one line of output of the running call, sent before its answer (same id)
+    /// for the worker to log as it arrives.
+    Output(OutputLine),
+}
+
+/// One line of a container command's output, on its way to the job's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputLine {
+    /// Whether it came from standard error.
+    pub stderr: bool,
+    /// The line, without its newline.
+    pub line: String,
 }
 
 /// How a call failed.
@@ -117,6 +136,7 @@ impl fmt::Display for CallError {
 #[derive(Debug)]
 pub struct HostServices {
     http: http::RunnerLimits,
+    containers: std::sync::Mutex<container::EngineSource>,
 }
 
 impl HostServices {
@@ -124,6 +144,24 @@ impl HostServices {
     pub fn new(policy: &Policy) -> Self {
         Self {
             http: http::RunnerLimits::new(&policy.http),
+            containers: Default::default(),
+        }
+    }
+
+    /// Container calls go to `engine` (connected, and swept, by the caller).
+    pub fn with_container_engine(self, engine: Arc<rivet_container::Engine>) -> Self {
+        Self {
+            containers: std::sync::Mutex::new(container::EngineSource::Ready(engine)),
+            ..self
+        }
+    }
+
+    /// Container calls go to the engine at `host` (`unix:///...`), connected on first use;
+    /// `runner_id` labels the containers.
+    pub fn with_container_host(self, host: String, runner_id: String) -> Self {
+        Self {
+            containers: std::sync::Mutex::new(container::EngineSource::Lazy { host, runner_id }),
+            ..self
         }
     }
 }
@@ -141,23 +179,42 @@ pub(crate) struct JobHost {
     services: Arc<HostServices>,
     policy: Arc<Policy>,
     http: Arc<http::JobLimits>,
+    containers: Arc<container::JobSlot>,
 }
 
 impl JobHost {
-    /// A handler for a job run under `policy` (the parent's copy).
-    pub(crate) fn new(services: Arc<HostServices>, policy: &Policy) -> Self {
+    /// A handler for `request` (the parent's copy of its policy, job id and workspace).
+    pub(crate) fn new(services: Arc<HostServices>, request: &crate::JobRequest) -> Self {
+        let policy = &request.policy;
+        let job_id = request
+            .metadata
+            .get("RIVET_JOB_ID")
+            .cloned()
+            .unwrap_or_else(|| "local".into());
         Self {
             services,
             http: Arc::new(http::JobLimits::new(&policy.http)),
+            containers: Arc::new(container::JobSlot::new(
+                job_id,
+                request.workspace.clone(),
+                policy.container.clone(),
+            )),
             policy: Arc::new(policy.clone()),
         }
     }
 
-    /// Runs `call`, which must end by `deadline`.
+    /// Releases what the job still holds on the host: every container it created is removed.
+    /// Called once the worker has exited, whatever its outcome.
+    pub(crate) fn finish(&self) -> usize {
+        self.containers.finish()
+    }
+
+    /// Runs `call`, which must end by `deadline`. `progress` sees output as the call runs.
     pub(crate) fn dispatch(
         &self,
         call: HostCall,
         deadline: Instant,
+        progress: &mut dyn FnMut(HostResponse),
     ) -> Result<HostResponse, CallError> {
         match call {
             HostCall::Http(request) => http::handle(
@@ -170,6 +227,13 @@ impl JobHost {
                 deadline,
             )
             .map(HostResponse::Http),
+            HostCall::Container(call) => container::handle(
+                &self.services.containers,
+                &self.containers,
+                call,
+                deadline,
+                progress,
+            ),
         }
     }
 }

@@ -72,6 +72,11 @@ fn perform(lua: &Lua, ctx: &JobContext, request: HttpRequest) -> mlua::Result<Ta
     let answer = ctx.host.call(&ctx.sink, left, HostCall::Http(request));
     let response = match answer {
         Ok(HostResponse::Http(r)) => r,
+        Ok(other) => {
+            return Err(mlua::Error::runtime(format!(
+                "http: unexpected answer from the parent: {other:?}"
+            )))
+        }
         Err(e) => {
             if e.kind == CallErrorKind::Timeout
                 && ctx.budget.time_left() < Duration::from_millis(50)

@@ -4,6 +4,7 @@
 //! was granted it (`log`, `env` and `json` always are). Module tables are installed as read-only
 //! views.
 
+pub mod container;
 pub mod env;
 pub mod filesystem;
 pub mod http;
@@ -47,8 +48,14 @@ pub struct JobContext {
     pub pid_namespace: bool,
     /// Bytes and entries written through `filesystem`.
     pub fs_usage: Cell<(u64, u64)>,
-    /// Host calls to the parent (network).
+    /// Host calls to the parent (network, containers).
     pub host: crate::host::HostChannel,
+    /// Containers entered with `container.with` or a container stage, innermost last;
+    /// `process.run` runs in the last one.
+    pub containers: RefCell<Vec<String>>,
+    /// Whether `process` was granted (it is installed for `container` too, where it may only
+    /// run commands inside a container).
+    pub process_granted: Cell<bool>,
 }
 
 /// Writes events to the parent: masks secrets, caps line length and the job's total log, and

@@ -161,6 +161,16 @@ pub fn sweep_namespace() {
 }
 
 fn run(lua: &Lua, ctx: &Rc<JobContext>, opts: Table) -> mlua::Result<Table> {
+    let inside = ctx.containers.borrow().last().cloned();
+    if let Some(handle) = inside {
+        return super::container::process_run(lua, ctx, &handle, opts);
+    }
+    if !ctx.process_granted.get() {
+        return Err(policy_error(
+            "process.grant",
+            "`process` is not in this pipeline's `requires`; without it, process.run works only inside a container",
+        ));
+    }
     let args = Args::new(opts, "process.run", &OPTIONS)?;
     let command = args.required_string("command")?;
     let policy = &ctx.request.policy.process;

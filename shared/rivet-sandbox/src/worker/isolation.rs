@@ -16,6 +16,18 @@ use std::path::{Path, PathBuf};
 const KEEP_WRITABLE: [&str; 4] = ["/proc", "/sys", "/dev", "/tmp"];
 /// Directories that get a fresh, private tmpfs.
 const PRIVATE_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// Container engine API sockets, and directories holding them, hidden from the job (an empty
+/// tmpfs over a directory, `/dev/null` over a socket): whoever talks to the engine is root on
+/// the host. The parent brokers every container operation (`host::container`).
+pub(crate) const ENGINE_SOCKETS: [&str; 7] = [
+    "/run/rivet-podman",
+    "/run/podman",
+    "/var/run/podman",
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd",
+    "/var/run/containerd",
+];
 
 fn errno(what: &str) -> String {
     format!("{what}: {}", io::Error::last_os_error())
@@ -205,6 +217,7 @@ fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
                 return Err(errno(&format!("mounting a private tmpfs on {dir}")));
             }
         }
+        hide_engine_sockets()?;
         // Bind the workspace onto its own path (recreated if a tmpfs now hides it), so it stays
         // writable when everything else turns read-only.
         std::fs::create_dir_all(&ws)
@@ -273,6 +286,52 @@ fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
         }
         Ok(proc_ok)
     }
+}
+
+/// Covers every [`ENGINE_SOCKETS`] entry that exists. Fails closed: a socket that cannot be
+/// hidden fails the isolation. Runs in the worker's own mount namespace.
+fn hide_engine_sockets() -> Result<(), String> {
+    let mut done: Vec<PathBuf> = Vec::new();
+    for path in ENGINE_SOCKETS {
+        let Ok(real) = std::fs::canonicalize(path) else {
+            continue;
+        };
+        if done.contains(&real) {
+            continue;
+        }
+        let Some(target) = real.to_str() else {
+            continue;
+        };
+        let target = cstr(target);
+        // SAFETY: mount(2) with owned C strings, in this process's private mount namespace.
+        let ok = unsafe {
+            if real.is_dir() {
+                libc::mount(
+                    cstr("tmpfs").as_ptr(),
+                    target.as_ptr(),
+                    cstr("tmpfs").as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                    cstr("size=4k,mode=0755").as_ptr().cast(),
+                ) == 0
+            } else {
+                libc::mount(
+                    cstr("/dev/null").as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) == 0
+            }
+        };
+        if !ok {
+            return Err(errno(&format!(
+                "hiding the container engine socket {}",
+                real.display()
+            )));
+        }
+        done.push(real);
+    }
+    Ok(())
 }
 
 /// Mount points from `/proc/self/mountinfo` (field 5, with octal escapes decoded).

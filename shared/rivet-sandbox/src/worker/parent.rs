@@ -243,7 +243,7 @@ pub fn run_worker(
             }
         }
     });
-    let host = JobHost::new(options.host.clone(), policy);
+    let host = JobHost::new(options.host.clone(), request);
     let mut calls = Calls::default();
 
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -343,8 +343,17 @@ pub fn run_worker(
                     .min(job_deadline);
                 let host = host.clone();
                 let answer_tx = tx.clone();
+                // Output lines go straight to the writer, ahead of the answer, which the loop
+                // forwards only after this thread sent them.
+                let progress_tx = reply_tx.clone();
                 std::thread::spawn(move || {
-                    let result = host.dispatch(call, deadline);
+                    let mut progress = |response| {
+                        let _ = progress_tx.send(Reply {
+                            id,
+                            result: Ok(response),
+                        });
+                    };
+                    let result = host.dispatch(call, deadline, &mut progress);
                     let _ = answer_tx.send(Msg::Answer(Reply { id, result }));
                 });
             }
@@ -424,6 +433,8 @@ pub fn run_worker(
     // id reserved, so the signal cannot reach an unrelated group that reused it.
     kill_group(pgid);
     let status = child.wait()?;
+    // The worker is gone, however it ended: remove every container it had the parent create.
+    host.finish();
     report.stderr = stderr_thread.join().unwrap_or_default();
     report.outcome = match (finished, killed) {
         (_, Some(outcome)) => outcome,

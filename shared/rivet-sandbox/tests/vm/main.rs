@@ -66,12 +66,18 @@ fn modules_are_present_only_when_required() {
         "assert(type(http.get) == 'function' and process == nil)",
     );
     assert_eq!(run.outcome(), &JobOutcome::Succeeded, "{}", run.error());
-    let run = run_stage("'container'", "");
-    assert!(
-        run.error()
-            .contains("requirement `container` is not available"),
-        "{}",
-        run.error()
+    // `container` brings `process` too, usable only inside a container.
+    let run = run_stage(
+        "'container'",
+        "assert(type(container.run) == 'function' and type(container.with) == 'function' and http == nil and filesystem == nil)\n\
+         local ok, err = pcall(process.run, {command = 'true'})\n\
+         assert(not ok and tostring(err):find('policy violation [process.grant]', 1, true), tostring(err))",
+    );
+    assert_eq!(
+        run.outcome(),
+        &JobOutcome::Succeeded,
+        "{:?}",
+        run.lines(None)
     );
 }
 
