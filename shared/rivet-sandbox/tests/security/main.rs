@@ -7,6 +7,7 @@
 //! safely), (2) a canary outside the workspace is unchanged and nothing the attack tries to
 //! create on the host exists, (3) the same parent then runs a trivial job within 5 s.
 
+mod git;
 mod helpers;
 #[allow(dead_code)]
 mod server;
