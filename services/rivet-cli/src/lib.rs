@@ -9,6 +9,7 @@
 //! (its end-to-end tests start an orchestrator, as a dev-dependency).
 
 mod lint;
+mod plugin;
 mod prompt;
 mod remote;
 mod render;
@@ -46,6 +47,9 @@ pub enum Command {
     /// The orchestrator's class queues.
     #[command(subcommand)]
     Queue(remote::fleet::QueueCommand),
+    /// Plugins: run a plugin's own tests in the sandbox.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 /// Runs the command and returns the process exit code.
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Job(cmd) => remote::job::run(cmd),
         Command::Runner(cmd) => remote::fleet::runner(cmd),
         Command::Queue(cmd) => remote::fleet::queue(cmd),
+        Command::Plugin(cmd) => plugin::run(cmd),
     };
     match result {
         Ok(code) => code,

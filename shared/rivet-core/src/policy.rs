@@ -166,7 +166,14 @@ pub struct ProcessPolicy {
     pub max_file_size: u64,
     /// `RLIMIT_CPU` seconds for the worker and for each child.
     pub max_cpu_seconds: u64,
+    /// Transports git children may use (`protocol.allow` is `never` for every other one).
+    /// `file` (local paths) is allowed for commands a job runs, never for submodules. `ext`
+    /// (which runs a command) can never be listed.
+    pub git_protocols: Vec<String>,
 }
+
+/// Transports `process.git_protocols` may name.
+pub const GIT_PROTOCOLS: [&str; 5] = ["https", "http", "ssh", "git", "file"];
 
 impl Default for ProcessPolicy {
     fn default() -> Self {
@@ -234,6 +241,7 @@ impl Default for ProcessPolicy {
             max_address_space: 8 << 30,
             max_file_size: 4 << 30,
             max_cpu_seconds: 3600,
+            git_protocols: GIT_PROTOCOLS.iter().map(|s| (*s).to_owned()).collect(),
         }
     }
 }
@@ -533,6 +541,14 @@ impl Policy {
             return Err(PolicyError::Invalid(
                 "container.max_containers and container.default_timeout must be positive".into(),
             ));
+        }
+        for proto in &self.process.git_protocols {
+            if !GIT_PROTOCOLS.contains(&proto.as_str()) {
+                return Err(PolicyError::Invalid(format!(
+                    "process.git_protocols entry `{proto}` is not one of {} (`ext` runs commands and is never allowed)",
+                    GIT_PROTOCOLS.join(", ")
+                )));
+            }
         }
         self.http.check()?;
         if self.limits.max_value_depth == 0 || self.limits.instructions == 0 {

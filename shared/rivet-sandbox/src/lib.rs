@@ -16,6 +16,8 @@ pub mod convert;
 pub mod definition;
 pub mod events;
 mod execute;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod job;
 pub mod modules;

@@ -120,10 +120,20 @@ impl Budget {
 
     /// Called by the hook every [`HOOK_EVERY`] instructions.
     fn tick(&self) -> Result<(), Exhausted> {
+        self.spend(u64::from(HOOK_EVERY))
+    }
+
+    /// Charges `n` instructions' worth of work done in C, where the hook cannot count it,
+    /// and checks the deadline (`charge(0)` only checks).
+    pub fn charge(&self, n: u64) -> mlua::Result<()> {
+        self.spend(n).map_err(|e| mlua::Error::runtime(e.message()))
+    }
+
+    fn spend(&self, n: u64) -> Result<(), Exhausted> {
         if let Some(e) = self.exhausted() {
             return Err(e);
         }
-        let used = self.used.get().saturating_add(u64::from(HOOK_EVERY));
+        let used = self.used.get().saturating_add(n);
         self.used.set(used);
         let why = if used >= self.limit.get() {
             Exhausted::Instructions(self.limit.get())
@@ -193,6 +203,23 @@ fn harden(lua: &Lua, budget: &Rc<Budget>) -> mlua::Result<()> {
 
     let string: Table = g.raw_get("string")?;
     string.raw_set("dump", Value::Nil)?;
+    // `string.rep` builds megabytes in C in one VM instruction, so a loop of them runs for
+    // seconds between two hook calls (found by fuzzing the definition checker). Each call
+    // checks the deadline first and charges its output to the budget after: one call is
+    // bounded by the memory limit, and a loop of them by the budget. A call Lua refuses
+    // (`resulting string too large`, `not enough memory`) costs nothing.
+    let real_rep: Function = string.raw_get("rep")?;
+    let rep_budget = budget.clone();
+    string.raw_set(
+        "rep",
+        lua.create_function(move |_, args: MultiValue| {
+            rep_budget.charge(0)?;
+            let cost = rep_cost(&args);
+            let out = real_rep.call::<MultiValue>(args)?;
+            rep_budget.charge(cost)?;
+            Ok(out)
+        })?,
+    )?;
 
     // Text-only `load` (VM-01). Lua runs a reader function in protected mode and returns its
     // error as a value, so a spent budget is re-raised after the call (VM-09).
@@ -327,6 +354,30 @@ fn harden(lua: &Lua, budget: &Rc<Budget>) -> mlua::Result<()> {
         g.raw_set(name, readonly(lua, &t)?)?;
     }
     Ok(())
+}
+
+/// Bytes of output per instruction charged for `string.rep`.
+const REP_BYTES_PER_INSTRUCTION: u64 = 64;
+
+/// The budget `string.rep(s, n, sep)` is charged: its output size over
+/// [`REP_BYTES_PER_INSTRUCTION`] (numbers as `s` count as their longest text form).
+fn rep_cost(args: &MultiValue) -> u64 {
+    let len = |v: Option<&Value>| -> u64 {
+        match v {
+            Some(Value::String(s)) => s.as_bytes().len() as u64,
+            Some(Value::Integer(_) | Value::Number(_)) => 32,
+            _ => 0,
+        }
+    };
+    let n = match args.get(1) {
+        Some(Value::Integer(i)) => u64::try_from(*i).unwrap_or(0),
+        Some(Value::Number(f)) if *f > 0.0 => *f as u64,
+        _ => 0,
+    };
+    let total = len(args.front())
+        .saturating_mul(n)
+        .saturating_add(len(args.get(2)).saturating_mul(n.saturating_sub(1)));
+    total / REP_BYTES_PER_INSTRUCTION
 }
 
 /// Wraps `real` so that, after it returns, a spent budget is raised again.

@@ -477,3 +477,98 @@ fn the_seed_example_runs_end_to_end() {
         "a failed test stage must not notify Slack"
     );
 }
+
+#[test]
+fn the_shipped_plugins_pass_their_own_tests() {
+    let out = rivet(&["plugin", "test", "plugins/"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let ok = |plugin: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("ok   {plugin}: ")))
+            .count()
+    };
+    assert!(ok("git") >= 10, "git tests:\n{stdout}");
+    assert!(ok("slack") >= 3, "slack tests:\n{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn plugin_test_reports_each_failure_and_exits_non_zero() {
+    let dir = scratch();
+    write(
+        dir.path(),
+        "demo.lua",
+        "return { requires = {'process'}, double = function(x) return x * 2 end }",
+    );
+    write(
+        dir.path(),
+        "demo_test.lua",
+        r#"return { tests = {
+  ["doubles"] = function(t) t.eq(demo.double(2), 4) end,
+  ["wrong expectation"] = function(t) log.info("before the failure"); t.eq(demo.double(2), 5, "double") end,
+  ["sees only granted modules"] = function(t) t.ok(process and not http, "modules") end,
+  ["workspaces are fresh"] = function(t)
+    t.ok(not filesystem.exists("left.txt"), "a file from another test"); filesystem.write("left.txt", "x")
+  end,
+  ["workspaces are fresh, again"] = function(t)
+    t.ok(not filesystem.exists("left.txt"), "a file from another test"); filesystem.write("left.txt", "x")
+  end,
+}, requires = {"filesystem"} }"#,
+    );
+    let plugin = dir.path().join("demo.lua").display().to_string();
+    let out = rivet(&["plugin", "test", &plugin]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    for want in [
+        "ok   demo: doubles",
+        "ok   demo: sees only granted modules",
+        "ok   demo: workspaces are fresh (",
+        "ok   demo: workspaces are fresh, again",
+        "FAIL demo: wrong expectation",
+        "error: demo_test.lua:3: double: expected 5, got 4",
+        "| before the failure",
+        "4 passed, 1 failed",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+
+    let out = rivet(&["plugin", "test", &plugin, "--json", "--filter", "doubles"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["test"], "doubles");
+    assert_eq!(lines[0]["passed"], true);
+    assert_eq!(lines[1]["summary"]["passed"], 1);
+    assert_eq!(lines[1]["summary"]["failed"], 0);
+}
+
+#[test]
+fn plugin_test_without_tests_or_with_broken_tests_is_an_error() {
+    let dir = scratch();
+    write(dir.path(), "lonely.lua", "return {}");
+    let plugin = dir.path().join("lonely.lua").display().to_string();
+    let out = rivet(&["plugin", "test", &plugin]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("plugin `lonely` has no tests: expected"),
+        "{stderr}"
+    );
+
+    write(dir.path(), "lonely_test.lua", "return { tests = 42 }");
+    let out = rivet(&["plugin", "test", &plugin]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("loading the tests of plugin `lonely`")
+            && stderr.contains("lonely_test.lua must return a table with `tests`"),
+        "{stderr}"
+    );
+}

@@ -103,17 +103,35 @@ pub fn child_env(
         ("CI", "true".into()),
         ("GIT_CONFIG_NOSYSTEM", "1".into()),
         ("GIT_TERMINAL_PROMPT", "0".into()),
-        ("GIT_CONFIG_COUNT", "2".into()),
-        ("GIT_CONFIG_KEY_0", "core.fsmonitor".into()),
-        ("GIT_CONFIG_VALUE_0", "false".into()),
-        ("GIT_CONFIG_KEY_1", "core.hooksPath".into()),
-        ("GIT_CONFIG_VALUE_1", "/dev/null".into()),
     ];
     for (k, v) in fixed {
         env.insert(k.into(), v);
     }
+    for (i, (key, value)) in git_config(policy).into_iter().enumerate() {
+        env.insert(format!("GIT_CONFIG_KEY_{i}"), key);
+        env.insert(format!("GIT_CONFIG_VALUE_{i}"), value);
+        env.insert("GIT_CONFIG_COUNT".into(), (i + 1).to_string());
+    }
     env.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
     Ok(env.into_iter().collect())
+}
+
+/// Configuration every git child gets through `GIT_CONFIG_COUNT` (it outranks the repository's
+/// own `.git/config`; only `-c` on the command line outranks it): no fsmonitor, no hooks, and
+/// only the policy's transports (PROC-06). `file` is `user`: allowed for commands a job runs,
+/// refused for submodules and other transports git starts on its own.
+pub fn git_config(policy: &rivet_core::policy::ProcessPolicy) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("core.fsmonitor".to_owned(), "false".to_owned()),
+        ("core.hooksPath".to_owned(), "/dev/null".to_owned()),
+        ("protocol.allow".to_owned(), "never".to_owned()),
+        ("protocol.ext.allow".to_owned(), "never".to_owned()),
+    ];
+    for proto in &policy.git_protocols {
+        let how = if proto == "file" { "user" } else { "always" };
+        out.push((format!("protocol.{proto}.allow"), how.to_owned()));
+    }
+    out
 }
 
 fn kill_group(pgid: i32) {

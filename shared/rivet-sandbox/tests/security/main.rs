@@ -7,7 +7,10 @@
 //! safely), (2) a canary outside the workspace is unchanged and nothing the attack tries to
 //! create on the host exists, (3) the same parent then runs a trivial job within 5 s.
 
+mod findings;
+mod git;
 mod helpers;
+mod secrets;
 #[allow(dead_code)]
 mod server;
 
@@ -1167,6 +1170,21 @@ log.info("ENV-CHECKED")"#,
         "GIT_CONFIG_VALUE_0",
         "GIT_CONFIG_KEY_1",
         "GIT_CONFIG_VALUE_1",
+        // protocol.allow, protocol.ext.allow, then one per process.git_protocols entry.
+        "GIT_CONFIG_KEY_2",
+        "GIT_CONFIG_VALUE_2",
+        "GIT_CONFIG_KEY_3",
+        "GIT_CONFIG_VALUE_3",
+        "GIT_CONFIG_KEY_4",
+        "GIT_CONFIG_VALUE_4",
+        "GIT_CONFIG_KEY_5",
+        "GIT_CONFIG_VALUE_5",
+        "GIT_CONFIG_KEY_6",
+        "GIT_CONFIG_VALUE_6",
+        "GIT_CONFIG_KEY_7",
+        "GIT_CONFIG_VALUE_7",
+        "GIT_CONFIG_KEY_8",
+        "GIT_CONFIG_VALUE_8",
     ];
     for line in &dump {
         let name = line.split('=').next().unwrap_or_default();
