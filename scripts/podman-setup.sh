@@ -100,6 +100,13 @@ if [ "$changed" = 1 ]; then say "updated $CONF"; else say "$CONF already configu
 
 # 3. The API service.
 ping() { curl -fsS --max-time 3 --unix-socket "$SOCKET" http://d/_ping 2>/dev/null | grep -q OK; }
+# A service whose working directory was deleted (started from a checkout since removed) still
+# answers pings, but conmon fails to start any container ("write child: broken pipe").
+service_pid="$(cat "$(dirname "$SOCKET")/service.pid" 2>/dev/null || true)"
+if [ -n "$service_pid" ] && readlink "/proc/$service_pid/cwd" 2>/dev/null | grep -q ' (deleted)$'; then
+  say "the API service (pid $service_pid) lost its working directory; restarting it"
+  changed=1
+fi
 if ping && [ "$changed" = 0 ]; then
   say "API answers on $SOCKET"
 else
@@ -115,7 +122,8 @@ else
   mkdir -p "$(dirname "$SOCKET")"
   rm -f "$SOCKET"
   say "starting podman system service on unix://$SOCKET (log: $LOG_FILE)"
-  setsid podman system service --time=0 "unix://$SOCKET" >>"$LOG_FILE" 2>&1 </dev/null &
+  # From `/`, so the service never depends on a directory that may be removed.
+  (cd / && exec setsid podman system service --time=0 "unix://$SOCKET" >>"$LOG_FILE" 2>&1 </dev/null) &
   echo $! >"$(dirname "$SOCKET")/service.pid"
   for _ in $(seq 100); do
     ping && break
