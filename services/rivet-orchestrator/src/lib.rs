@@ -62,7 +62,75 @@ pub struct AppState {
     pub fences_dirty: Arc<std::sync::atomic::AtomicBool>,
     /// Queue timeout of jobs whose pipeline sets none.
     pub queue_timeout: Duration,
+    /// Pipeline versions by (name, version): stored versions never change.
+    pub versions: Arc<std::sync::Mutex<VersionCache>>,
+    /// Live runners as last read for a submission's schedulability, and when.
+    pub runners_seen: Arc<tokio::sync::Mutex<Option<RunnersSeen>>>,
 }
+
+impl AppState {
+    /// A pipeline version: `version`, or the latest. The content comes from a cache (versions are
+    /// immutable); which one is the latest is always asked of PostgreSQL.
+    pub async fn pipeline_version(
+        &self,
+        name: &str,
+        version: Option<i32>,
+    ) -> sqlx::Result<Option<Arc<db::pipelines::Version>>> {
+        let number = match version {
+            Some(v) => v,
+            None => match db::pipelines::latest_version(&self.db, name).await? {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+        };
+        let key = (name.to_owned(), number);
+        if let Some(v) = self
+            .versions
+            .lock()
+            .expect("the cache lock is never poisoned")
+            .get(&key)
+        {
+            return Ok(Some(v.clone()));
+        }
+        let Some(found) = db::pipelines::get(&self.db, name, Some(number)).await? else {
+            return Ok(None);
+        };
+        let found = Arc::new(found);
+        let mut cache = self
+            .versions
+            .lock()
+            .expect("the cache lock is never poisoned");
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(key, found.clone());
+        Ok(Some(found))
+    }
+
+    /// Live runners, read from Redis at most every 500 ms (for the schedulability a submission
+    /// reports; listings read Redis every time).
+    pub async fn recent_runners(
+        &self,
+    ) -> redis::RedisResult<Arc<Vec<rivet_protocol::redis_keys::RunnerPresence>>> {
+        let mut seen = self.runners_seen.lock().await;
+        if let Some((at, runners)) = seen.as_ref() {
+            if at.elapsed() < Duration::from_millis(500) {
+                return Ok(runners.clone());
+            }
+        }
+        let runners = Arc::new(fleet::live_runners(self).await?);
+        *seen = Some((std::time::Instant::now(), runners.clone()));
+        Ok(runners)
+    }
+}
+
+/// Pipeline versions by (name, version).
+pub type VersionCache = std::collections::HashMap<(String, i32), Arc<db::pipelines::Version>>;
+/// Live runners and when they were read.
+pub type RunnersSeen = (
+    std::time::Instant,
+    Arc<Vec<rivet_protocol::redis_keys::RunnerPresence>>,
+);
 
 /// Backoff for retrying infrastructure calls: 100 ms doubling to 5 s, with jitter, forever.
 pub fn backoff() -> backon::ExponentialBuilder {
@@ -172,6 +240,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         linter: Arc::new(linter),
         fences_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         queue_timeout: config.queue_timeout,
+        versions: Default::default(),
+        runners_seen: Default::default(),
     };
     auth::bootstrap(&state.db, config.bootstrap_token.as_deref()).await?;
     relay::sync_classes(&state)

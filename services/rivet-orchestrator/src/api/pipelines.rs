@@ -5,7 +5,9 @@ use crate::{db, AppState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use rivet_protocol::http::{CreateRun, JobView, PipelineSummary, PipelineView, PushPipeline};
+use rivet_protocol::http::{
+    CreateRun, JobState, JobView, PipelineSummary, PipelineView, PushPipeline,
+};
 use rivet_protocol::messages::JobDispatch;
 use rivet_protocol::SCHEMA_VERSION;
 use serde::Deserialize;
@@ -85,7 +87,8 @@ pub async fn run(
     Path(name): Path<String>,
     Json(body): Json<CreateRun>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let version = db::pipelines::get(&state.db, &name, body.version)
+    let version = state
+        .pipeline_version(&name, body.version)
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!(
@@ -116,7 +119,7 @@ pub async fn run(
         timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
     };
     let queue_timeout = spec.queue_timeout.unwrap_or(state.queue_timeout);
-    db::jobs::create(
+    let created_at_ms = db::jobs::create(
         &state.db,
         version.pipeline_id,
         &dispatch,
@@ -125,11 +128,24 @@ pub async fn run(
     )
     .await?;
     state.relay_wakeup.notify_one();
-    let mut job = db::jobs::get(&state.db, dispatch.job_id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("job vanished after insert")))?;
-    let runners = crate::fleet::live_runners(&state).await?;
-    job.schedulability = Some(crate::fleet::schedulability(&job.requires, &runners));
+    let runners = state.recent_runners().await?;
+    let job = JobView {
+        id: dispatch.job_id,
+        pipeline: dispatch.pipeline,
+        pipeline_version: dispatch.pipeline_version,
+        state: JobState::Queued,
+        attempt: dispatch.attempt,
+        inputs: dispatch.inputs,
+        schedulability: Some(crate::fleet::schedulability(&dispatch.requires, &runners)),
+        class_key: dispatch.class_key,
+        requires: dispatch.requires,
+        created_at_ms,
+        started_at_ms: None,
+        finished_at_ms: None,
+        outcome: None,
+        runner_id: None,
+        attempts: Vec::new(),
+    };
     Ok((StatusCode::CREATED, Json(job)))
 }
 

@@ -9,23 +9,24 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Creates a queued job, its first attempt, its class (if new) and its outbox row, in one
-/// transaction: once this commits, the relay will publish it.
+/// transaction: once this commits, the relay will publish it. Returns its creation time (ms).
 pub async fn create(
     db: &PgPool,
     pipeline_id: Uuid,
     dispatch: &JobDispatch,
     retry: &rivet_core::definition::RetrySpec,
     queue_timeout: std::time::Duration,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<i64> {
     let mut tx: Transaction<'_, Postgres> = db.begin().await?;
     sqlx::query("INSERT INTO classes (class_key, requires) VALUES ($1, $2) ON CONFLICT (class_key) DO NOTHING")
         .bind(&dispatch.class_key)
         .bind(&dispatch.requires)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    let created_at_ms: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt, retry, queue_timeout_ms) \
-         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) \
+         RETURNING (extract(epoch FROM created_at) * 1000)::bigint",
     )
     .bind(dispatch.job_id)
     .bind(pipeline_id)
@@ -35,7 +36,7 @@ pub async fn create(
     .bind(dispatch.attempt as i32)
     .bind(Json(retry))
     .bind(i64::try_from(queue_timeout.as_millis()).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO attempts (job_id, attempt, state) VALUES ($1, $2, 'queued')")
         .bind(dispatch.job_id)
@@ -48,7 +49,8 @@ pub async fn create(
         .bind(Json(dispatch))
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(created_at_ms)
 }
 
 #[derive(sqlx::FromRow)]

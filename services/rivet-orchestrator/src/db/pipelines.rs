@@ -121,6 +121,18 @@ pub async fn get(db: &PgPool, name: &str, version: Option<i32>) -> sqlx::Result<
     Ok(row.map(Version::from))
 }
 
+/// The latest version number of a pipeline (a cheap lookup; versions never change once stored,
+/// so their content can be cached by number).
+pub async fn latest_version(db: &PgPool, name: &str) -> sqlx::Result<Option<i32>> {
+    sqlx::query_scalar(
+        "SELECT v.version FROM pipelines p JOIN pipeline_versions v ON v.pipeline_id = p.id \
+         WHERE p.name = $1 ORDER BY v.version DESC LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(db)
+    .await
+}
+
 /// Every pipeline with its latest version.
 pub async fn list(db: &PgPool) -> sqlx::Result<Vec<PipelineSummary>> {
     let rows: Vec<(String, i32, sqlx::types::Json<PipelineSpec>, i64)> = sqlx::query_as(

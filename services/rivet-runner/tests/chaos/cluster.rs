@@ -189,6 +189,26 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to a runner and waits (up to `within`) for it to exit; returns its exit code.
+    pub async fn terminate_runner(&mut self, id: &str, within: Duration) -> Option<i32> {
+        let mut child = self.runners.remove(id).expect("a runner of this cluster");
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let exited = async {
+            loop {
+                if let Some(status) = child.try_wait().expect("waiting for the runner") {
+                    return status.code();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(within, exited)
+            .await
+            .unwrap_or_else(|_| panic!("runner {id} did not exit within {within:?} after SIGTERM"))
+    }
+
     pub fn runner_ids(&self) -> Vec<String> {
         self.runners.keys().cloned().collect()
     }

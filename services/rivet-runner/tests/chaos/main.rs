@@ -135,6 +135,50 @@ async fn kill_a_runner_mid_job() {
     c.stop().await;
 }
 
+/// SIGTERM to a runner process: it takes no new job, finishes the running one, exits 0, and
+/// the job succeeded on it.
+async fn sigterm_drains_a_runner() {
+    let mut c = Cluster::start("sigterm").await;
+    let runner = c.start_runner("a", 1).await;
+    c.push(
+        "return { name = 'long', requires = {'process'}, stages = { { name = 'work', script = function()\n\
+         log.info('on ' .. env.get('RIVET_RUNNER_ID'))\n\
+         process.run{command = 'sleep', args = {'2'}}\n\
+         log.info('done') end } } }",
+    )
+    .await;
+    let first = c.submit("long", serde_json::json!({})).await;
+    let running = async {
+        loop {
+            if let Ok(j) = c.get::<JobView>(&format!("/jobs/{first}")).await {
+                if j.state == JobState::Running {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the job started");
+    let second = c.submit("long", serde_json::json!({})).await;
+    let code = c.terminate_runner(&runner, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "a drained runner exits 0");
+    let job: JobView = c.get(&format!("/jobs/{first}")).await.expect("the job");
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.outcome);
+    assert_eq!(job.runner_id.as_deref(), Some(runner.as_str()));
+    // The job submitted during the drain was not taken: it waits for another runner.
+    let waiting: JobView = c.get(&format!("/jobs/{second}")).await.expect("the job");
+    assert_eq!(waiting.state, JobState::Queued);
+    let other = c.start_runner("b", 1).await;
+    c.wait_finished(2, Duration::from_secs(60)).await;
+    let done: JobView = c.get(&format!("/jobs/{second}")).await.expect("the job");
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.runner_id.as_deref(), Some(other.as_str()));
+    println!("chaos: sigterm-drains-a-runner: jobs=2 faults=1 exit-code=0 lost=0 duplicated=0");
+    c.stop().await;
+}
+
 /// Runs `count` bulk jobs over two runners and injects `fault` once a third of them finished.
 async fn bulk_with_fault<F>(name: &str, count: i64, fault: F)
 where
@@ -274,6 +318,9 @@ fn main() {
             "kill_a_runner_mid_job",
             || Box::pin(kill_a_runner_mid_job()),
         ),
+        ("sigterm_drains_a_runner", || {
+            Box::pin(sigterm_drains_a_runner())
+        }),
         ("restart_rabbitmq_mid_run", || {
             Box::pin(restart_rabbitmq_mid_run())
         }),
