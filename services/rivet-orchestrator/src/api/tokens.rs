@@ -1,5 +1,6 @@
 //! Tokens: create (shown once), list, revoke. Admin tokens only.
 
+use super::body::Body;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::AppState;
@@ -20,7 +21,7 @@ fn admin(caller: &Caller) -> Result<(), ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<CreateToken>,
+    Body(body): Body<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     admin(&caller)?;
     let name = body.name.trim();

@@ -2,6 +2,7 @@
 
 mod forgery;
 mod helpers;
+mod sources;
 
 use helpers::*;
 use redis::AsyncCommands;
