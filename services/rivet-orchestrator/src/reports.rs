@@ -323,3 +323,24 @@ async fn apply_body(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn only_the_stored_well_formed_token_matches() {
+        let token = "0123456789abcdef0123456789abcdef";
+        assert!(tokens_match(Some(token), token));
+        assert!(!tokens_match(
+            Some(token),
+            "fedcba9876543210fedcba9876543210"
+        ));
+        assert!(!tokens_match(Some(token), &token[..31]));
+        assert!(
+            !tokens_match(None, token),
+            "an attempt without a stored token"
+        );
+        assert!(!tokens_match(Some(""), ""), "empty never matches");
+    }
+}

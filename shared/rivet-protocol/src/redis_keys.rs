@@ -161,3 +161,26 @@ impl RunnerPresence {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_values_carry_the_token_and_show_without_it() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let value = lease_value("host-1:7", 3, token);
+        assert_eq!(value, format!("host-1:7:3:{token}"));
+        assert_eq!(lease_holder(&value), "host-1:7:3");
+        assert!(is_attempt_token(token));
+        for bad in [
+            "",
+            "0123",
+            &token.to_uppercase(),
+            &format!("{token}0"),
+            "g".repeat(32).as_str(),
+        ] {
+            assert!(!is_attempt_token(bad), "{bad:?}");
+        }
+    }
+}
