@@ -1,5 +1,6 @@
 //! The orchestrator's HTTP API and report handling against real PostgreSQL, Redis and RabbitMQ.
 
+mod auth;
 mod forgery;
 mod helpers;
 mod sources;
