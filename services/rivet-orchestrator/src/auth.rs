@@ -2,7 +2,8 @@
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
@@ -12,8 +13,26 @@ use uuid::Uuid;
 /// The caller, as its token says.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// Whether it may manage tokens.
+    /// Whether it is an admin token (managing tokens, draining runners).
     pub is_admin: bool,
+}
+
+/// Extractor of admin-only routes: answers 403 unless the caller's token is an admin token.
+/// It reads request parts only, so it runs (and refuses) before the body is read or checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Caller>() {
+            Some(caller) if caller.is_admin => Ok(Admin),
+            Some(_) => Err(ApiError::Forbidden("this route needs an admin token")),
+            // Only routes behind `require_token` use it; without a caller, nobody is let in.
+            None => Err(ApiError::Unauthorized),
+        }
+    }
 }
 
 /// Hex SHA-256 of a token secret.

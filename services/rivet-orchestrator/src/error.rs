@@ -19,6 +19,11 @@ pub enum ApiError {
     NotFound(String),
     /// 400: the request is malformed.
     BadRequest(String),
+    /// 413: the request body is over the API's cap.
+    PayloadTooLarge(String),
+    /// 400, 415 or 422 (the status axum chose): the JSON body is missing, not JSON, or does not
+    /// fit the request type.
+    InvalidBody(StatusCode, String),
     /// 422: the definition has problems.
     InvalidDefinition(Vec<Problem>),
     /// 422: inputs do not fit the definition.
@@ -71,6 +76,11 @@ impl IntoResponse for ApiError {
             Self::Forbidden(why) => (StatusCode::FORBIDDEN, body("forbidden", why)),
             Self::NotFound(what) => (StatusCode::NOT_FOUND, body("not_found", &what)),
             Self::BadRequest(why) => (StatusCode::BAD_REQUEST, body("bad_request", &why)),
+            Self::PayloadTooLarge(why) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                body("payload_too_large", &why),
+            ),
+            Self::InvalidBody(status, why) => (status, body("invalid_body", &why)),
             Self::InvalidDefinition(problems) => {
                 let mut b = body(
                     "invalid_definition",

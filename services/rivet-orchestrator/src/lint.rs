@@ -44,7 +44,8 @@ impl Linter {
             return Err(vec![Problem::new(
                 None,
                 format!(
-                    "the definition is larger than {} bytes",
+                    "the definition is {} bytes, over the limit of {} bytes (`limits.max_source`)",
+                    source.len(),
                     self.policy.limits.max_source
                 ),
             )]);

@@ -1,8 +1,9 @@
 //! The reconciler: once a second it compares what PostgreSQL says runs with the leases in Redis.
 //!
-//! - A running attempt whose lease has been missing (or held for another attempt or runner) for
-//!   longer than [`LOST_GRACE`] is `lost`; the job's retry rule decides whether another attempt
-//!   follows (twice by default). The attempt number fences anything the lost runner still says.
+//! - A running attempt whose lease has been missing (or held for another attempt, runner or
+//!   attempt token) for longer than [`LOST_GRACE`] is `lost`; the job's retry rule decides
+//!   whether another attempt follows (twice by default). The attempt number fences anything the
+//!   lost runner still says.
 //! - A queued attempt older than its job's queue timeout is `timed_out`.
 //! - A cancel request a runner has not answered is sent again.
 //! - After Redis lost its data (the epoch key is gone), every fence is written again.
@@ -14,7 +15,7 @@
 use crate::db::attempts::{self, Ended, Ending};
 use crate::{fence, AppState};
 use rivet_core::JobOutcome;
-use rivet_protocol::redis_keys::{lease_value, LEASE_RENEW_MS, LEASE_TTL_MS};
+use rivet_protocol::redis_keys::{lease_holder, lease_value, LEASE_RENEW_MS, LEASE_TTL_MS};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -110,7 +111,9 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
     let leases: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
     for (r, lease) in running.iter().zip(leases) {
         let runner = r.runner_id.as_deref().unwrap_or_default();
-        let expected = lease_value(runner, r.attempt as u32);
+        // The full value, token included: a lease taken by someone else for the same runner and
+        // attempt (or a forged `Started` that won while Redis had lost the lease) is not ours.
+        let expected = lease_value(runner, r.attempt as u32, r.token.as_deref().unwrap_or(""));
         let held = lease.as_deref() == Some(expected.as_str());
         if held {
             if r.missing {
@@ -135,7 +138,10 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
                 LOST_GRACE.as_secs(),
                 LEASE_TTL_MS / 1000
             ),
-            Some(other) => format!("runner `{runner}` lost its lease to `{other}`"),
+            Some(other) => format!(
+                "runner `{runner}` lost its lease to `{}`",
+                lease_holder(other)
+            ),
         };
         let outcome = JobOutcome::Lost { reason };
         let ending = Ending {

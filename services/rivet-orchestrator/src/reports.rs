@@ -5,9 +5,11 @@ use crate::db;
 use crate::AppState;
 use backon::Retryable;
 use rivet_protocol::messages::{ReportBody, RunnerReport};
-use rivet_protocol::redis_keys::lease_value;
+use rivet_protocol::redis_keys::{is_attempt_token, lease_holder, lease_value};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// What became of a report.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,6 +18,10 @@ pub enum Applied {
     Stored,
     /// Ignored: a stale attempt, a runner without the lease, or a duplicate.
     Ignored(&'static str),
+    /// Refused as forged: it names the attempt's runner but carries a wrong or missing attempt
+    /// token. Counted on the attempt and logged as a security event; the runner it names is not
+    /// told to stop (that would let a forger cancel other people's jobs).
+    Forged(&'static str),
 }
 
 /// Reports applied at once, each lane in order: a job's reports always take the same lane.
@@ -94,9 +100,17 @@ async fn lane(
         loop {
             match apply(&state, &incoming.message).await {
                 Ok(applied) => {
-                    if let Applied::Ignored(why) = applied {
-                        tracing::warn!(job_id = %incoming.message.job_id, attempt = incoming.message.attempt,
-                            runner = %incoming.message.runner_id, why, "Ignored a runner report.");
+                    let m = &incoming.message;
+                    match applied {
+                        Applied::Stored => {}
+                        Applied::Ignored(why) => {
+                            tracing::warn!(job_id = %m.job_id, attempt = m.attempt,
+                                runner = %m.runner_id, why, "Ignored a runner report.");
+                        }
+                        Applied::Forged(why) => {
+                            tracing::warn!(security = true, job_id = %m.job_id, attempt = m.attempt,
+                                claimed_runner = %m.runner_id, why, "Refused a forged runner report.");
+                        }
                     }
                     if let Err(e) = incoming.ack().await {
                         tracing::warn!(error = %e, "Acknowledging a report failed.");
@@ -119,11 +133,37 @@ async fn lane(
     }
 }
 
+/// Whether a report's attempt token is the one stored for its attempt. Constant time in the
+/// token's content; a missing or malformed token never matches.
+pub fn tokens_match(stored: Option<&str>, claimed: &str) -> bool {
+    match stored {
+        Some(stored) if is_attempt_token(claimed) => {
+            bool::from(stored.as_bytes().ct_eq(claimed.as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+/// Counts a forged report on the attempt it names. Counting is best effort: the report is
+/// refused (and logged by the lane) whatever happens here.
+async fn record_forged(state: &AppState, job: Uuid, attempt: u32) {
+    let counted = async {
+        let mut conn = state.db.acquire().await?;
+        db::attempts::record_forged(&mut conn, job, attempt).await
+    };
+    if let Err(e) = counted.await {
+        tracing::warn!(job_id = %job, attempt, error = %e, "Counting a forged report failed.");
+    }
+}
+
 /// Applies one report. Fenced by PostgreSQL alone: the attempt must be the job's current one
-/// and (after `Started`) running on the reporting runner. A runner whose `Started` is refused,
-/// or that reports on an attempt that is no longer its own, is told to stop it.
+/// and (after `Started`) running on the reporting runner with the same attempt token. A runner
+/// whose `Started` is refused, or that reports on an attempt that is no longer its own, is told
+/// to stop it; a report with the right runner and attempt but a wrong token is a forgery
+/// (API-03): counted, and nobody is told to stop anything.
 pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Applied> {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
+    let token = report.token.as_str();
     if let ReportBody::Started = report.body {
         // The attempt starts on the runner holding its lease. A lease Redis lost (or Redis out
         // of reach) does not stop it: PostgreSQL lets only the first `Started` of an attempt in.
@@ -131,7 +171,16 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
         let holder: redis::RedisResult<Option<String>> =
             redis::AsyncCommands::get(&mut redis, state.keys.lease(job)).await;
         if let Ok(Some(holder)) = holder {
-            if holder != lease_value(runner, attempt) {
+            if lease_holder(&holder) == format!("{runner}:{attempt}") {
+                // The named runner holds the lease for this attempt: the token decides.
+                let held = holder.rsplit_once(':').map(|(_, t)| t);
+                if !tokens_match(held, token) {
+                    record_forged(state, job, attempt).await;
+                    return Ok(Applied::Forged(
+                        "`Started` with a token other than the lease's",
+                    ));
+                }
+            } else {
                 crate::fence::order_cancel(
                     state,
                     runner,
@@ -143,9 +192,21 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
                 return Ok(Applied::Ignored("the runner does not hold the job's lease"));
             }
         }
+        if !is_attempt_token(token) {
+            record_forged(state, job, attempt).await;
+            return Ok(Applied::Forged("`Started` without a valid attempt token"));
+        }
         return Ok(
-            match db::jobs::start(&state.db, job, attempt, runner).await? {
-                db::jobs::Start::Started | db::jobs::Start::Duplicate => Applied::Stored,
+            match db::jobs::start(&state.db, job, attempt, runner, token).await? {
+                db::jobs::Start::Started => Applied::Stored,
+                db::jobs::Start::Duplicate { token: stored } => {
+                    if tokens_match(stored.as_deref(), token) {
+                        Applied::Stored
+                    } else {
+                        record_forged(state, job, attempt).await;
+                        Applied::Forged("`Started` again with another attempt token")
+                    }
+                }
                 db::jobs::Start::Refused => {
                     crate::fence::order_cancel(state, runner, job, attempt, "the job is no longer waiting for this attempt (cancelled, timed out, or given to another runner)").await;
                     Applied::Ignored("the job is not waiting for this attempt")
@@ -156,7 +217,7 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
     // One transaction per report, however many stage events and log lines it carries: every
     // commit waits for the disk.
     let mut tx = state.db.begin().await?;
-    if !db::jobs::is_running(&mut tx, job, attempt, runner).await? {
+    let Some(stored) = db::jobs::running_token(&mut tx, job, attempt, runner).await? else {
         drop(tx);
         if !matches!(report.body, ReportBody::Finished { .. }) {
             crate::fence::order_cancel(
@@ -171,6 +232,13 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
         return Ok(Applied::Ignored(
             "the attempt is not running on this runner",
         ));
+    };
+    if !tokens_match(stored.as_deref(), token) {
+        db::attempts::record_forged(&mut tx, job, attempt).await?;
+        tx.commit().await?;
+        return Ok(Applied::Forged(
+            "the attempt token differs from the one stored at `Started`",
+        ));
     }
     let bodies = match &report.body {
         ReportBody::Batch { bodies } => bodies.as_slice(),
@@ -184,7 +252,7 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
     }
     tx.commit().await?;
     if let Some(ended) = ended {
-        crate::fence::release_lease(state, job, &lease_value(runner, attempt)).await;
+        crate::fence::release_lease(state, job, &lease_value(runner, attempt, token)).await;
         match ended {
             db::attempts::Ended::Final(_) => crate::fence::close(state, job).await,
             db::attempts::Ended::Retrying { attempt } => {
@@ -254,4 +322,25 @@ async fn apply_body(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn only_the_stored_well_formed_token_matches() {
+        let token = "0123456789abcdef0123456789abcdef";
+        assert!(tokens_match(Some(token), token));
+        assert!(!tokens_match(
+            Some(token),
+            "fedcba9876543210fedcba9876543210"
+        ));
+        assert!(!tokens_match(Some(token), &token[..31]));
+        assert!(
+            !tokens_match(None, token),
+            "an attempt without a stored token"
+        );
+        assert!(!tokens_match(Some(""), ""), "empty never matches");
+    }
 }

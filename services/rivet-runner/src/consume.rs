@@ -237,19 +237,19 @@ impl Loop {
         let claim = job::claim(&self.runner, &delivery.message).await;
         // Only a job that runs keeps its slot.
         let permit = match claim {
-            Ok(Claim::Ours) => Some(permit),
+            Ok(Claim::Ours { .. }) => Some(permit),
             _ => {
                 drop(permit);
                 None
             }
         };
         match claim {
-            Ok(Claim::Ours) => {
+            Ok(Claim::Ours { token }) => {
                 let permit = permit.expect("kept for a job that runs");
                 self.claim_failures = 0;
                 let (runner, freed) = (self.runner.clone(), self.freed.clone());
                 self.jobs.spawn(async move {
-                    job::run(&runner, delivery).await;
+                    job::run(&runner, delivery, token).await;
                     drop(permit);
                     freed.notify_one();
                 });
@@ -275,7 +275,7 @@ impl Loop {
                 self.claim_failures += 1;
                 let wait = Duration::from_millis(100 * 2u64.pow(self.claim_failures.min(6)))
                     .min(Duration::from_secs(5));
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Taking a lease failed; the job goes back to its queue.");
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "Taking a lease failed; the job goes back to its queue.");
                 tokio::time::sleep(wait).await;
                 let _ = delivery.reject(true).await;
             }

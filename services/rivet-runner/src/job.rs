@@ -24,7 +24,9 @@ const BATCH_WAIT: Duration = Duration::from_millis(200);
 const FENCED: &str = "local f = tonumber(redis.call('GET', KEYS[2]) or '') \
     if f and (f == 0 or f > tonumber(ARGV[2])) then return 'stale' end ";
 
-/// Takes the lease (KEYS[1]) for ARGV[1] = `runner:attempt` with TTL ARGV[3] ms, unless fenced.
+/// Takes the lease (KEYS[1]) for ARGV[1] = `runner:attempt:token` with TTL ARGV[3] ms, unless
+/// fenced. The token is new for every claim, so a second delivery of a message this runner is
+/// already running finds the lease `held` too.
 fn claim_script() -> String {
     format!(
         "{FENCED} local cur = redis.call('GET', KEYS[1]) \
@@ -46,10 +48,13 @@ fn renew_script() -> String {
 }
 
 /// What taking a job's lease found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The lease is ours: run the job.
-    Ours,
+    /// The lease is ours: run the job; every report carries `token`.
+    Ours {
+        /// The attempt token, in the lease and in every report of the attempt.
+        token: String,
+    },
     /// Another runner (or attempt) holds the lease: a duplicate delivery, or a runner that died
     /// holding it. Put the message back later; once the lease expires it can run.
     Held,
@@ -62,26 +67,36 @@ async fn lease_script(
     script: &str,
     job_id: uuid::Uuid,
     attempt: u32,
+    token: &str,
 ) -> redis::RedisResult<String> {
     let mut conn = runner.redis.clone();
     redis::Script::new(script)
         .key(runner.keys.lease(job_id))
         .key(runner.keys.fence(job_id))
-        .arg(lease_value(&runner.id, attempt))
+        .arg(lease_value(&runner.id, attempt, token))
         .arg(attempt)
         .arg(LEASE_TTL_MS)
         .invoke_async(&mut conn)
         .await
 }
 
-/// Takes the job's lease, if its fence allows this attempt.
-pub async fn claim(runner: &Runner, job: &JobDispatch) -> redis::RedisResult<Claim> {
+/// A new attempt token: 128 bits from the operating system's random source, in hex.
+pub fn attempt_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("drawing an attempt token from the OS random source: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Takes the job's lease with a new attempt token, if its fence allows this attempt.
+pub async fn claim(runner: &Runner, job: &JobDispatch) -> anyhow::Result<Claim> {
+    let token = attempt_token()?;
     Ok(
-        match lease_script(runner, &claim_script(), job.job_id, job.attempt)
+        match lease_script(runner, &claim_script(), job.job_id, job.attempt, &token)
             .await?
             .as_str()
         {
-            "ok" => Claim::Ours,
+            "ok" => Claim::Ours { token },
             "held" => Claim::Held,
             _ => Claim::Stale,
         },
@@ -111,6 +126,8 @@ fn source_word(s: Source) -> &'static str {
 struct Reporter<'a> {
     runner: &'a Runner,
     job: &'a JobDispatch,
+    /// The attempt token (in the lease); every report carries it.
+    token: String,
     reply_to: String,
     pending: Vec<ReportBody>,
     lines: usize,
@@ -131,6 +148,7 @@ impl Reporter<'_> {
             job_id: self.job.job_id,
             attempt: self.job.attempt,
             runner_id: self.runner.id.clone(),
+            token: self.token.clone(),
             body,
         };
         let publish = || async {
@@ -251,7 +269,9 @@ impl Reporter<'_> {
 /// dies before that leaves the message to be delivered again (its lease expires, then another
 /// runner takes it), and one that dies after it leaves a running attempt whose lease the
 /// orchestrator sees vanish.
-pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>) {
+///
+/// `token` is the attempt token [`claim`] put into the lease.
+pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: String) {
     let job = delivery.message.clone();
     let reply_to = delivery
         .reply_to
@@ -268,6 +288,7 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>) {
     let mut reporter = Reporter {
         runner,
         job: &job,
+        token: token.clone(),
         reply_to,
         pending: Vec::new(),
         lines: 0,
@@ -287,6 +308,7 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>) {
         runner.clone(),
         job.job_id,
         job.attempt,
+        token,
         entry.clone(),
     ));
     let workspace = runner
@@ -377,12 +399,13 @@ async fn renew_lease(
     runner: Arc<Runner>,
     job_id: uuid::Uuid,
     attempt: u32,
+    token: String,
     entry: Arc<RunningJob>,
 ) {
     let script = renew_script();
     loop {
         tokio::time::sleep(Duration::from_millis(LEASE_RENEW_MS)).await;
-        match lease_script(&runner, &script, job_id, attempt)
+        match lease_script(&runner, &script, job_id, attempt, &token)
             .await
             .as_deref()
         {

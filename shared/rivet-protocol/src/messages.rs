@@ -57,6 +57,13 @@ pub struct RunnerReport {
     pub attempt: u32,
     /// The reporting runner; reports from a runner not holding the lease are ignored.
     pub runner_id: String,
+    /// The attempt token: 128 random bits in hex that the runner drew when it took the job's
+    /// lease (the lease holds it too). The orchestrator stores it with the attempt at `Started`
+    /// and refuses every later report of the attempt that carries another one, so knowing the
+    /// runner's id and the attempt is not enough to forge a report. Empty when missing, which is
+    /// always refused.
+    #[serde(default)]
+    pub token: String,
     /// What happened.
     pub body: ReportBody,
 }

@@ -60,9 +60,27 @@ impl Keys {
     }
 }
 
-/// The value a lease holds.
-pub fn lease_value(runner_id: &str, attempt: u32) -> String {
-    format!("{runner_id}:{attempt}")
+/// The value a lease holds: `runner:attempt:token`, where `token` is the attempt token the runner
+/// drew when it took the lease (see [`crate::messages::RunnerReport::token`]).
+pub fn lease_value(runner_id: &str, attempt: u32, token: &str) -> String {
+    format!("{runner_id}:{attempt}:{token}")
+}
+
+/// The `runner:attempt` part of a lease value, without its token: what may be shown (in a job's
+/// outcome, in logs), since the token is what fences the attempt's reports.
+pub fn lease_holder(value: &str) -> &str {
+    value.rsplit_once(':').map_or(value, |(holder, _)| holder)
+}
+
+/// Length of an attempt token: 128 bits in lower-case hex.
+pub const ATTEMPT_TOKEN_LEN: usize = 32;
+
+/// Whether `token` has the shape of an attempt token (32 lower-case hex digits).
+pub fn is_attempt_token(token: &str) -> bool {
+    token.len() == ATTEMPT_TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// How long a presence record lives without refresh.
@@ -141,5 +159,28 @@ impl RunnerPresence {
             .filter(|r| !have.contains(*r))
             .map(String::as_str)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_values_carry_the_token_and_show_without_it() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let value = lease_value("host-1:7", 3, token);
+        assert_eq!(value, format!("host-1:7:3:{token}"));
+        assert_eq!(lease_holder(&value), "host-1:7:3");
+        assert!(is_attempt_token(token));
+        for bad in [
+            "",
+            "0123",
+            &token.to_uppercase(),
+            &format!("{token}0"),
+            "g".repeat(32).as_str(),
+        ] {
+            assert!(!is_attempt_token(bad), "{bad:?}");
+        }
     }
 }

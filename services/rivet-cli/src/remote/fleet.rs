@@ -12,7 +12,7 @@ pub enum RunnerCommand {
     /// List runners: live ones, then the ones seen before that went away (offline).
     Ls(ListArgs),
     /// Drain a runner: it stops taking jobs, lets running ones finish (within its grace
-    /// period) and exits.
+    /// period) and exits. Needs an admin token.
     Drain(DrainArgs),
 }
 

@@ -15,6 +15,10 @@ use std::time::Duration;
 use rivet_orchestrator::testing::TestOrchestrator;
 pub use rivet_orchestrator::testing::{AMQP, REDIS};
 
+/// The attempt token the fake runner puts in its leases and reports (a real runner draws one
+/// per claim).
+const FAKE_ATTEMPT_TOKEN: &str = "00112233445566778899aabbccddeeff";
+
 /// How long anything in these tests may take before it counts as hung.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -157,7 +161,7 @@ impl FakeRunner {
         let _: () = redis::AsyncCommands::set(
             &mut self.redis,
             self.keys.lease(job.job_id),
-            lease_value(&self.id, job.attempt),
+            lease_value(&self.id, job.attempt, FAKE_ATTEMPT_TOKEN),
         )
         .await
         .unwrap();
@@ -209,6 +213,7 @@ impl FakeRunner {
                 job_id: taken.job.job_id,
                 attempt: taken.job.attempt,
                 runner_id: self.id.clone(),
+                token: FAKE_ATTEMPT_TOKEN.into(),
                 body,
             };
             self.broker

@@ -82,8 +82,10 @@ pub async fn queues(State(state): State<AppState>) -> Result<Json<Vec<QueueView>
 }
 
 /// `POST /runners/{id}/drain`: the runner stops taking jobs, lets running ones finish within its
-/// grace period and exits. 202; 404 when no live runner has that id.
+/// grace period and exits. 202; 404 when no live runner has that id. Admin tokens only: it acts
+/// on the fleet, not on a job.
 pub async fn drain(
+    _: crate::auth::Admin,
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<(axum::http::StatusCode, Json<RunnerView>), ApiError> {

@@ -1,5 +1,6 @@
 //! Jobs: list, show, logs, cancel, retry.
 
+use super::body::Body;
 use crate::error::ApiError;
 use crate::{db, AppState};
 use axum::extract::{Path, Query, State};
@@ -115,11 +116,11 @@ pub struct CancelBody {
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Option<Json<CancelBody>>,
+    body: Option<Body<CancelBody>>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let id = parse_id(&id)?;
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .and_then(|Body(b)| b.reason)
         .map(|r| r.chars().take(500).collect::<String>())
         .unwrap_or_else(|| "cancelled on request".into());
     match db::attempts::cancel(&state.db, id, &reason).await? {

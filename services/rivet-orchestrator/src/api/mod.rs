@@ -1,5 +1,6 @@
 //! The HTTP API: `/healthz`, `/readyz`, and `/api/v1/*` behind bearer tokens.
 
+mod body;
 mod fleet;
 mod jobs;
 mod pipelines;

@@ -1,5 +1,6 @@
 //! Pipelines: push, list, show, run.
 
+use super::body::Body;
 use crate::error::ApiError;
 use crate::{db, AppState};
 use axum::extract::{Path, Query, State};
@@ -37,7 +38,7 @@ fn slug(display: &str) -> String {
 
 pub async fn push(
     State(state): State<AppState>,
-    Json(body): Json<PushPipeline>,
+    Body(body): Body<PushPipeline>,
 ) -> Result<(StatusCode, Json<PipelineView>), ApiError> {
     let spec = state
         .linter
@@ -85,7 +86,7 @@ fn version_suffix(v: Option<i32>) -> String {
 pub async fn run(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Json(body): Json<CreateRun>,
+    Body(body): Body<CreateRun>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let version = state
         .pipeline_version(&name, body.version)

@@ -1,28 +1,20 @@
 //! Tokens: create (shown once), list, revoke. Admin tokens only.
 
-use crate::auth::{self, Caller};
+use super::body::Body;
+use crate::auth::{self, Admin};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::{Extension, Json};
+use axum::Json;
 use rivet_protocol::http::{CreateToken, TokenView};
 use uuid::Uuid;
 
-fn admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("only an admin token can manage tokens"))
-    }
-}
-
 pub async fn create(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Json(body): Json<CreateToken>,
+    _: Admin,
+    Body(body): Body<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenView>), ApiError> {
-    admin(&caller)?;
     let name = body.name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::BadRequest(
@@ -53,9 +45,8 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _: Admin,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
-    admin(&caller)?;
     let rows: Vec<(Uuid, String, i64, Option<i64>)> = sqlx::query_as(
         "SELECT id, name, (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM revoked_at) * 1000)::bigint \
          FROM tokens ORDER BY created_at",
@@ -77,10 +68,9 @@ pub async fn list(
 
 pub async fn revoke(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&caller)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("no token `{id}`")))?;
     let done =
         sqlx::query("UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")

@@ -244,6 +244,19 @@ pub async fn retry(db: &PgPool, job_id: Uuid) -> sqlx::Result<Retry> {
     Ok(Retry::Queued { attempt: next })
 }
 
+/// Counts a report refused for a wrong or missing attempt token (API-03) on the attempt it
+/// named, if that attempt exists.
+pub async fn record_forged(db: &mut PgConnection, job_id: Uuid, attempt: u32) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE attempts SET forged_reports = forged_reports + 1 WHERE job_id = $1 AND attempt = $2",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// A running attempt as the reaper sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Running {
@@ -253,6 +266,8 @@ pub struct Running {
     pub attempt: i32,
     /// The runner running it.
     pub runner_id: Option<String>,
+    /// The attempt token stored at `Started`: the lease must hold exactly this one.
+    pub token: Option<String>,
     /// Whether the lease has been missing for longer than the grace period.
     pub overdue: bool,
     /// Whether the lease was missing at the previous look.
@@ -266,7 +281,7 @@ pub struct Running {
 /// Every running attempt, with the lease bookkeeping.
 pub async fn running(db: &PgPool, grace: Duration) -> sqlx::Result<Vec<Running>> {
     sqlx::query_as(
-        "SELECT j.id, j.attempt, j.runner_id, \
+        "SELECT j.id, j.attempt, j.runner_id, a.token, \
            coalesce(a.lease_missing_since < now() - $1 * interval '1 millisecond', false) AS overdue, \
            a.lease_missing_since IS NOT NULL AS missing, j.cancel_reason, \
            coalesce(j.cancel_requested_at < now() - interval '1 second', false) AS cancel_pending \

@@ -197,22 +197,28 @@ fn stage_outcome(state: &str) -> Option<StageOutcome> {
 }
 
 /// What a `Started` report did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// The attempt is now running on the runner.
+    /// The attempt is now running on the runner, with the report's token.
     Started,
-    /// It already was (the same report delivered again).
-    Duplicate,
+    /// It already was on this runner (the same report delivered again, or a forgery naming the
+    /// runner): the caller compares `token`, the one stored at the first `Started`.
+    Duplicate {
+        /// The attempt's stored token.
+        token: Option<String>,
+    },
     /// The job is not waiting for this attempt: the runner must stop it.
     Refused,
 }
 
-/// Marks the attempt running on `runner_id`, if the job is waiting for that attempt.
+/// Marks the attempt running on `runner_id` with its attempt `token`, if the job is waiting for
+/// that attempt.
 pub async fn start(
     db: &PgPool,
     job_id: Uuid,
     attempt: u32,
     runner_id: &str,
+    token: &str,
 ) -> sqlx::Result<Start> {
     let mut tx = db.begin().await?;
     let done = sqlx::query(
@@ -227,47 +233,53 @@ pub async fn start(
     .rows_affected()
         == 1;
     if !done {
-        let again: Option<(i32,)> = sqlx::query_as(
-            "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' AND runner_id = $3",
+        let again: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT a.token FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
+             WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3",
         )
         .bind(job_id)
         .bind(attempt as i32)
         .bind(runner_id)
         .fetch_optional(&mut *tx)
         .await?;
-        return Ok(if again.is_some() {
-            Start::Duplicate
-        } else {
-            Start::Refused
+        return Ok(match again {
+            Some((token,)) => Start::Duplicate { token },
+            None => Start::Refused,
         });
     }
-    sqlx::query("UPDATE attempts SET state = 'running', runner_id = $3, started_at = now() WHERE job_id = $1 AND attempt = $2")
-        .bind(job_id)
-        .bind(attempt as i32)
-        .bind(runner_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE attempts SET state = 'running', runner_id = $3, token = $4, started_at = now() \
+         WHERE job_id = $1 AND attempt = $2",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(runner_id)
+    .bind(token)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Start::Started)
 }
 
-/// Whether `attempt` is the job's current, running attempt held by `runner_id`; locks the job's
-/// row for the rest of the caller's transaction.
-pub async fn is_running(
+/// When `attempt` is the job's current, running attempt held by `runner_id`: the attempt token
+/// stored at its `Started` (`Some(None)` only for an attempt started before tokens existed).
+/// Locks the job's row for the rest of the caller's transaction.
+pub async fn running_token(
     db: &mut sqlx::PgConnection,
     job_id: Uuid,
     attempt: u32,
     runner_id: &str,
-) -> sqlx::Result<bool> {
-    let row: Option<(i32,)> = sqlx::query_as(
-        "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' AND runner_id = $3 FOR UPDATE",
+) -> sqlx::Result<Option<Option<String>>> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT a.token FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
+         WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3 FOR UPDATE OF j",
     )
     .bind(job_id)
     .bind(attempt as i32)
     .bind(runner_id)
     .fetch_optional(db)
     .await?;
-    Ok(row.is_some())
+    Ok(row.map(|(token,)| token))
 }
 
 /// A stage's start or end, as a report says it.

@@ -7,6 +7,7 @@ pub struct TestApp {
     pub base: String,
     pub token: String,
     pub namespace: String,
+    pub database_url: String,
     pub http: reqwest::Client,
     orchestrator: TestOrchestrator,
 }
@@ -18,6 +19,7 @@ pub async fn spawn_app() -> TestApp {
         base: orchestrator.base_url.clone(),
         token: orchestrator.token.clone(),
         namespace: orchestrator.namespace.clone(),
+        database_url: orchestrator.database_url.clone(),
         http: reqwest::Client::new(),
         orchestrator,
     }
@@ -45,6 +47,14 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A connection to the orchestrator's own database, to check what the API does not show.
+    pub async fn db(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&self.database_url)
+            .await
+            .expect("connecting to the test database")
     }
 
     pub async fn stop(self) {

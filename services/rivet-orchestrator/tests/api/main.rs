@@ -1,7 +1,10 @@
 //! The orchestrator's HTTP API and report handling against real PostgreSQL, Redis and RabbitMQ.
 
+mod auth;
 mod dashboard;
+mod forgery;
 mod helpers;
+mod sources;
 
 use helpers::*;
 use redis::AsyncCommands;
@@ -10,6 +13,7 @@ use rivet_protocol::http::{
     ApiError, JobState, JobView, LogPage, PipelineView, QueueView, TokenView,
 };
 use rivet_protocol::messages::{JobDispatch, LogLine, ReportBody, RunnerReport};
+use rivet_protocol::redis_keys::lease_value;
 use rivet_protocol::SCHEMA_VERSION;
 use serde_json::json;
 use std::time::Duration;
@@ -20,6 +24,10 @@ const PIPELINE: &str = r#"return {
   inputs = { who = {type = "string", default = "world"}, n = {type = "number", required = true} },
   stages = { { name = "greet", script = function() log.info("hi " .. env.get("who")) end } },
 }"#;
+
+/// Attempt tokens of the runners the tests play.
+const TOKEN_A: &str = "0123456789abcdef0123456789abcdef";
+const TOKEN_B: &str = "fedcba9876543210fedcba9876543210";
 
 #[tokio::test]
 async fn every_api_call_needs_a_valid_token() {
@@ -258,12 +266,21 @@ async fn reports_are_fenced_by_lease_and_attempt() {
     let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
         .await
         .unwrap();
-    let _: () = redis.set(keys.lease(job.id), "runner-a:1").await.unwrap();
+    let _: () = redis
+        .set(keys.lease(job.id), lease_value("runner-a", 1, TOKEN_A))
+        .await
+        .unwrap();
     let report = |runner: &str, attempt: u32, body: ReportBody| RunnerReport {
         schema: SCHEMA_VERSION,
         job_id: job.id,
         attempt,
         runner_id: runner.into(),
+        token: if runner == "runner-a" {
+            TOKEN_A
+        } else {
+            TOKEN_B
+        }
+        .into(),
         body,
     };
     let line = |seq: u64| LogLine {

@@ -130,6 +130,7 @@ pub fn report(job_id: Uuid) -> RunnerReport {
         job_id,
         attempt: 1,
         runner_id: "runner-1".into(),
+        token: "0123456789abcdef0123456789abcdef".into(),
         body: ReportBody::StageStarted {
             index: 0,
             name: "checkout".into(),

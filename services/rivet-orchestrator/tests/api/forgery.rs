@@ -1,0 +1,307 @@
+//! API-03: forged runner reports. Whoever can publish to the reports queue and knows the running
+//! runner's id and the attempt number still cannot change the job without the attempt token.
+
+use crate::helpers::*;
+use crate::{PIPELINE, TOKEN_A, TOKEN_B};
+use redis::AsyncCommands;
+use rivet_core::{JobOutcome, StageOutcome};
+use rivet_protocol::http::{JobState, JobView, LogPage};
+use rivet_protocol::messages::{
+    ControlCommand, JobDispatch, LogLine, ReportBody, RunnerControl, RunnerReport,
+};
+use rivet_protocol::redis_keys::{lease_value, Keys};
+use rivet_protocol::SCHEMA_VERSION;
+use serde_json::json;
+use std::time::Duration;
+
+fn line(seq: u64, text: &str) -> LogLine {
+    LogLine {
+        seq,
+        at_ms: seq,
+        stage: Some("greet".into()),
+        level: "info".into(),
+        source: "script".into(),
+        line: text.into(),
+    }
+}
+
+async fn job(app: &TestApp, id: uuid::Uuid) -> JobView {
+    app.get(&format!("/jobs/{id}")).await.json().await.unwrap()
+}
+
+async fn log_lines(app: &TestApp, id: uuid::Uuid) -> Vec<String> {
+    let page: LogPage = app
+        .get(&format!("/jobs/{id}/logs"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    page.lines.into_iter().map(|l| l.line).collect()
+}
+
+/// Polls `check` until it yields, for at most 10 s.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn forged_count(app: &TestApp, id: uuid::Uuid) -> i32 {
+    let mut db = app.db().await;
+    sqlx::query_scalar("SELECT forged_reports FROM attempts WHERE job_id = $1 AND attempt = 1")
+        .bind(id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post("/pipelines", json!({"source": PIPELINE}))
+            .await
+            .status(),
+        201
+    );
+    let submitted: JobView = app
+        .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = submitted.id;
+
+    // Play the real runner `runner-a`: take the job, its lease with token A, and listen to the
+    // orders the orchestrator sends it.
+    let broker = rivet_amqp::Broker::connect(
+        AMQP,
+        rivet_protocol::topology::Topology::new(&app.namespace),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut orders = broker.subscribe_control("runner-a").await.unwrap();
+    let mut sub = broker
+        .consume::<JobDispatch>(&broker.topology().class_queue("process"), 1, "test-runner")
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a job arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.message.job_id, id);
+    let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
+    delivery.ack().await.unwrap();
+    let keys = Keys::new(&app.namespace);
+    let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
+        .await
+        .unwrap();
+    let _: () = redis
+        .set(keys.lease(id), lease_value("runner-a", 1, TOKEN_A))
+        .await
+        .unwrap();
+
+    // Every report names runner-a and attempt 1, as a forger who read the job's page would.
+    let report = |token: &str, body: ReportBody| RunnerReport {
+        schema: SCHEMA_VERSION,
+        job_id: id,
+        attempt: 1,
+        runner_id: "runner-a".into(),
+        token: token.into(),
+        body,
+    };
+    let publish = |r: RunnerReport| {
+        let (broker, reply_to) = (&broker, &reply_to);
+        async move { broker.publish_report(reply_to, &r).await.unwrap() }
+    };
+
+    // A forged `Started` before the real one: the lease holds another token.
+    publish(report(TOKEN_B, ReportBody::Started)).await;
+    publish(report(TOKEN_A, ReportBody::Started)).await;
+    publish(report(
+        TOKEN_A,
+        ReportBody::StageStarted {
+            index: 0,
+            name: "greet".into(),
+            timeout_ms: 60_000,
+        },
+    ))
+    .await;
+    publish(report(
+        TOKEN_A,
+        ReportBody::Logs {
+            lines: vec![line(0, "real 0")],
+        },
+    ))
+    .await;
+    wait_for("the real runner's first line", || async {
+        let lines = log_lines(&app, id).await;
+        (lines == ["real 0"]).then_some(())
+    })
+    .await;
+    assert_eq!(job(&app, id).await.state, JobState::Running);
+    assert_eq!(forged_count(&app, id).await, 1, "the forged `Started`");
+
+    // Forgeries once the job runs: a wrong token, a missing one, a malformed one, inside a batch.
+    let forged_line = || ReportBody::Logs {
+        lines: vec![line(1, "forged 1")],
+    };
+    let forged_end = || ReportBody::StageFinished {
+        index: 0,
+        name: "greet".into(),
+        outcome: StageOutcome::Failed,
+        duration_ms: 1,
+        error: Some("forged".into()),
+    };
+    let forged_finish = |outcome: JobOutcome| ReportBody::Finished { outcome };
+    let forgeries = [
+        report(TOKEN_B, ReportBody::Started),
+        report(TOKEN_B, forged_line()),
+        report("", forged_line()),
+        report(&TOKEN_A.to_uppercase(), forged_line()),
+        report(&TOKEN_A[..31], forged_end()),
+        report(TOKEN_B, forged_finish(JobOutcome::Succeeded)),
+        report(
+            "",
+            forged_finish(JobOutcome::Failed {
+                stage: None,
+                error: "forged".into(),
+            }),
+        ),
+        report(
+            TOKEN_B,
+            ReportBody::Batch {
+                bodies: vec![
+                    forged_line(),
+                    forged_end(),
+                    forged_finish(JobOutcome::Cancelled),
+                ],
+            },
+        ),
+    ];
+    let forged = forgeries.len() as i32;
+    for r in forgeries {
+        publish(r).await;
+    }
+    // The real runner goes on. Its reports are applied in order after the forgeries (one job,
+    // one lane), so once its line shows, every forgery has been dealt with.
+    publish(report(
+        TOKEN_A,
+        ReportBody::Logs {
+            lines: vec![line(1, "real 1")],
+        },
+    ))
+    .await;
+    wait_for("the real runner's second line", || async {
+        let lines = log_lines(&app, id).await;
+        (lines.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        log_lines(&app, id).await,
+        ["real 0", "real 1"],
+        "no forged line was stored (a stored `forged 1` would have taken sequence 1)"
+    );
+    let running = job(&app, id).await;
+    assert_eq!(running.state, JobState::Running, "{running:?}");
+    assert_eq!(running.runner_id.as_deref(), Some("runner-a"));
+    assert_eq!(running.attempts[0].stages[0].state, "running");
+    assert_eq!(forged_count(&app, id).await, 1 + forged);
+    let lease: Option<String> = redis.get(keys.lease(id)).await.unwrap();
+    assert_eq!(
+        lease.as_deref(),
+        Some(lease_value("runner-a", 1, TOKEN_A).as_str()),
+        "a forged `Finished` does not release the real runner's lease"
+    );
+
+    // No forgery made the orchestrator order the real runner to stop. Orders it sent while
+    // applying the reports above were confirmed before those reports were acknowledged, so they
+    // are queued ahead of this marker.
+    broker
+        .publish_control(&RunnerControl {
+            schema: SCHEMA_VERSION,
+            runner_id: "runner-a".into(),
+            command: ControlCommand::Drain {
+                reason: "test marker".into(),
+            },
+        })
+        .await
+        .unwrap();
+    // The first order the runner gets must be the marker.
+    let order = tokio::time::timeout(Duration::from_secs(10), orders.next())
+        .await
+        .expect("the marker order arrives")
+        .unwrap()
+        .unwrap();
+    let command = order.message.command.clone();
+    order.ack().await.ok();
+    assert!(
+        matches!(&command, ControlCommand::Drain { reason } if reason == "test marker"),
+        "a forged report made the orchestrator send {command:?}"
+    );
+
+    // The real runner finishes the job.
+    publish(report(
+        TOKEN_A,
+        ReportBody::Batch {
+            bodies: vec![
+                ReportBody::StageFinished {
+                    index: 0,
+                    name: "greet".into(),
+                    outcome: StageOutcome::Succeeded,
+                    duration_ms: 5,
+                    error: None,
+                },
+                ReportBody::Finished {
+                    outcome: JobOutcome::Succeeded,
+                },
+            ],
+        },
+    ))
+    .await;
+    let done = wait_for("the job to finish", || async {
+        let j = job(&app, id).await;
+        j.state.is_final().then_some(j)
+    })
+    .await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.attempts[0].stages[0].state, "succeeded");
+    let lease: Option<String> = redis.get(keys.lease(id)).await.unwrap();
+    assert_eq!(lease, None, "the real `Finished` releases the lease");
+
+    // The token is never shown by the API.
+    for path in [
+        format!("/jobs/{id}"),
+        format!("/jobs/{id}/logs"),
+        "/jobs".into(),
+    ] {
+        let text = app.get(&path).await.text().await.unwrap();
+        assert!(!text.contains(TOKEN_A), "{path} shows the attempt token");
+    }
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT token FROM attempts WHERE job_id = $1 AND attempt = 1")
+            .bind(id)
+            .fetch_one(&mut app.db().await)
+            .await
+            .unwrap();
+    assert_eq!(stored.as_deref(), Some(TOKEN_A), "stored at `Started`");
+
+    orders.cancel().await.ok();
+    sub.cancel().await.ok();
+    broker.close().await;
+    app.stop().await;
+}
