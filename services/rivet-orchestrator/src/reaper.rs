@@ -6,7 +6,8 @@
 //!   lost runner still says.
 //! - A queued attempt older than its job's queue timeout is `timed_out`.
 //! - A cancel request a runner has not answered is sent again.
-//! - After Redis lost its data (the epoch key is gone), every fence is written again.
+//! - After Redis lost its data (the epoch key is gone), every fence and the class table are
+//!   written again.
 //!
 //! Every change is conditional in PostgreSQL ([`crate::db::attempts`]), so several orchestrators
 //! can run this at once. A Redis error skips the round: a lease that cannot be read is never
@@ -61,6 +62,21 @@ async fn refresh_fences(state: &AppState) -> anyhow::Result<()> {
     if !lost_data && !state.fences_dirty.swap(false, Ordering::SeqCst) {
         return Ok(());
     }
+    // From here on, any failure leaves the work for the next round.
+    let rebuilt = rebuild(state, &mut conn, lost_data).await;
+    if rebuilt.is_err() {
+        state.fences_dirty.store(true, Ordering::SeqCst);
+    }
+    rebuilt
+}
+
+/// Writes every fence again, and the class table (runners learn classes from it).
+async fn rebuild(
+    state: &AppState,
+    conn: &mut redis::aio::ConnectionManager,
+    lost_data: bool,
+) -> anyhow::Result<()> {
+    crate::relay::sync_classes(state).await?;
     let active = attempts::active(&state.db).await?;
     let finished =
         attempts::recently_final(&state.db, Duration::from_secs(fence::FINAL_TTL_S)).await?;
@@ -81,10 +97,7 @@ async fn refresh_fences(state: &AppState) -> anyhow::Result<()> {
             .arg(fence::FINAL_TTL_S)
             .ignore();
     }
-    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-        state.fences_dirty.store(true, Ordering::SeqCst);
-        return Err(e.into());
-    }
+    pipe.query_async::<()>(conn).await?;
     tracing::info!(
         active = active.len(),
         finished = finished.len(),

@@ -97,8 +97,11 @@ async fn lane(
 ) {
     while let Some(incoming) = rx.recv().await {
         let mut delay = Duration::from_millis(100);
+        // PostgreSQL refuses NUL in text and JSONB: replace it in every string of the report
+        // first, so a script's `error("a\0b")` cannot jam the lane.
+        let report = without_nul(&incoming.message);
         loop {
-            match apply(&state, &incoming.message).await {
+            match apply(&state, &report).await {
                 Ok(applied) => {
                     let m = &incoming.message;
                     match applied {
@@ -115,6 +118,15 @@ async fn lane(
                     if let Err(e) = incoming.ack().await {
                         tracing::warn!(error = %e, "Acknowledging a report failed.");
                     }
+                    break;
+                }
+                Err(e) if is_data_error(&e) => {
+                    // Retrying cannot help a report the database refuses as data: it goes to the
+                    // dead-letter queue (with the reason) instead of blocking every job behind it.
+                    let m = &incoming.message;
+                    tracing::error!(job_id = %m.job_id, attempt = m.attempt, runner = %m.runner_id,
+                        error = %format!("{e:#}"), "The database refused a report's data; dead-lettering it.");
+                    let _ = incoming.reject(false).await;
                     break;
                 }
                 Err(e) => {
@@ -252,7 +264,8 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
     }
     tx.commit().await?;
     if let Some(ended) = ended {
-        crate::fence::release_lease(state, job, &lease_value(runner, attempt, token)).await;
+        // The fence moves before the lease goes: a duplicate of this attempt's message claimed
+        // in between must find the attempt over, not a free lease.
         match ended {
             db::attempts::Ended::Final(_) => crate::fence::close(state, job).await,
             db::attempts::Ended::Retrying { attempt } => {
@@ -261,6 +274,7 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
             }
             db::attempts::Ended::Stale => {}
         }
+        crate::fence::release_lease(state, job, &lease_value(runner, attempt, token)).await;
     }
     Ok(Applied::Stored)
 }
@@ -324,8 +338,78 @@ async fn apply_body(
     Ok(None)
 }
 
+/// The report with every NUL character in its strings replaced by U+FFFD.
+fn without_nul(report: &RunnerReport) -> RunnerReport {
+    fn clean(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(map) => map.values_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let mut value = match serde_json::to_value(report) {
+        Ok(v) => v,
+        Err(_) => return report.clone(),
+    };
+    clean(&mut value);
+    serde_json::from_value(value).unwrap_or_else(|_| report.clone())
+}
+
+/// Whether PostgreSQL refused the data itself (SQLSTATE classes 22 and 23), not the connection.
+fn is_data_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.code())
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nul_characters_are_replaced_in_every_string_of_a_report() {
+        use rivet_core::JobOutcome;
+        use rivet_protocol::messages::{LogLine, ReportBody, RunnerReport};
+        let report = RunnerReport {
+            schema: rivet_protocol::SCHEMA_VERSION,
+            job_id: uuid::Uuid::new_v4(),
+            attempt: 1,
+            runner_id: "r\0x".into(),
+            token: String::new(),
+            body: ReportBody::Batch {
+                bodies: vec![
+                    ReportBody::Logs {
+                        lines: vec![LogLine {
+                            seq: 0,
+                            at_ms: 0,
+                            stage: Some("s\0".into()),
+                            level: "info".into(),
+                            source: "script".into(),
+                            line: "a\0b".into(),
+                        }],
+                    },
+                    ReportBody::Finished {
+                        outcome: JobOutcome::Failed {
+                            stage: None,
+                            error: "e\0".into(),
+                        },
+                    },
+                ],
+            },
+        };
+        let clean = super::without_nul(&report);
+        let text = serde_json::to_string(&clean).unwrap();
+        assert!(!text.contains("\\u0000"), "{text}");
+        assert_eq!(clean.runner_id, "r\u{FFFD}x");
+        assert!(
+            text.contains("a\u{FFFD}b") && text.contains("e\u{FFFD}"),
+            "{text}"
+        );
+    }
+
     use super::tokens_match;
 
     #[test]

@@ -103,8 +103,16 @@ async fn forward(
             }
             next = sub.next() => match next {
                 Some(Ok(d)) => {
-                    if tx.send(d).await.is_err() {
-                        return;
+                    // Waiting for room in the channel must not outlast a stop: the loop that reads
+                    // it may be the one waiting for this task to stop.
+                    tokio::select! {
+                        permit = tx.reserve() => match permit {
+                            Ok(permit) => permit.send(d),
+                            Err(_) => return,
+                        },
+                        _ = stop.cancelled() => {
+                            let _ = d.reject(true).await;
+                        }
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "Receiving a job failed."),
@@ -207,9 +215,10 @@ impl Loop {
             match self.runner.broker.subscribe_announcements().await {
                 Ok(s) => {
                     self.announcements = Some(s);
-                    // Classes announced while we were not listening.
+                    // Classes announced while we were not listening (merged: a Redis that lost
+                    // its data must not make the runner forget what it knew).
                     if let Ok(c) = known_classes(&self.runner).await {
-                        self.classes = c;
+                        self.classes.extend(c);
                     }
                 }
                 Err(e) => {

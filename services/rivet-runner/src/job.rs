@@ -296,6 +296,15 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
         next_seq: 0,
         started: Instant::now(),
     };
+    // The lease is renewed from the claim on: publishing `Started` may take longer than the
+    // lease lives while the broker is away.
+    let renew = tokio::spawn(renew_lease(
+        runner.clone(),
+        job.job_id,
+        job.attempt,
+        token.clone(),
+        entry.clone(),
+    ));
     reporter.send(ReportBody::Started).await;
     if let Err(e) = delivery.ack().await {
         tracing::warn!(job_id = %job.job_id, error = %e, "Acknowledging a job failed; its lease stops duplicates.");
@@ -303,14 +312,6 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
     // The job needs the message only: the delivery (and the consumer channel it keeps open) is
     // released now, not when the job ends.
     drop(delivery);
-
-    let renew = tokio::spawn(renew_lease(
-        runner.clone(),
-        job.job_id,
-        job.attempt,
-        token,
-        entry.clone(),
-    ));
     let workspace = runner
         .work_dir
         .join(format!("{}-{}", job.job_id, job.attempt));
@@ -375,9 +376,19 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
             }
         }
     };
-    if let (JobOutcome::Cancelled, Some(reason)) = (&outcome, entry.reason()) {
-        reporter.system_line(format!("Cancelled: {reason}."));
-    }
+    // Killed because the lease was no longer ours: the attempt is lost (and retried by the
+    // job's rule), not cancelled by anyone.
+    let outcome = match (outcome, entry.reason()) {
+        (JobOutcome::Cancelled, Some(reason)) if entry.is_lost() => {
+            reporter.system_line(format!("Lost: {reason}."));
+            JobOutcome::Lost { reason }
+        }
+        (JobOutcome::Cancelled, Some(reason)) => {
+            reporter.system_line(format!("Cancelled: {reason}."));
+            JobOutcome::Cancelled
+        }
+        (outcome, _) => outcome,
+    };
     reporter.push(ReportBody::Finished {
         outcome: outcome.clone(),
     });
@@ -415,7 +426,7 @@ async fn renew_lease(
             }
             Ok(other) => {
                 tracing::warn!(job_id = %job_id, attempt, found = other, "The lease is no longer ours; stopping the job.");
-                entry.cancel(format!(
+                entry.lose(format!(
                     "the runner lost the job's lease ({})",
                     if other == "stale" {
                         "the attempt was ended by the orchestrator"

@@ -73,6 +73,7 @@ pub struct RunningJob {
     /// Set to kill the worker's process group (polled by the worker's parent every 50 ms).
     pub cancel: Arc<AtomicBool>,
     reason: Mutex<Option<String>>,
+    lost: AtomicBool,
 }
 
 impl RunningJob {
@@ -83,6 +84,17 @@ impl RunningJob {
             .expect("the reason's lock is never poisoned")
             .get_or_insert(reason);
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Kills the job's worker because the runner no longer holds its lease: it ends `lost`.
+    pub fn lose(&self, reason: String) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.cancel(reason);
+    }
+
+    /// Whether [`RunningJob::lose`] killed it.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// Why it was cancelled, if it was.

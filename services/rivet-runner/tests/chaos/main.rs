@@ -226,6 +226,22 @@ async fn restart_redis_mid_run() {
     bulk_with_fault("restart-redis", count, |_| Box::pin(restart_redis())).await;
 }
 
+/// Redis restarts empty, then the fleet is replaced: the new runner must learn the classes
+/// (rebuilt by the reaper) and finish everything, including the replaced runners' lost jobs.
+async fn restart_redis_then_replace_the_runners() {
+    let count = env_count("RIVET_CHAOS_JOBS", 150);
+    bulk_with_fault("restart-redis-new-runners", count, |c| {
+        Box::pin(async move {
+            restart_redis().await;
+            for id in c.runner_ids() {
+                c.kill_runner(&id);
+            }
+            c.start_runner("fresh", 4).await;
+        })
+    })
+    .await;
+}
+
 async fn restart_postgres_mid_run() {
     let count = env_count("RIVET_CHAOS_JOBS", 150);
     bulk_with_fault("restart-postgres", count, |_| {
@@ -328,6 +344,9 @@ fn main() {
             "restart_redis_mid_run",
             || Box::pin(restart_redis_mid_run()),
         ),
+        ("restart_redis_then_replace_the_runners", || {
+            Box::pin(restart_redis_then_replace_the_runners())
+        }),
         ("restart_postgres_mid_run", || {
             Box::pin(restart_postgres_mid_run())
         }),

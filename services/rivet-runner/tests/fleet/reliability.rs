@@ -302,3 +302,38 @@ async fn a_drain_cancels_jobs_still_running_after_the_grace_period() {
     );
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_with_nul_bytes_is_stored_and_jams_nothing() {
+    let mut fleet = helpers::start().await;
+    fleet.runner("r", &[], "").await;
+    // PostgreSQL refuses NUL in text and JSONB: the orchestrator must neither retry such a report
+    // forever (blocking every job behind it) nor lose it.
+    fleet
+        .push(&pipeline(
+            "nul",
+            "",
+            "log.info('before')\nerror('bad \\0 byte')",
+        ))
+        .await;
+    fleet.push(&pipeline("fine", "", "log.info('ok')")).await;
+    let bad = fleet.submit("nul", json!({})).await;
+    let done = fleet.wait_final(bad.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Failed);
+    let Some(JobOutcome::Failed { error, .. }) = &done.outcome else {
+        panic!("{:?}", done.outcome)
+    };
+    // Lua's error text ends at the NUL; whatever arrives is stored.
+    assert!(error.starts_with("pipeline.lua:4: bad"), "{error}");
+    for _ in 0..3 {
+        let next = fleet.submit("fine", json!({})).await;
+        assert_eq!(
+            fleet
+                .wait_final(next.id, Duration::from_secs(30))
+                .await
+                .state,
+            JobState::Succeeded
+        );
+    }
+    fleet.stop().await;
+}
