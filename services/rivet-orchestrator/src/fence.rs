@@ -1,4 +1,7 @@
-//! Fences in Redis: which attempt of a job a runner may start (`0`: none, the job is over).
+//! Fences in Redis: which attempt of a job a runner may start: `N` (attempt N may start) or `-N`
+//! (the job ended at attempt N; nothing may start). Fences only move forward: a write for an
+//! older attempt than the fence holds, or reopening a closed attempt, changes nothing, so late or
+//! racing writers (a rebuild, a lane, the API) cannot undo a newer decision.
 //! PostgreSQL decides; the fence lets a runner drop a stale or cancelled job's message before
 //! running anything. Writing one is best effort: when Redis cannot be reached the reaper writes
 //! every fence again (see [`crate::reaper`]), and reports from a runner that started a job it
@@ -18,24 +21,43 @@ pub const ACTIVE_TTL_S: u64 = 7 * 24 * 3600;
 /// Deletes the lease only if it still holds the given value.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/// Writes fence KEYS[1] = ARGV[1] (`N` or `-N`) with TTL ARGV[2] s, only forward: when nothing
+/// is there, for a later attempt than the fence's, or to close the fence's own attempt.
+pub const WRITE: &str = "local cur = tonumber(redis.call('GET', KEYS[1]) or '') \
+    local new = tonumber(ARGV[1]) \
+    if cur then \
+      local ca, na = math.abs(cur), math.abs(new) \
+      if na < ca or (na == ca and (cur <= 0 or new > 0)) then return 0 end \
+    end \
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1";
+
+/// The value that lets `attempt` start.
+pub fn open_value(attempt: u32) -> i64 {
+    i64::from(attempt)
+}
+
+/// The value that ends a job whose last attempt was `attempt`.
+pub fn closed_value(attempt: u32) -> i64 {
+    -i64::from(attempt.max(1))
+}
+
 /// Lets `attempt` start.
 pub async fn open(state: &AppState, job_id: Uuid, attempt: u32) {
-    write(state, job_id, attempt, ACTIVE_TTL_S).await;
+    write(state, job_id, open_value(attempt), ACTIVE_TTL_S).await;
 }
 
-/// Lets no attempt start any more.
-pub async fn close(state: &AppState, job_id: Uuid) {
-    write(state, job_id, 0, FINAL_TTL_S).await;
+/// Lets no attempt start any more (the job ended at `attempt`).
+pub async fn close(state: &AppState, job_id: Uuid, attempt: u32) {
+    write(state, job_id, closed_value(attempt), FINAL_TTL_S).await;
 }
 
-async fn write(state: &AppState, job_id: Uuid, attempt: u32, ttl_s: u64) {
+async fn write(state: &AppState, job_id: Uuid, value: i64, ttl_s: u64) {
     let mut conn = state.redis.clone();
-    let result: redis::RedisResult<()> = redis::cmd("SET")
-        .arg(state.keys.fence(job_id))
-        .arg(attempt)
-        .arg("EX")
+    let result: redis::RedisResult<i64> = redis::Script::new(WRITE)
+        .key(state.keys.fence(job_id))
+        .arg(value)
         .arg(ttl_s)
-        .query_async(&mut conn)
+        .invoke_async(&mut conn)
         .await;
     if let Err(e) = result {
         tracing::warn!(job_id = %job_id, error = %e, "Writing a fence failed; the reaper writes them all again.");
@@ -75,5 +97,76 @@ pub async fn order_cancel(
     };
     if let Err(e) = state.broker.publish_control(&order).await {
         tracing::warn!(job_id = %job_id, runner = runner_id, error = %e, "Sending a cancel order failed.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{closed_value, open_value, WRITE};
+
+    /// Against the real Redis (scripts/services.sh starts it).
+    #[tokio::test]
+    async fn fences_only_move_forward() {
+        let client = redis::Client::open("redis://127.0.0.1:6379/").expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
+        let key = format!("rivet-test-fence-{}", uuid::Uuid::new_v4().simple());
+        let write = |value: i64| {
+            let key = key.clone();
+            let mut conn = conn.clone();
+            async move {
+                let wrote: i64 = redis::Script::new(WRITE)
+                    .key(&key)
+                    .arg(value)
+                    .arg(60)
+                    .invoke_async(&mut conn)
+                    .await
+                    .expect("the script runs");
+                let now: i64 = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("a fence");
+                (wrote, now)
+            }
+        };
+        assert_eq!(write(open_value(1)).await, (1, 1));
+        assert_eq!(
+            write(open_value(2)).await,
+            (1, 2),
+            "a retry opens the next attempt"
+        );
+        assert_eq!(
+            write(open_value(1)).await,
+            (0, 2),
+            "never back to an older attempt"
+        );
+        assert_eq!(
+            write(closed_value(1)).await,
+            (0, 2),
+            "a late close of an older attempt"
+        );
+        assert_eq!(
+            write(closed_value(2)).await,
+            (1, -2),
+            "the job ends at attempt 2"
+        );
+        assert_eq!(
+            write(open_value(2)).await,
+            (0, -2),
+            "a closed attempt stays closed"
+        );
+        assert_eq!(
+            write(open_value(3)).await,
+            (1, 3),
+            "a manual retry opens attempt 3"
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("cleanup");
     }
 }

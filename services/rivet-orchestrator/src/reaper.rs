@@ -82,18 +82,20 @@ async fn rebuild(
         attempts::recently_final(&state.db, Duration::from_secs(fence::FINAL_TTL_S)).await?;
     let mut pipe = redis::pipe();
     for (job, attempt) in &active {
-        pipe.cmd("SET")
+        pipe.cmd("EVAL")
+            .arg(fence::WRITE)
+            .arg(1)
             .arg(state.keys.fence(*job))
-            .arg(*attempt)
-            .arg("EX")
+            .arg(fence::open_value(*attempt as u32))
             .arg(fence::ACTIVE_TTL_S)
             .ignore();
     }
-    for job in &finished {
-        pipe.cmd("SET")
+    for (job, attempt) in &finished {
+        pipe.cmd("EVAL")
+            .arg(fence::WRITE)
+            .arg(1)
             .arg(state.keys.fence(*job))
-            .arg(0)
-            .arg("EX")
+            .arg(fence::closed_value(*attempt as u32))
             .arg(fence::FINAL_TTL_S)
             .ignore();
     }
@@ -173,7 +175,7 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
             }
             Ended::Final(s) => {
                 tracing::warn!(job_id = %r.id, attempt = r.attempt, runner, state = s.as_str(), "Attempt lost; no retry left.");
-                fence::close(state, r.id).await;
+                fence::close(state, r.id, r.attempt as u32).await;
             }
             Ended::Stale => {}
         }
@@ -207,7 +209,7 @@ async fn expire_queued(state: &AppState) -> anyhow::Result<()> {
         tx.commit().await?;
         if let Ended::Final(_) = ended {
             tracing::warn!(job_id = %job, attempt, "Queue timeout: no runner took the job.");
-            fence::close(state, job).await;
+            fence::close(state, job, attempt as u32).await;
         }
     }
     Ok(())

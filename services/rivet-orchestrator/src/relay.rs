@@ -104,10 +104,11 @@ pub async fn publish_pending(
         // Fences first: a runner taking the message must find its attempt allowed.
         let mut pipe = redis::pipe();
         for (_, Json(msg)) in &rows {
-            pipe.cmd("SET")
+            pipe.cmd("EVAL")
+                .arg(crate::fence::WRITE)
+                .arg(1)
                 .arg(state.keys.fence(msg.job_id))
-                .arg(msg.attempt)
-                .arg("EX")
+                .arg(crate::fence::open_value(msg.attempt))
                 .arg(crate::fence::ACTIVE_TTL_S)
                 .ignore();
         }

@@ -267,7 +267,7 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
         // The fence moves before the lease goes: a duplicate of this attempt's message claimed
         // in between must find the attempt over, not a free lease.
         match ended {
-            db::attempts::Ended::Final(_) => crate::fence::close(state, job).await,
+            db::attempts::Ended::Final(_) => crate::fence::close(state, job, attempt).await,
             db::attempts::Ended::Retrying { attempt } => {
                 crate::fence::open(state, job, attempt).await;
                 state.relay_wakeup.notify_one();

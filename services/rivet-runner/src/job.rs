@@ -19,10 +19,11 @@ const BATCH_LINES: usize = 100;
 /// Longest a log line waits for its batch.
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
-/// Whether the fence (KEYS[2]) forbids attempt ARGV[2]: `0` (the job is over) or a later attempt.
+/// Whether the fence (KEYS[2]) forbids attempt ARGV[2]: `-N` or `0` (the job is over) or a
+/// later attempt.
 /// A missing fence (Redis lost it) forbids nothing: PostgreSQL still fences what gets stored.
 const FENCED: &str = "local f = tonumber(redis.call('GET', KEYS[2]) or '') \
-    if f and (f == 0 or f > tonumber(ARGV[2])) then return 'stale' end ";
+    if f and (f <= 0 or f > tonumber(ARGV[2])) then return 'stale' end ";
 
 /// Takes the lease (KEYS[1]) for ARGV[1] = `runner:attempt:token` with TTL ARGV[3] ms, unless
 /// fenced. The token is new for every claim, so a second delivery of a message this runner is

@@ -43,8 +43,8 @@ impl Keys {
     }
 
     /// Hash of every known class: field = class key, value = JSON list of requirements.
-    /// The job's fence: the attempt number a runner may start, or `0` once the job is final
-    /// (cancelled, timed out, finished). Written by the orchestrator; checked by a runner's claim.
+    /// The job's fence: the attempt number `N` a runner may start, or `-N` once the job ended at
+    /// attempt N (cancelled, timed out, finished). Only ever moves forward. Written by the orchestrator; checked by a runner's claim.
     pub fn fence(&self, job_id: Uuid) -> String {
         format!("{}:fence:{job_id}", self.namespace)
     }

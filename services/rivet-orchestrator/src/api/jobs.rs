@@ -133,7 +133,7 @@ pub async fn cancel(
         }
         db::attempts::Cancel::Cancelled { attempt } => {
             tracing::info!(job_id = %id, attempt, "Queued job cancelled.");
-            crate::fence::close(&state, id).await;
+            crate::fence::close(&state, id, attempt).await;
         }
         db::attempts::Cancel::Requested { runner_id, attempt } => {
             tracing::info!(job_id = %id, attempt, runner = %runner_id, "Cancel sent to the runner.");

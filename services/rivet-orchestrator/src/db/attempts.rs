@@ -332,14 +332,13 @@ pub async fn active(db: &PgPool) -> sqlx::Result<Vec<(Uuid, i32)>> {
         .await
 }
 
-/// Jobs that ended in the last `within`.
-pub async fn recently_final(db: &PgPool, within: Duration) -> sqlx::Result<Vec<Uuid>> {
-    let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT id FROM jobs WHERE finished_at > now() - $1 * interval '1 millisecond' \
+/// Jobs that ended in the last `within`, with their last attempt.
+pub async fn recently_final(db: &PgPool, within: Duration) -> sqlx::Result<Vec<(Uuid, i32)>> {
+    sqlx::query_as(
+        "SELECT id, attempt FROM jobs WHERE finished_at > now() - $1 * interval '1 millisecond' \
          AND state NOT IN ('queued', 'running')",
     )
     .bind(within.as_millis() as f64)
     .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    .await
 }
