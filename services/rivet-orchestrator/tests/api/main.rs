@@ -387,10 +387,25 @@ async fn reports_are_fenced_by_lease_and_attempt() {
     let lines: Vec<&str> = page.lines.iter().map(|l| l.line.as_str()).collect();
     assert_eq!(lines, ["line 0", "line 1", "line 2"]);
     assert!(page.complete);
-    let lease: Option<String> = redis.get(keys.lease(job.id)).await.unwrap();
+    // After the commit that made the job final, the orchestrator closes the fence and then
+    // releases the lease: once the lease is gone, the fence must already say the job is over.
+    let released = async {
+        loop {
+            let lease: Option<String> = redis.get(keys.lease(job.id)).await.unwrap();
+            if lease.is_none() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), released)
+        .await
+        .expect("the lease is released when the attempt finishes");
+    let fence: Option<String> = redis.get(keys.fence(job.id)).await.unwrap();
     assert_eq!(
-        lease, None,
-        "the lease is released when the attempt finishes"
+        fence.as_deref(),
+        Some("-1"),
+        "the fence closed at attempt 1"
     );
     sub.cancel().await.ok();
     broker.close().await;
