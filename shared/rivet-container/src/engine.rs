@@ -482,6 +482,9 @@ enum Streamed {
     TimedOut,
 }
 
+/// How long a finished container's followed output may take to drain.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
 async fn stream_output<S>(stream: S, capture: &mut Capture<'_>, deadline: Instant) -> Streamed
 where
     S: Stream<Item = Result<LogOutput, bollard::errors::Error>>,
@@ -721,11 +724,35 @@ impl Inner {
             .stderr(true)
             .build();
         let mut capture = self.capture(tx);
-        let streamed = stream_output(docker.logs(id, Some(logs)), &mut capture, deadline).await;
-        capture.finish();
         let what = format!("container.run of `{}`", spec.image);
+        // Follow the output and wait for the exit at once: Podman's followed log stream does not
+        // always end when a short-lived container exits, so once the exit is known the output
+        // gets a moment to drain and no more.
+        let (streamed, code) = {
+            let mut streaming = std::pin::pin!(stream_output(
+                docker.logs(id, Some(logs)),
+                &mut capture,
+                deadline
+            ));
+            let mut waiting = std::pin::pin!(self.wait(id, deadline, &what, spec.command.timeout));
+            tokio::select! {
+                // Overflow or timeout: the container is removed at once, not waited for.
+                streamed = &mut streaming => match streamed {
+                    Streamed::Ended => (streamed, waiting.await),
+                    other => (other, Ok(-1)),
+                },
+                code = &mut waiting => {
+                    let streamed = match tokio::time::timeout(OUTPUT_DRAIN, &mut streaming).await {
+                        Ok(streamed) => streamed,
+                        Err(_) => Streamed::Ended,
+                    };
+                    (streamed, code)
+                }
+            }
+        };
+        capture.finish();
         self.check_streamed(streamed, &what, spec.command.timeout)?;
-        let code = self.wait(id, deadline, &what, spec.command.timeout).await?;
+        let code = code?;
         Ok(ContainerReply::Exited {
             code,
             stdout: String::from_utf8_lossy(&capture.out).into_owned(),

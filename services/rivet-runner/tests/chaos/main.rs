@@ -164,6 +164,8 @@ async fn sigterm_drains_a_runner() {
     let second = c.submit("long", serde_json::json!({})).await;
     let code = c.terminate_runner(&runner, Duration::from_secs(30)).await;
     assert_eq!(code, Some(0), "a drained runner exits 0");
+    // Its reports were confirmed before it exited; the orchestrator applies them just after.
+    c.wait_finished(1, Duration::from_secs(30)).await;
     let job: JobView = c.get(&format!("/jobs/{first}")).await.expect("the job");
     assert_eq!(job.state, JobState::Succeeded, "{:?}", job.outcome);
     assert_eq!(job.runner_id.as_deref(), Some(runner.as_str()));
