@@ -97,11 +97,12 @@ async fn lane(
 ) {
     while let Some(incoming) = rx.recv().await {
         let mut delay = Duration::from_millis(100);
-        // PostgreSQL refuses NUL in text and JSONB: replace it in every string of the report
-        // first, so a script's `error("a\0b")` cannot jam the lane.
-        let report = without_nul(&incoming.message);
+        // Applied as received; only a report the database refuses as data is cleaned (and tried
+        // once more), so the common case pays nothing for it.
+        let mut cleaned: Option<RunnerReport> = None;
         loop {
-            match apply(&state, &report).await {
+            let report = cleaned.as_ref().unwrap_or(&incoming.message);
+            match apply(&state, report).await {
                 Ok(applied) => {
                     let m = &incoming.message;
                     match applied {
@@ -119,6 +120,10 @@ async fn lane(
                         tracing::warn!(error = %e, "Acknowledging a report failed.");
                     }
                     break;
+                }
+                Err(e) if is_data_error(&e) && cleaned.is_none() => {
+                    // PostgreSQL refuses NUL in text and JSONB: replace it in every string.
+                    cleaned = Some(without_nul(&incoming.message));
                 }
                 Err(e) if is_data_error(&e) => {
                     // Retrying cannot help a report the database refuses as data: it goes to the

@@ -93,29 +93,34 @@ impl TestOrchestrator {
 
     /// Stops it and removes its database, exchanges and queues.
     pub async fn stop(self) {
-        let classes: Vec<String> = match sqlx::PgConnection::connect(&self.database_url).await {
-            Ok(mut db) => sqlx::query_scalar("SELECT class_key FROM classes")
-                .fetch_all(&mut db)
-                .await
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-        if let Ok(broker) =
-            Broker::connect(AMQP, Topology::new(&self.namespace), Duration::from_secs(5)).await
-        {
-            let keys: Vec<&str> = classes.iter().map(String::as_str).collect();
-            let _ = broker.delete_topology(&keys).await;
-            broker.close().await;
-        }
-        if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            ))
+        remove(&self.database, &self.namespace).await;
+    }
+}
+
+/// Removes a test's database `database` and the exchanges and queues of `namespace` (the class
+/// queues found in that database). Best effort: a test's leftovers are also swept by
+/// `scripts/test.sh`.
+pub async fn remove(database: &str, namespace: &str) {
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let classes: Vec<String> = match sqlx::PgConnection::connect(&url).await {
+        Ok(mut db) => sqlx::query_scalar("SELECT class_key FROM classes")
+            .fetch_all(&mut db)
+            .await
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    if let Ok(broker) =
+        Broker::connect(AMQP, Topology::new(namespace), Duration::from_secs(5)).await
+    {
+        let keys: Vec<&str> = classes.iter().map(String::as_str).collect();
+        let _ = broker.delete_topology(&keys).await;
+        broker.close().await;
+    }
+    if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
             .execute(&mut admin)
             .await;
-        }
     }
 }

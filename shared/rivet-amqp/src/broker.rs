@@ -248,41 +248,10 @@ impl Broker {
         &self,
         runner_id: &str,
     ) -> Result<Subscription<RunnerControl>, AmqpError> {
-        let shared = self.shared().await?;
-        let channel = shared.open_channel("runner control").await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions::exclusive().auto_delete(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| AmqpError::Declare {
-                what: "queue",
-                name: "(server-named runner control queue)".into(),
-                source: Box::new(source),
-            })?;
-        let queue = queue.name().to_string();
-        bind(
-            &channel,
-            &queue,
+        self.subscribe_exclusive(
+            "runner control",
             &self.topology.runner_control_exchange(),
             runner_id,
-        )
-        .await?;
-        channel
-            .basic_qos(ANNOUNCEMENT_PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(|source| AmqpError::Consume {
-                queue: queue.clone(),
-                source: Box::new(source),
-            })?;
-        Subscription::start(
-            shared,
-            channel,
-            &queue,
-            "",
-            self.topology.dead_letter_exchange(),
         )
         .await
     }
@@ -344,8 +313,20 @@ impl Broker {
     /// the control exchange, consumed. Each subscription gets every announcement published after
     /// it started.
     pub async fn subscribe_announcements(&self) -> Result<Subscription<ClassAnnounce>, AmqpError> {
+        self.subscribe_exclusive("announcements", &self.topology.control_exchange(), "")
+            .await
+    }
+
+    /// A server-named, exclusive, auto-delete queue bound to `exchange` with `routing_key`,
+    /// consumed with a small prefetch: it lives exactly as long as this subscription.
+    async fn subscribe_exclusive<M: Message>(
+        &self,
+        purpose: &'static str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<Subscription<M>, AmqpError> {
         let shared = self.shared().await?;
-        let channel = shared.open_channel("announcements").await?;
+        let channel = shared.open_channel(purpose).await?;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -355,11 +336,11 @@ impl Broker {
             .await
             .map_err(|source| AmqpError::Declare {
                 what: "queue",
-                name: "(server-named announcement queue)".into(),
+                name: format!("(server-named {purpose} queue)"),
                 source: Box::new(source),
             })?;
         let queue = queue.name().to_string();
-        bind(&channel, &queue, &self.topology.control_exchange(), "").await?;
+        bind(&channel, &queue, exchange, routing_key).await?;
         channel
             .basic_qos(ANNOUNCEMENT_PREFETCH, BasicQosOptions::default())
             .await

@@ -435,32 +435,7 @@ impl Cluster {
             let _ = child.wait();
         }
         self.kill_orchestrator();
-        let classes: Vec<String> = match sqlx::PgConnection::connect(&self.database_url).await {
-            Ok(mut db) => sqlx::query_scalar("SELECT class_key FROM classes")
-                .fetch_all(&mut db)
-                .await
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        if let Ok(broker) = rivet_amqp::Broker::connect(
-            AMQP,
-            rivet_protocol::topology::Topology::new(&self.namespace),
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            let keys: Vec<&str> = classes.iter().map(String::as_str).collect();
-            let _ = broker.delete_topology(&keys).await;
-            broker.close().await;
-        }
-        if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            ))
-            .execute(&mut admin)
-            .await;
-        }
+        rivet_orchestrator::testing::remove(&self.database, &self.namespace).await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
