@@ -115,6 +115,41 @@ impl Engine {
             .enable_all()
             .build()
             .map_err(|e| ContainerError::Invalid(format!("starting the container runtime: {e}")))?;
+        match Self::probe(&rt, host, path) {
+            Ok((docker, version)) => {
+                let podman = version
+                    .components
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+                Ok(Arc::new(Self {
+                    docker,
+                    rt_slot: Some(rt),
+                    host: host.to_owned(),
+                    runner_id: runner_id.to_owned(),
+                    kind: if podman {
+                        EngineKind::Podman
+                    } else {
+                        EngineKind::Docker
+                    },
+                    version: version.version.unwrap_or_default(),
+                }))
+            }
+            Err(e) => {
+                // Dropping a runtime blocks, which panics when `connect` was called from async
+                // code (the runner's start-up probe, a test).
+                rt.shutdown_background();
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the client on `rt` and asks the engine for its version (5 s at most).
+    fn probe(
+        rt: &tokio::runtime::Runtime,
+        host: &str,
+        path: &str,
+    ) -> Result<(Docker, bollard::models::SystemVersion), ContainerError> {
         // The client's own timeout would cut long waits and log streams; every call sets its own.
         let docker = Docker::connect_with_unix(path, 7 * 86_400, &API_VERSION).map_err(|err| {
             ContainerError::Unreachable {
@@ -147,23 +182,7 @@ impl Engine {
                 ))
             })?
             .map_err(unreachable)?;
-        let podman = version
-            .components
-            .iter()
-            .flatten()
-            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
-        Ok(Arc::new(Self {
-            docker,
-            rt_slot: Some(rt),
-            host: host.to_owned(),
-            runner_id: runner_id.to_owned(),
-            kind: if podman {
-                EngineKind::Podman
-            } else {
-                EngineKind::Docker
-            },
-            version: version.version.unwrap_or_default(),
-        }))
+        Ok((docker, version))
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {

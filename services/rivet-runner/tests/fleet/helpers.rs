@@ -29,6 +29,8 @@ fn worker_program() -> PathBuf {
 }
 
 pub async fn start() -> Fleet {
+    // Silent unless RUST_LOG asks for output (debugging a failing test).
+    rivet_telemetry::init("fleet-test", "off");
     let orchestrator = rivet_orchestrator::testing::start(&worker_program()).await;
     let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(&orchestrator.namespace);
     Fleet {

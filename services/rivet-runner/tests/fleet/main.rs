@@ -185,3 +185,130 @@ async fn three_hundred_jobs_finish_exactly_once_with_complete_logs() {
     assert!(queues.iter().all(|q| q.depth == 0), "{queues:?}");
     fleet.stop().await;
 }
+
+/// A runner whose only slot is taken by a long job does not sit on a job an idle runner could
+/// run: with two one-slot runners busy with long jobs, a third long job and a short job of
+/// another class queued behind them, the short job runs as soon as a slot frees, not after the
+/// long job that took the other freed slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
+    let mut fleet = helpers::start().await;
+    fleet.runner_with_slots("one", &[], "", 1).await;
+    fleet.runner_with_slots("two", &[], "", 1).await;
+    fleet
+        .push(&pipeline(
+            "long",
+            "'process'",
+            "process.run{command = 'sleep', args = {'4'}}",
+        ))
+        .await;
+    fleet
+        .push(&pipeline("short", "", "log.info('quick')"))
+        .await;
+    let mut long = Vec::new();
+    for _ in 0..3 {
+        long.push(fleet.submit("long", json!({})).await);
+    }
+    let short = fleet.submit("short", json!({})).await;
+    let short_done = fleet.wait_final(short.id, Duration::from_secs(60)).await;
+    assert_eq!(short_done.state, JobState::Succeeded);
+    let mut long_done = Vec::new();
+    for job in &long {
+        let done = fleet.wait_final(job.id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, JobState::Succeeded);
+        long_done.push(done);
+    }
+    // Which long job waited is the broker's choice (the relay publishes a batch over several
+    // confirm channels, so jobs submitted within a millisecond have no order): it is the one
+    // that started last, once one of the first two had finished.
+    long_done.sort_by_key(|j| j.started_at_ms);
+    let (first_two, waited) = (&long_done[..2], &long_done[2]);
+    let first_free = first_two.iter().filter_map(|j| j.finished_at_ms).min();
+    assert!(
+        waited.started_at_ms >= first_free,
+        "the third long job started ({:?}) before either of the first two finished ({first_free:?}): were both slots busy?",
+        waited.started_at_ms
+    );
+    // The short job took a slot as soon as one freed, so it is done long before the long job
+    // that took the other freed slot (which runs 4 s).
+    assert!(
+        short_done.finished_at_ms < waited.finished_at_ms,
+        "the short job ({:?}) finished after the long job that waited for a slot ({:?})",
+        short_done.finished_at_ms,
+        waited.finished_at_ms
+    );
+    fleet.stop().await;
+}
+
+/// `container` jobs land only on a runner whose engine answered at start; there they run in
+/// the engine (Podman's API, `scripts/podman-setup.sh`), their output reaches the job's log,
+/// and nothing of theirs is left on the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn container_jobs_run_on_runners_with_an_engine_and_leave_nothing_behind() {
+    let host = std::env::var("RIVET_CONTAINER_HOST")
+        .unwrap_or_else(|_| "unix:///run/rivet-podman/podman.sock".into());
+    let engine = rivet_container::Engine::connect(&host, "fleet-test-probe").unwrap_or_else(|e| {
+        panic!(
+            "no container engine at {host} ({}): run `scripts/podman-setup.sh`",
+            e.describe()
+        )
+    });
+    let mut fleet = helpers::start().await;
+    let plain = fleet.runner("plain", &[], "").await;
+    let policy = "[container]\nimages = ['rivet-test/*']\n";
+    let podman = fleet
+        .runner_with_engine("podman", &[], policy, 2, Some(host.clone()))
+        .await;
+    let runners: Vec<rivet_protocol::http::RunnerView> = fleet.get("/runners").await;
+    let caps = |id: &str| {
+        runners
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.capabilities.clone())
+            .unwrap()
+    };
+    assert!(
+        !caps(&plain).contains(&"container".to_string()),
+        "{:?}",
+        caps(&plain)
+    );
+    for want in ["container", "container.podman"] {
+        assert!(
+            caps(&podman).contains(&want.to_string()),
+            "{:?}",
+            caps(&podman)
+        );
+    }
+
+    fleet
+        .push(&pipeline(
+            "in-a-container",
+            "'container'",
+            "local r = container.run{image = 'rivet-test/busybox', command = {'sh', '-c', 'echo from-container'}}\nassert(r.code == 0)",
+        ))
+        .await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(fleet.submit("in-a-container", json!({})).await);
+    }
+    for job in &jobs {
+        let done = fleet.wait_final(job.id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
+        assert_eq!(done.runner_id.as_deref(), Some(podman.as_str()));
+        let logs: LogPage = fleet.get(&format!("/jobs/{}/logs", job.id)).await;
+        assert!(
+            logs.lines
+                .iter()
+                .any(|l| l.source == "stdout" && l.line == "from-container"),
+            "{:?}",
+            logs.lines
+        );
+        let left = engine.job_containers(&job.id.to_string()).unwrap();
+        assert!(
+            left.is_empty(),
+            "containers left by job {}: {left:?}",
+            job.id
+        );
+    }
+    fleet.stop().await;
+}
