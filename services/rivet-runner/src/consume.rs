@@ -12,7 +12,7 @@
 use crate::job::{self, Claim};
 use crate::Runner;
 use redis::AsyncCommands;
-use rivet_amqp::{Incoming, Subscription};
+use rivet_amqp::{ConsumerChannel, Incoming, Subscription};
 use rivet_protocol::messages::{ClassAnnounce, ControlCommand, JobDispatch, RunnerControl};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -29,11 +29,13 @@ const HELD_RETRY: Duration = Duration::from_secs(2);
 /// How often the loop checks that the broker connection and its subscriptions are alive.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
-/// Active class subscriptions: class key → the token that stops its forwarding task.
+/// Active class subscriptions: class key → the token that stops its forwarding task. They share
+/// one channel, kept while the runner pauses and resumes (a consume is then one round trip).
 #[derive(Default)]
 struct Subscriptions {
     active: BTreeMap<String, CancellationToken>,
     tasks: JoinSet<()>,
+    channel: Option<ConsumerChannel>,
 }
 
 impl Subscriptions {
@@ -49,11 +51,20 @@ impl Subscriptions {
         }
         let queue = runner.broker.topology().class_queue(class_key);
         let tag = format!("{}:{class_key}", runner.id);
-        match runner
-            .broker
-            .consume::<JobDispatch>(&queue, prefetch, &tag)
-            .await
-        {
+        let channel = match self.channel.take().filter(ConsumerChannel::is_open) {
+            Some(c) => c,
+            None => match runner.broker.consumer_channel().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot open a channel for class queues.");
+                    return false;
+                }
+            },
+        };
+        let consumed = channel.consume::<JobDispatch>(&queue, prefetch, &tag).await;
+        // A failed consume closes the channel: the next start opens another.
+        self.channel = Some(channel);
+        match consumed {
             Ok(sub) => {
                 let stop = CancellationToken::new();
                 self.tasks.spawn(forward(sub, tx.clone(), stop.clone()));
@@ -73,6 +84,12 @@ impl Subscriptions {
             stop.cancel();
         }
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stops everything and forgets the channel (its connection died).
+    async fn reset(&mut self) {
+        self.stop_all().await;
+        self.channel = None;
     }
 
     /// Whether a forwarding task ended by itself (its subscription died with the connection).
@@ -228,7 +245,7 @@ impl Loop {
             }
         }
         if renew_classes {
-            self.subs.stop_all().await;
+            self.subs.reset().await;
         }
         if !self.paused {
             let free = self.slots.available_permits();

@@ -290,23 +290,23 @@ impl Broker {
         prefetch: u16,
         consumer_tag: &str,
     ) -> Result<Subscription<M>, AmqpError> {
+        self.consumer_channel()
+            .await?
+            .consume(queue, prefetch, consumer_tag)
+            .await
+    }
+
+    /// Opens a channel for consumers that come and go (a runner pausing and resuming its class
+    /// queues): consuming again on it costs one round trip, not a channel's opening and closing.
+    pub async fn consumer_channel(&self) -> Result<ConsumerChannel, AmqpError> {
         let shared = self.shared().await?;
         let channel = shared.open_channel("consuming").await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|source| AmqpError::Consume {
-                queue: queue.to_owned(),
-                source: Box::new(source),
-            })?;
-        Subscription::start(
+        Ok(ConsumerChannel {
             shared,
             channel,
-            queue,
-            consumer_tag,
-            self.topology.dead_letter_exchange(),
-        )
-        .await
+            dead_letter_exchange: self.topology.dead_letter_exchange(),
+            prefetch: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// Subscribes to class announcements: a server-named, exclusive, auto-delete queue bound to
@@ -521,5 +521,62 @@ mod tests {
         send(&broker.delete_topology(&[]));
         send(&sub.cancel());
         send(&sub.next());
+    }
+}
+
+/// A channel on which queues are consumed, each consumer with its own prefetch. It stays open
+/// while this handle, a [`Subscription`] started on it, or an [`Incoming`](crate::Incoming) of
+/// one lives. A failed consume (a missing queue) closes the channel: open another.
+pub struct ConsumerChannel {
+    shared: Arc<Shared>,
+    channel: Channel,
+    dead_letter_exchange: String,
+    /// The QoS last set on the channel (it applies to consumers started after it).
+    prefetch: tokio::sync::Mutex<Option<u16>>,
+}
+
+impl std::fmt::Debug for ConsumerChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerChannel")
+            .field("channel", &self.channel.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerChannel {
+    /// Consumes `queue` with at most `prefetch` unacknowledged deliveries for this consumer
+    /// (0: no limit); see [`Broker::consume`].
+    pub async fn consume<M: Message>(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        consumer_tag: &str,
+    ) -> Result<Subscription<M>, AmqpError> {
+        // Held across the QoS and the consume: another consume must not change the QoS between.
+        let mut current = self.prefetch.lock().await;
+        if *current != Some(prefetch) {
+            *current = None;
+            self.channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|source| AmqpError::Consume {
+                    queue: queue.to_owned(),
+                    source: Box::new(source),
+                })?;
+            *current = Some(prefetch);
+        }
+        Subscription::start(
+            Arc::clone(&self.shared),
+            self.channel.clone(),
+            queue,
+            consumer_tag,
+            self.dead_letter_exchange.clone(),
+        )
+        .await
+    }
+
+    /// Whether the channel is still usable (false once the connection or the channel closed).
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
     }
 }

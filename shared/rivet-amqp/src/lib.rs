@@ -22,7 +22,7 @@ mod error;
 mod publisher;
 mod subscription;
 
-pub use broker::{Broker, QueueStats};
+pub use broker::{Broker, ConsumerChannel, QueueStats};
 pub use error::AmqpError;
 pub use subscription::{Incoming, Subscription};
 

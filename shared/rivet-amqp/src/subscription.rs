@@ -25,9 +25,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// Longest wait for an ack or reject to be written (see [`Incoming::ack`]).
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
-/// A consumer of one queue on a channel of its own. Dropping it cancels the consumer; the channel
-/// closes once the subscription and every [`Incoming`] it returned are dropped, and then every
-/// delivery not settled goes back to the queue.
+/// A consumer of one queue, on a channel of its own ([`crate::Broker::consume`]) or a shared one
+/// ([`crate::ConsumerChannel`]). The channel closes once nothing holds it any more (the
+/// subscription, every [`Incoming`] it returned, the `ConsumerChannel`), and then every delivery
+/// not settled goes back to the queue.
 pub struct Subscription<M> {
     shared: Arc<Shared>,
     channel: Channel,
@@ -237,42 +238,13 @@ impl<M: Message> Subscription<M> {
         if self.ended.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.channel
-            .basic_cancel(
-                short("consumer tag", &self.consumer_tag)?,
-                BasicCancelOptions::default(),
-            )
-            .await
-            .map_err(|source| AmqpError::Cancel {
-                queue: self.queue.clone(),
-                consumer_tag: self.consumer_tag.clone(),
-                source: Box::new(source),
-            })?;
-        // Once the broker confirmed the cancel, lapin has queued the consumer's end behind the
-        // deliveries it buffered (prefetch). Cancelling does not return them to the queue (they
-        // stay unacknowledged on this channel), so reject each.
-        let mut buffered = self.consumer.clone();
-        let drain = async {
-            let mut requeued = 0u32;
-            while let Some(Ok(delivery)) = buffered.next().await {
-                if let Err(err) = delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: true })
-                    .await
-                {
-                    warn!(queue = %self.queue, error = %err, "Requeueing a buffered delivery failed.");
-                }
-                requeued += 1;
-            }
-            requeued
-        };
-        match tokio::time::timeout(DRAIN_LIMIT, drain).await {
-            Ok(requeued) => debug!(queue = %self.queue, requeued, "Consumer cancelled."),
-            Err(_) => {
-                warn!(queue = %self.queue, "Consumer cancelled; its buffered deliveries did not come back in time.")
-            }
-        }
-        Ok(())
+        cancel_consumer(
+            self.channel.clone(),
+            self.consumer.clone(),
+            self.consumer_tag.clone(),
+            self.queue.clone(),
+        )
+        .await
     }
 
     /// Moves a poison message to the dead-letter exchange, then acks it. If that publish fails the
@@ -317,6 +289,69 @@ impl<M: Message> Subscription<M> {
         if let Err(err) = settled {
             // The channel is gone; the consumer stream reports it next.
             warn!(queue = %self.queue, error = %err, "Settling a poison message failed.");
+        }
+    }
+}
+
+/// Cancels a consumer and puts back what it had buffered.
+async fn cancel_consumer(
+    channel: Channel,
+    consumer: Consumer,
+    consumer_tag: String,
+    queue: String,
+) -> Result<(), AmqpError> {
+    channel
+        .basic_cancel(
+            short("consumer tag", &consumer_tag)?,
+            BasicCancelOptions::default(),
+        )
+        .await
+        .map_err(|source| AmqpError::Cancel {
+            queue: queue.clone(),
+            consumer_tag: consumer_tag.clone(),
+            source: Box::new(source),
+        })?;
+    // Once the broker confirmed the cancel, lapin has queued the consumer's end behind the
+    // deliveries it buffered (prefetch). Cancelling does not return them to the queue (they stay
+    // unacknowledged on the channel), so reject each.
+    let mut buffered = consumer;
+    let drain = async {
+        let mut requeued = 0u32;
+        while let Some(Ok(delivery)) = buffered.next().await {
+            if let Err(err) = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await
+            {
+                warn!(queue = %queue, error = %err, "Requeueing a buffered delivery failed.");
+            }
+            requeued += 1;
+        }
+        requeued
+    };
+    match tokio::time::timeout(DRAIN_LIMIT, drain).await {
+        Ok(requeued) => debug!(queue = %queue, requeued, "Consumer cancelled."),
+        Err(_) => {
+            warn!(queue = %queue, "Consumer cancelled; its buffered deliveries did not come back in time.")
+        }
+    }
+    Ok(())
+}
+
+impl<M> Drop for Subscription<M> {
+    /// On a shared channel the consumer would outlive the subscription (and sit on what it
+    /// buffered): cancel it in the background unless it already ended.
+    fn drop(&mut self) {
+        if self.ended.swap(true, Ordering::AcqRel) || !self.channel.status().connected() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(cancel_consumer(
+                self.channel.clone(),
+                self.consumer.clone(),
+                self.consumer_tag.clone(),
+                self.queue.clone(),
+            ));
         }
     }
 }

@@ -481,6 +481,82 @@ async fn cancel_stops_deliveries_and_gives_unacked_messages_back() {
     broker.cleanup().await;
 }
 
+/// A runner pauses and resumes its class consumers on one channel: each consumer keeps its own
+/// prefetch, a cancelled one gives back what it buffered while the channel stays usable, and a
+/// subscription dropped without a cancel does not sit on messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_come_and_go_on_one_shared_channel() {
+    let broker = connect(&["a", "b"]).await;
+    let t = broker.topology().clone();
+    let (qa, qb) = (t.class_queue("a"), t.class_queue("b"));
+    for class in ["a", "b"] {
+        broker.declare_class(class).await.unwrap();
+        for _ in 0..3 {
+            broker.publish_job(&job(class, 1)).await.unwrap();
+        }
+    }
+    let channel = broker.consumer_channel().await.unwrap();
+    let mut on_a = channel.consume::<JobDispatch>(&qa, 1, "a").await.unwrap();
+    let mut on_b = channel.consume::<JobDispatch>(&qb, 2, "b").await.unwrap();
+    // Prefetch is per consumer: one of a's messages is out, two of b's.
+    for (queue, ready) in [(&qa, 2), (&qb, 1)] {
+        wait_for_stats(
+            &broker,
+            queue,
+            QueueStats {
+                messages: ready,
+                consumers: 1,
+            },
+        )
+        .await;
+    }
+    let from_a = recv(&mut on_a).await;
+    from_a.ack().await.unwrap();
+    within("cancel", on_b.cancel()).await.unwrap();
+    wait_for_stats(
+        &broker,
+        &qb,
+        QueueStats {
+            messages: 3,
+            consumers: 0,
+        },
+    )
+    .await;
+    assert!(within("the end of b", on_b.next()).await.is_none());
+
+    // The channel is still open: consume b again, then drop a without cancelling it.
+    assert!(channel.is_open());
+    let mut again = channel.consume::<JobDispatch>(&qb, 3, "b2").await.unwrap();
+    for _ in 0..3 {
+        recv(&mut again).await.ack().await.unwrap();
+    }
+    drop(on_a);
+    wait_for_stats(
+        &broker,
+        &qa,
+        QueueStats {
+            messages: 2,
+            consumers: 0,
+        },
+    )
+    .await;
+
+    // A consume of a missing queue fails and closes the channel; a new one works.
+    let missing = channel
+        .consume::<JobDispatch>(&t.class_queue("nowhere"), 1, "x")
+        .await;
+    assert!(missing.is_err());
+    drop(again);
+    let fresh = broker.consumer_channel().await.unwrap();
+    let mut on_a = fresh.consume::<JobDispatch>(&qa, 5, "a3").await.unwrap();
+    for _ in 0..2 {
+        recv(&mut on_a).await.ack().await.unwrap();
+    }
+    on_a.cancel().await.unwrap();
+    drop((on_a, fresh, channel));
+    broker.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_to_a_class_without_a_queue_is_an_error() {
     let broker = connect(&["ok"]).await;
