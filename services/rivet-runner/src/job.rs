@@ -306,20 +306,19 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
         token.clone(),
         entry.clone(),
     ));
-    reporter.send(ReportBody::Started).await;
-    if let Err(e) = delivery.ack().await {
-        tracing::warn!(job_id = %job.job_id, error = %e, "Acknowledging a job failed; its lease stops duplicates.");
-    }
-    // The job needs the message only: the delivery (and the consumer channel it keeps open) is
-    // released now, not when the job ends.
-    drop(delivery);
+    // The worker starts while `Started` is on its way (its events wait in the channel until
+    // `Started` is confirmed and sent first): starting a sandbox and the broker's confirm overlap
+    // instead of adding up. A runner that dies meanwhile takes its worker with it (parent-death
+    // signal) and the unacknowledged message is delivered again, as after a death just after
+    // `Started`.
     let workspace = runner
         .work_dir
         .join(format!("{}-{}", job.job_id, job.attempt));
-    let outcome = match std::fs::create_dir_all(&workspace) {
-        Err(e) => JobOutcome::Crashed {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let worker = match std::fs::create_dir_all(&workspace) {
+        Err(e) => Err(JobOutcome::Crashed {
             reason: format!("creating the workspace {}: {e}", workspace.display()),
-        },
+        }),
         Ok(()) => {
             let mut policy = runner.policy.clone();
             if let Some(ms) = job.timeout_ms {
@@ -345,14 +344,25 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
                 binaries: runner.binaries.clone(),
                 plugins: runner.plugins.clone(),
             };
-            let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
             let mut options = runner.worker.clone();
             options.cancel = Some(entry.cancel.clone());
-            let worker = tokio::task::spawn_blocking(move || {
+            Ok(tokio::task::spawn_blocking(move || {
                 rivet_sandbox::run_worker(&request, &options, |ev| {
                     let _ = tx.send(ev.clone());
                 })
-            });
+            }))
+        }
+    };
+    reporter.send(ReportBody::Started).await;
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(job_id = %job.job_id, error = %e, "Acknowledging a job failed; its lease stops duplicates.");
+    }
+    // The job needs the message only: the delivery (and the consumer channel it keeps open) is
+    // released now, not when the job ends.
+    drop(delivery);
+    let outcome = match worker {
+        Err(outcome) => outcome,
+        Ok(worker) => {
             loop {
                 let wait = reporter
                     .oldest
