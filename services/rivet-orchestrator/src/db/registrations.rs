@@ -209,9 +209,12 @@ pub async fn record_refusal(db: &PgPool, runner_id: &str, why: &str) -> sqlx::Re
     Ok(())
 }
 
+/// Labels by key.
+pub type Labels = BTreeMap<String, String>;
+
 /// Live registrations: name → (id, labels).
-pub async fn live(db: &PgPool) -> sqlx::Result<BTreeMap<String, (Uuid, BTreeMap<String, String>)>> {
-    let rows: Vec<(String, Uuid, Json<BTreeMap<String, String>>)> = sqlx::query_as(
+pub async fn live(db: &PgPool) -> sqlx::Result<BTreeMap<String, (Uuid, Labels)>> {
+    let rows: Vec<(String, Uuid, Json<Labels>)> = sqlx::query_as(
         "SELECT name, id, labels FROM runner_registrations WHERE revoked_at IS NULL",
     )
     .fetch_all(db)
