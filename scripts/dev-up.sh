@@ -31,8 +31,14 @@ for _ in $(seq 1 100); do
   kill -0 "$(cat .dev/orchestrator.pid)" 2>/dev/null || { echo "dev-up: the orchestrator died; see .dev/orchestrator.log" >&2; exit 1; }
   sleep 0.2
 done
+# Each runner gets a registration of its own (its id and labels come from it); one left by an
+# earlier run is revoked first, since a registration's token is shown only once.
 for i in $(seq 1 "$runners"); do
-  RIVET_RUNNER_ID="dev-runner-$i" RIVET_WORK_DIR="$PWD/.dev/work/runner-$i" RIVET_LABELS="dev=true" \
+  name="dev-runner-$i"
+  RIVET_URL=http://127.0.0.1:8080 RIVET_TOKEN="$token" "$bin/rivet" runner revoke "$name" >/dev/null 2>&1 || true
+  runner_token=$(RIVET_URL=http://127.0.0.1:8080 RIVET_TOKEN="$token" "$bin/rivet" runner register "$name" --label dev=true --json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+  RIVET_URL=http://127.0.0.1:8080 RIVET_RUNNER_TOKEN="$runner_token" RIVET_WORK_DIR="$PWD/.dev/work/runner-$i" \
     nohup "$bin/rivet-runner" > ".dev/runner-$i.log" 2>&1 &
   echo $! > ".dev/runner-$i.pid"
 done

@@ -48,6 +48,31 @@ pub fn generate() -> String {
     format!("rvt_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
+/// A new runner token: `rvr_` and 256 random bits in hex (a prefix of its own, so a leaked one
+/// is recognisable and never mistaken for an API token).
+pub fn generate_runner_token() -> String {
+    format!("rvr_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+/// A new session key: 256 bits from the operating system's random source, in hex
+/// ([`rivet_protocol::identity::SESSION_KEY_LEN`]).
+pub fn generate_session_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("drawing a session key from the OS random source: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The bearer secret of a request, if it has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
 /// Creates the admin token when no token exists: `given`, or a generated one printed once.
 pub async fn bootstrap(db: &PgPool, given: Option<&str>) -> anyhow::Result<()> {
     let mut tx = db.begin().await?;
@@ -81,14 +106,7 @@ pub async fn require_token(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let secret = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or(ApiError::Unauthorized)?;
+    let secret = bearer(req.headers()).ok_or(ApiError::Unauthorized)?;
     let row: Option<(bool,)> =
         sqlx::query_as("SELECT is_admin FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
             .bind(hash(secret))

@@ -28,6 +28,9 @@ pub enum ApiError {
     InvalidDefinition(Vec<Problem>),
     /// 422: inputs do not fit the definition.
     InvalidInputs(Vec<InputError>),
+    /// A security rule refused the request (`status`, rule as `area.rule`, message): the body's
+    /// code is `policy_violation` and its message reads `policy violation [rule]: message`.
+    Policy(StatusCode, &'static str, String),
     /// 409: the request does not fit the resource's state (`code`, message).
     Conflict(&'static str, String),
     /// 503: a service the orchestrator depends on cannot be reached right now.
@@ -97,6 +100,13 @@ impl IntoResponse for ApiError {
                 b.fields = fields;
                 (StatusCode::UNPROCESSABLE_ENTITY, b)
             }
+            Self::Policy(status, rule, why) => (
+                status,
+                body(
+                    "policy_violation",
+                    &format!("policy violation [{rule}]: {why}"),
+                ),
+            ),
             Self::Conflict(code, why) => (StatusCode::CONFLICT, body(code, &why)),
             Self::Unavailable(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "Request failed: a dependency is unavailable.");

@@ -1,12 +1,30 @@
 //! The live fleet as Redis shows it, and whether a requirement set can be scheduled on it.
+//!
+//! A presence record is the runner's word: its labels count for nothing. Only runners with a
+//! live registration count as live, with the labels an admin gave that registration (API-02).
 
 use crate::AppState;
 use redis::AsyncCommands;
 use rivet_protocol::http::Schedulability;
 use rivet_protocol::redis_keys::RunnerPresence;
 
-/// Every runner whose presence record has not expired.
-pub async fn live_runners(state: &AppState) -> redis::RedisResult<Vec<RunnerPresence>> {
+/// Every runner with a live registration whose presence record has not expired, with its
+/// registration's labels in place of whatever the record says.
+pub async fn live_runners(state: &AppState) -> anyhow::Result<Vec<RunnerPresence>> {
+    let presences = presences(state).await?;
+    let registered = crate::db::registrations::live(&state.db).await?;
+    Ok(presences
+        .into_iter()
+        .filter_map(|mut p| {
+            let (_, labels) = registered.get(&p.id)?;
+            p.labels = labels.clone();
+            Some(p)
+        })
+        .collect())
+}
+
+/// Every presence record that has not expired, as written (labels included).
+pub async fn presences(state: &AppState) -> redis::RedisResult<Vec<RunnerPresence>> {
     let mut conn = state.redis.clone();
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;

@@ -111,7 +111,7 @@ impl AppState {
     /// reports; listings read Redis every time).
     pub async fn recent_runners(
         &self,
-    ) -> redis::RedisResult<Arc<Vec<rivet_protocol::redis_keys::RunnerPresence>>> {
+    ) -> anyhow::Result<Arc<Vec<rivet_protocol::redis_keys::RunnerPresence>>> {
         let mut seen = self.runners_seen.lock().await;
         if let Some((at, runners)) = seen.as_ref() {
             if at.elapsed() < Duration::from_millis(500) {

@@ -22,6 +22,12 @@ pub enum Applied {
     /// token. Counted on the attempt and logged as a security event; the runner it names is not
     /// told to stop (that would let a forger cancel other people's jobs).
     Forged(&'static str),
+    /// A `Started` refused by the runner identity policy (API-02): the runner is not a live
+    /// registration, did not sign it with its current session, or lacks a label the job
+    /// requires. The text is the `policy violation [runner.*]: ...` message. The attempt ended
+    /// `lost` with it and the next one is queued for another runner; the refusal is counted on
+    /// the registration and the runner is told to stop the attempt.
+    Refused(String),
 }
 
 /// Reports applied at once, each lane in order: a job's reports always take the same lane.
@@ -114,6 +120,10 @@ async fn lane(
                         Applied::Forged(why) => {
                             tracing::warn!(security = true, job_id = %m.job_id, attempt = m.attempt,
                                 claimed_runner = %m.runner_id, why, "Refused a forged runner report.");
+                        }
+                        Applied::Refused(violation) => {
+                            tracing::warn!(security = true, job_id = %m.job_id, attempt = m.attempt,
+                                runner = %m.runner_id, "{violation}");
                         }
                     }
                     if let Err(e) = incoming.ack().await {
@@ -213,6 +223,9 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
             record_forged(state, job, attempt).await;
             return Ok(Applied::Forged("`Started` without a valid attempt token"));
         }
+        if let Some(violation) = identity_violation(state, report).await? {
+            return refuse_start(state, report, violation).await;
+        }
         return Ok(
             match db::jobs::start(&state.db, job, attempt, runner, token).await? {
                 db::jobs::Start::Started => Applied::Stored,
@@ -282,6 +295,87 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
         crate::fence::release_lease(state, job, &lease_value(runner, attempt, token)).await;
     }
     Ok(Applied::Stored)
+}
+
+/// Why the runner of a `Started` report may not start the attempt (API-02), if it may not: it
+/// must be a live registration, the report must carry the MAC of its current session, and the
+/// registration's labels (assigned by an admin, never the runner's own) must cover every
+/// `label:` requirement of the job. Capabilities are not checked: they describe the machine,
+/// and a runner that lacks one fails the job, it gains nothing.
+async fn identity_violation(
+    state: &AppState,
+    report: &RunnerReport,
+) -> anyhow::Result<Option<String>> {
+    let (job, runner) = (report.job_id, report.runner_id.as_str());
+    let Some(check) = db::registrations::start_check(&state.db, job, runner).await? else {
+        // No such job: `db::jobs::start` refuses it.
+        return Ok(None);
+    };
+    let (Some(_), Some(labels)) = (check.registration, check.labels) else {
+        return Ok(Some(format!(
+            "policy violation [runner.identity]: runner `{runner}` is not a live registration \
+             (unknown or revoked); it may not start jobs"
+        )));
+    };
+    let signed = check.session_key.as_deref().is_some_and(|key| {
+        rivet_protocol::identity::verify_started_mac(
+            key,
+            job,
+            report.attempt,
+            runner,
+            &report.token,
+            &report.session_mac,
+        )
+    });
+    if !signed {
+        return Ok(Some(format!(
+            "policy violation [runner.identity]: `Started` of runner `{runner}` is not signed \
+             with its registration's current session"
+        )));
+    }
+    let have: std::collections::BTreeSet<String> = labels
+        .0
+        .iter()
+        .map(|(k, v)| format!("label:{k}={v}"))
+        .collect();
+    let missing: Vec<&str> = check
+        .requires
+        .iter()
+        .filter(|r| r.starts_with("label:") && !have.contains(*r))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Some(format!(
+            "policy violation [runner.labels]: runner `{runner}` is not assigned {} that the job \
+             requires",
+            missing.join(", ")
+        )));
+    }
+    Ok(None)
+}
+
+/// Refuses a `Started` for `violation`: counted on the runner's registration, the attempt ends
+/// `lost` with the violation and the next attempt is queued at once (fence moved before the
+/// refused runner's lease is released, as when an attempt ends), and the runner is told to stop
+/// the attempt.
+async fn refuse_start(
+    state: &AppState,
+    report: &RunnerReport,
+    violation: String,
+) -> anyhow::Result<Applied> {
+    let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
+    if let Err(e) = db::registrations::record_refusal(&state.db, runner, &violation).await {
+        tracing::warn!(job_id = %job, runner = %runner, error = %e, "Counting a refused start failed.");
+    }
+    if let db::attempts::Ended::Retrying { attempt: next } =
+        db::attempts::refuse_start(&state.db, job, attempt, &violation).await?
+    {
+        crate::fence::open(state, job, next).await;
+        state.relay_wakeup.notify_one();
+        crate::fence::release_lease(state, job, &lease_value(runner, attempt, &report.token)).await;
+    }
+    crate::fence::order_cancel(state, runner, job, attempt, &violation).await;
+    Ok(Applied::Refused(violation))
 }
 
 /// Applies one report body of a running attempt in `tx`. Returns how the attempt ended, if it did.
@@ -384,6 +478,7 @@ mod tests {
             attempt: 1,
             runner_id: "r\0x".into(),
             token: String::new(),
+            session_mac: String::new(),
             body: ReportBody::Batch {
                 bodies: vec![
                     ReportBody::Logs {

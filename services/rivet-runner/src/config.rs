@@ -1,7 +1,6 @@
 //! The runner's configuration: flags and `RIVET_*` environment variables in one place.
 
 use clap::Parser;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A Rivet runner: consumes the class queues it can serve and runs jobs in sandbox workers.
@@ -25,15 +24,27 @@ pub struct Config {
     /// Prefix of every exchange, queue and Redis key; must match the orchestrator's.
     #[arg(long, env = "RIVET_NAMESPACE", default_value = "rivet")]
     pub namespace: String,
-    /// This runner's id (default: host name, process id and a random suffix).
-    #[arg(long, env = "RIVET_RUNNER_ID")]
-    pub id: Option<String>,
+    /// The orchestrator's URL: the runner registers there at start.
+    #[arg(long, env = "RIVET_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// This runner's token, from `rivet runner register NAME` (an admin command). It names the
+    /// runner's registration, which gives the runner its id and its labels. Prefer the
+    /// environment variable: command lines are visible to other users of the machine.
+    #[arg(long, env = "RIVET_RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<RunnerToken>,
     /// Jobs run at once.
     #[arg(long, env = "RIVET_SLOTS", default_value_t = 2)]
     pub slots: u32,
-    /// A label, as KEY=VALUE (repeatable; in the environment, comma-separated).
-    #[arg(long = "label", env = "RIVET_LABELS", value_delimiter = ',', value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
+    /// No longer accepted: labels are assigned by an admin to the runner's registration
+    /// (`rivet runner register NAME --label KEY=VALUE`). Set, the runner refuses to start
+    /// rather than silently ignore it.
+    #[arg(
+        long = "label",
+        env = "RIVET_LABELS",
+        value_delimiter = ',',
+        hide = true
+    )]
+    pub labels: Vec<String>,
     /// Directory of Lua plugins (added to the built-in ones).
     #[arg(long, env = "RIVET_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
@@ -62,27 +73,21 @@ pub struct Config {
     pub drain_grace: std::time::Duration,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("label `{s}` is not KEY=VALUE"))?;
-    let ok = |p: &str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    };
-    if !ok(k) || !ok(v) {
-        return Err(format!(
-            "label `{s}`: keys and values are letters, digits, `_`, `-` and `.`"
-        ));
+/// A runner token: a credential, so its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RunnerToken(pub String);
+
+impl std::fmt::Debug for RunnerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunnerToken(***)")
     }
-    Ok((k.to_owned(), v.to_owned()))
 }
 
-impl Config {
-    /// Labels as a map.
-    pub fn label_map(&self) -> BTreeMap<String, String> {
-        self.labels.iter().cloned().collect()
+impl std::str::FromStr for RunnerToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.trim().to_owned()))
     }
 }
 

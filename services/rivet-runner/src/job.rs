@@ -144,12 +144,25 @@ impl Reporter<'_> {
     /// confirms it: a report is never dropped. One published twice after an ambiguous failure is
     /// applied once (the orchestrator is idempotent).
     async fn send(&self, body: ReportBody) {
+        // Only `Started` is signed: it binds the attempt token to this runner's session, and
+        // every later report is fenced by that token.
+        let session_mac = match body {
+            ReportBody::Started => rivet_protocol::identity::started_mac(
+                &self.runner.session_key,
+                self.job.job_id,
+                self.job.attempt,
+                &self.runner.id,
+                &self.token,
+            ),
+            _ => String::new(),
+        };
         let report = RunnerReport {
             schema: SCHEMA_VERSION,
             job_id: self.job.job_id,
             attempt: self.job.attempt,
             runner_id: self.runner.id.clone(),
             token: self.token.clone(),
+            session_mac,
             body,
         };
         let publish = || async {

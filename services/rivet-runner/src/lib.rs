@@ -1,5 +1,6 @@
-//! A Rivet runner: stateless and horizontally scaled. It advertises its capabilities and labels
-//! in Redis, consumes every class queue whose requirement set it covers (learning new classes
+//! A Rivet runner: stateless and horizontally scaled. It registers with the orchestrator using
+//! its runner token (which gives it its id, the labels an admin assigned and a session key that
+//! signs its `Started` reports), advertises its capabilities and those labels in Redis, consumes every class queue whose requirement set it covers (learning new classes
 //! from announcements), takes a lease per job, acknowledges at once, renews the lease while the
 //! job runs in a sandbox worker process, and streams stage events, log batches and the result
 //! back over the job's `reply_to` queue.
@@ -8,6 +9,7 @@
 //! - [`consume`]: class subscriptions, paused while every slot is busy (prefetch = free slots).
 //! - [`job`]: one attempt: lease, worker, reports.
 //! - [`presence`]: the Redis presence record.
+//! - [`register`]: joining the orchestrator with the runner token.
 //!
 //! Depends on shared crates only; never on the orchestrator.
 
@@ -16,8 +18,9 @@ mod config;
 mod consume;
 mod job;
 mod presence;
+mod register;
 
-pub use config::Config;
+pub use config::{Config, RunnerToken};
 
 use anyhow::Context;
 use rivet_amqp::Broker;
@@ -33,8 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 /// What every job of this runner shares.
 pub struct Runner {
-    /// This runner's id.
+    /// This runner's id: its registration's name, as the orchestrator said.
     pub id: String,
+    /// The key of this runner's session, from its registration: signs `Started` reports.
+    pub session_key: String,
     /// RabbitMQ.
     pub broker: Broker,
     /// Redis.
@@ -49,7 +54,7 @@ pub struct Runner {
     pub plugins: BTreeMap<String, String>,
     /// Capabilities advertised.
     pub capabilities: Vec<String>,
-    /// Labels advertised.
+    /// Labels advertised and consumed by: the ones an admin assigned to its registration.
     pub labels: BTreeMap<String, String>,
     /// Slots.
     pub slots: u32,
@@ -142,17 +147,6 @@ impl Runner {
     }
 }
 
-fn default_id() -> String {
-    let host =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "runner".into());
-    format!(
-        "{}-{}-{}",
-        host.trim(),
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    )
-}
-
 /// Connects, advertises itself and runs jobs until `shutdown` (SIGINT/SIGTERM) or a drain order;
 /// then drains: stops consuming, lets running jobs finish within the drain grace period (then
 /// cancels them, saying why), flushes their reports and removes its presence.
@@ -168,13 +162,54 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if config.slots == 0 {
         anyhow::bail!("--slots must be at least 1");
     }
+    if !config.labels.is_empty() {
+        anyhow::bail!(
+            "policy violation [runner.labels]: a runner cannot declare its labels (--label, \
+             RIVET_LABELS); an admin assigns them to its registration: \
+             `rivet runner register NAME --label KEY=VALUE`"
+        );
+    }
+    let Some(token) = config.token.clone().filter(|t| !t.0.is_empty()) else {
+        anyhow::bail!(
+            "policy violation [runner.identity]: no runner token: set RIVET_RUNNER_TOKEN or pass \
+             --token (an admin creates one with `rivet runner register NAME`)"
+        );
+    };
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("creating the work directory {}", config.work_dir.display()))?;
     let binaries = rivet_sandbox::job::resolve_binaries(&policy.process);
     let plugins =
         rivet_sandbox::plugins::catalog(config.plugin_dir.as_deref()).context("reading plugins")?;
-    let labels = config.label_map();
-    let id = config.id.clone().unwrap_or_else(default_id);
+    // What the machine offers, as far as it is known before the runner has an identity (the
+    // container engine is probed without one; plugins that need a label are added once the
+    // labels are known).
+    let probed: Vec<&'static str> = match &config.container_host {
+        Some(host) => probe_engine(host.clone()).await,
+        None => Vec::new(),
+    };
+    let (detected, _) = capabilities::detect(
+        &plugins,
+        &binaries,
+        &BTreeMap::new(),
+        &policy.limits,
+        &probed,
+    );
+    let redis_client =
+        redis::Client::open(config.redis_url.as_str()).context("parsing the Redis URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis_client)
+        .await
+        .context("connecting to Redis")?;
+    let broker = Broker::connect(
+        &config.amqp_url,
+        Topology::new(&config.namespace),
+        Duration::from_secs(30),
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
+    // Registering writes the first presence record (10 s to live): everything slow is done
+    // before it, except connecting the container engine, which needs the runner's id.
+    let session = register::register(&config.url, &token, &detected, config.slots).await?;
+    let (id, labels) = (session.runner_id.clone(), session.labels.clone());
     let engine = match &config.container_host {
         Some(host) => connect_engine(host.clone(), id.clone()).await,
         None => None,
@@ -192,18 +227,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating the runner executable")?,
     };
-    let redis_client =
-        redis::Client::open(config.redis_url.as_str()).context("parsing the Redis URL")?;
-    let redis = redis::aio::ConnectionManager::new(redis_client)
-        .await
-        .context("connecting to Redis")?;
-    let broker = Broker::connect(
-        &config.amqp_url,
-        Topology::new(&config.namespace),
-        Duration::from_secs(30),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
     // Created once: the runner-wide HTTP limits hold across all of this runner's jobs.
     let mut host = rivet_sandbox::HostServices::new(&policy);
     if let Some(engine) = engine {
@@ -212,6 +235,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let host = Arc::new(host);
     let runner = Arc::new(Runner {
         id,
+        session_key: session.session_key,
         broker,
         redis,
         keys: Keys::new(&config.namespace),
@@ -244,6 +268,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = presence.await;
     runner.broker.close().await;
     result
+}
+
+/// What the container engine at `host` offers (`container`, `container.podman`), asked before
+/// the runner knows its id; nothing when it does not answer.
+async fn probe_engine(host: String) -> Vec<&'static str> {
+    let probed = tokio::task::spawn_blocking(move || {
+        rivet_container::Engine::connect(&host, "probe").map(|e| e.capabilities().to_vec())
+    })
+    .await;
+    match probed {
+        Ok(Ok(caps)) => caps,
+        _ => Vec::new(),
+    }
 }
 
 /// Connects to the container engine and removes what an earlier run of this runner left behind

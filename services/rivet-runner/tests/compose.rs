@@ -85,6 +85,15 @@ fn the_compose_file_describes_a_healthy_deployment() {
                     svc.get("privileged").is_none(),
                     "runners are never privileged"
                 );
+                // API-02: a runner's identity and labels come from its registration.
+                let env = &svc["environment"];
+                for needed in ["RIVET_URL", "RIVET_RUNNER_TOKEN"] {
+                    assert!(env.get(needed).is_some(), "{name} does not set {needed}");
+                }
+                assert!(
+                    env.get("RIVET_LABELS").is_none(),
+                    "{name} declares its own labels; an admin assigns them"
+                );
                 &runner_env
             }
             _ => continue,

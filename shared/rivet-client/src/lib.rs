@@ -15,8 +15,9 @@ pub use error::ClientError;
 
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use rivet_protocol::http::{
-    ApiError, CreateRun, CreateToken, JobState, JobView, LogPage, PipelineSummary, PipelineView,
-    PushPipeline, QueueView, RunnerView, TokenView,
+    ApiError, CreateRun, CreateRunnerRegistration, CreateToken, JobState, JobView, LogPage,
+    PipelineSummary, PipelineView, PushPipeline, QueueView, RegisterRunner, RunnerRegistrationView,
+    RunnerSession, RunnerView, TokenView,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -242,6 +243,56 @@ impl Client {
         self.send(self.http.delete(self.api(&["tokens", &id.to_string()])))
             .await
             .map(drop)
+    }
+
+    /// `POST /api/v1/runners/registrations` (admin tokens only): a runner identity with the
+    /// labels it gets; its token (`secret`) is shown this once.
+    pub async fn create_runner_registration(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<RunnerRegistrationView> {
+        let body = CreateRunnerRegistration {
+            name: name.to_owned(),
+            labels: labels.clone(),
+        };
+        self.json(
+            self.http
+                .post(self.api(&["runners", "registrations"]))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/runners/registrations` (admin tokens only): every registration, without
+    /// tokens.
+    pub async fn runner_registrations(&self) -> Result<Vec<RunnerRegistrationView>> {
+        self.json(self.http.get(self.api(&["runners", "registrations"])))
+            .await
+    }
+
+    /// `DELETE /api/v1/runners/registrations/{id}` (admin tokens only; an id or a name): revokes
+    /// a registration, ending its runner's session.
+    pub async fn revoke_runner_registration(
+        &self,
+        id_or_name: &str,
+    ) -> Result<RunnerRegistrationView> {
+        self.json(
+            self.http
+                .delete(self.api(&["runners", "registrations", id_or_name])),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/runners/register`, for a client made with a runner token (not an API
+    /// token): the runner joins and gets its id, its assigned labels and a session key.
+    pub async fn register_runner(&self, body: &RegisterRunner) -> Result<RunnerSession> {
+        self.json(
+            self.http
+                .post(self.api(&["runners", "register"]))
+                .json(body),
+        )
+        .await
     }
 
     /// `GET /healthz` (no token): whether the process answers.

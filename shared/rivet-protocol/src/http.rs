@@ -272,8 +272,12 @@ pub struct RunnerView {
     pub status: String,
     /// Capabilities.
     pub capabilities: Vec<String>,
-    /// Labels.
+    /// Labels: the ones an admin gave its registration (never what the runner says).
     pub labels: BTreeMap<String, String>,
+    /// The registration it runs as (its id is the registration's name); `None` for a runner
+    /// whose registration was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Uuid>,
     /// Slots.
     pub slots: u32,
     /// Running jobs.
@@ -324,6 +328,94 @@ pub struct TokenView {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// `POST /api/v1/runners/registrations` (admin tokens only): a runner identity with the labels
+/// it gets. The answer carries the runner's token, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CreateRunnerRegistration {
+    /// The runner's name, which is also its runner id (1-64 letters, digits, `_`, `-`, `.`);
+    /// unique among registrations that are not revoked.
+    pub name: String,
+    /// The labels its runner advertises and may take jobs by (`region` → `eu`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A runner registration; `secret` (the runner's token) is present only in the answer that
+/// created it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerRegistrationView {
+    /// Id.
+    pub id: Uuid,
+    /// Name: the runner id of the runner that uses it.
+    pub name: String,
+    /// Labels assigned by an admin.
+    pub labels: BTreeMap<String, String>,
+    /// The runner's token (`RIVET_RUNNER_TOKEN`), shown once. Stored as a SHA-256 hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Created, Unix ms.
+    pub created_at_ms: i64,
+    /// Revoked, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<i64>,
+    /// When a runner last joined with it, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at_ms: Option<i64>,
+    /// What that runner detected about its machine (capabilities are not trust: they are not
+    /// assigned).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Its slots, as it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// Its Rivet version, as it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// How many `Started` reports naming this runner were refused (`policy violation
+    /// [runner.identity]` or `[runner.labels]`).
+    #[serde(default)]
+    pub refused_starts: i64,
+}
+
+/// `POST /api/v1/runners/register`, with the runner's token as bearer: what the runner detected
+/// about its machine. Labels are not part of it: an admin assigns them (a body carrying
+/// `labels` is refused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RegisterRunner {
+    /// Capabilities it detected (`process`, `plugin.git`, `container.podman`).
+    pub capabilities: Vec<String>,
+    /// Jobs it runs at once.
+    pub slots: u32,
+    /// Its Rivet version.
+    pub version: String,
+}
+
+/// The answer to [`RegisterRunner`]: who the runner is and what it may take.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunnerSession {
+    /// The runner id to use everywhere (presence, reports, leases): the registration's name.
+    pub runner_id: String,
+    /// The registration.
+    pub registration_id: Uuid,
+    /// The labels an admin assigned: the only ones the runner advertises and consumes by.
+    pub labels: BTreeMap<String, String>,
+    /// 256 random bits in hex, valid until the runner registers again or the registration is
+    /// revoked: signs `Started` reports (`rivet_protocol::identity`). Never sent on the broker.
+    pub session_key: String,
+}
+
+impl std::fmt::Debug for RunnerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The session key is a credential: never in logs or panic messages.
+        f.debug_struct("RunnerSession")
+            .field("runner_id", &self.runner_id)
+            .field("registration_id", &self.registration_id)
+            .field("labels", &self.labels)
+            .field("session_key", &"***")
+            .finish()
+    }
+}
+
 /// All HTTP bodies, for one generated schema file.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ApiSchemas {
@@ -349,6 +441,14 @@ pub struct ApiSchemas {
     pub create_token: CreateToken,
     /// Token view.
     pub token_view: TokenView,
+    /// Registration body.
+    pub create_runner_registration: CreateRunnerRegistration,
+    /// Registration view.
+    pub runner_registration_view: RunnerRegistrationView,
+    /// A runner joining.
+    pub register_runner: RegisterRunner,
+    /// What a joining runner gets.
+    pub runner_session: RunnerSession,
     /// Input errors as `rivet run` shows them.
     pub input_errors: Vec<InputError>,
 }

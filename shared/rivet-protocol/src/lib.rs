@@ -10,6 +10,7 @@
 //! Depends on `rivet-core` and serialisation crates only: no I/O.
 
 pub mod http;
+pub mod identity;
 pub mod messages;
 pub mod redis_keys;
 pub mod topology;

@@ -64,6 +64,11 @@ pub struct RunnerReport {
     /// always refused.
     #[serde(default)]
     pub token: String,
+    /// On `Started` only: HMAC-SHA256 of the job, attempt, runner id and attempt token with the
+    /// runner's session key ([`crate::identity::started_mac`]), proving which registration
+    /// started the attempt. Empty elsewhere; a `Started` without a valid one is refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session_mac: String,
     /// What happened.
     pub body: ReportBody,
 }

@@ -108,12 +108,14 @@ pub fn write(dir: &Path, name: &str, body: &str) -> String {
     path.display().to_string()
 }
 
-/// Plays a runner: takes the next job of class `process` and reports what it is told to.
+/// Plays a runner: takes the next job of class `process` and reports what it is told to. It
+/// has a registration of its own and a session, as a runner does (API-02).
 pub struct FakeRunner {
     broker: Broker,
     redis: redis::aio::ConnectionManager,
     keys: Keys,
     id: String,
+    session_key: String,
 }
 
 /// A job the fake runner took.
@@ -130,11 +132,26 @@ impl FakeRunner {
         let redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
             .await
             .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
+        let admin = rivet_client::Client::new(&app.url, app.token.as_str()).unwrap();
+        let registration = admin
+            .create_runner_registration("fake-runner", &Default::default())
+            .await
+            .expect("creating the fake runner's registration");
+        let session = rivet_client::Client::new(&app.url, registration.secret.unwrap())
+            .unwrap()
+            .register_runner(&rivet_protocol::http::RegisterRunner {
+                capabilities: vec!["process".into()],
+                slots: 1,
+                version: "test".into(),
+            })
+            .await
+            .expect("the fake runner registers");
         FakeRunner {
             broker,
             redis,
             keys: Keys::new(&app.namespace),
-            id: "fake-runner".into(),
+            id: session.runner_id,
+            session_key: session.session_key,
         }
     }
 
@@ -208,12 +225,23 @@ impl FakeRunner {
             ReportBody::Finished { outcome },
         ];
         for body in bodies {
+            let session_mac = match body {
+                ReportBody::Started => rivet_protocol::identity::started_mac(
+                    &self.session_key,
+                    taken.job.job_id,
+                    taken.job.attempt,
+                    &self.id,
+                    FAKE_ATTEMPT_TOKEN,
+                ),
+                _ => String::new(),
+            };
             let report = RunnerReport {
                 schema: SCHEMA_VERSION,
                 job_id: taken.job.job_id,
                 attempt: taken.job.attempt,
                 runner_id: self.id.clone(),
                 token: FAKE_ATTEMPT_TOKEN.into(),
+                session_mac,
                 body,
             };
             self.broker

@@ -383,3 +383,96 @@ async fn jobs_are_cancelled_and_retried_and_runners_drained_from_the_cli() {
     );
     app.stop().await;
 }
+
+/// API-02 from the CLI: an admin registers a runner with its labels (the token printed once),
+/// lists registrations and revokes one by name; a runner token opens no API route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_registrations_are_created_listed_and_revoked_from_the_cli() {
+    use rivet_protocol::http::RunnerRegistrationView;
+    let app = spawn_app().await;
+    let out = app
+        .rivet(&[
+            "runner",
+            "register",
+            "build-eu",
+            "--label",
+            "region=eu",
+            "--label",
+            "deploy=yes",
+        ])
+        .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("registered runner build-eu (")
+            && stdout.contains("with labels: deploy=yes, region=eu\n"),
+        "{stdout}"
+    );
+    let token = stdout.lines().last().unwrap();
+    assert!(token.starts_with("rvr_"), "{stdout}");
+
+    let out = app
+        .rivet(&[
+            "runner", "register", "gpu-1", "--label", "gpu=yes", "--json",
+        ])
+        .await;
+    let gpu: RunnerRegistrationView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(gpu.labels["gpu"], "yes");
+    assert!(gpu.secret.as_deref().is_some_and(|s| s.starts_with("rvr_")));
+    let out = app.rivet(&["runner", "register", "gpu-1"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("registration_exists"),
+        "{}",
+        text(&out).1
+    );
+
+    let out = app.rivet(&["runner", "registrations", "--json"]).await;
+    let all: Vec<RunnerRegistrationView> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["build-eu", "gpu-1"]);
+    assert!(
+        all.iter().all(|r| r.secret.is_none()),
+        "tokens are shown once"
+    );
+    let out = app.rivet(&["runner", "registrations"]).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("NAME "), "{stdout}");
+    assert!(stdout.contains("deploy=yes, region=eu"), "{stdout}");
+
+    // A runner token is no API token.
+    let mut cmd = app.command(&["runner", "ls"]);
+    cmd.env("RIVET_TOKEN", token);
+    let out = wait(
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("(401 unauthorized)"),
+        "{}",
+        text(&out).1
+    );
+
+    let out = app.rivet(&["runner", "revoke", "build-eu", "--json"]).await;
+    let revoked: RunnerRegistrationView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(revoked.name, "build-eu");
+    assert!(revoked.revoked_at_ms.is_some());
+    let out = app.rivet(&["runner", "revoke", &gpu.id.to_string()]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("revoked runner gpu-1 ("), "{stdout}");
+    let out = app.rivet(&["runner", "revoke", "build-eu"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out)
+            .1
+            .contains("no live runner registration `build-eu`"),
+        "{}",
+        text(&out).1
+    );
+    app.stop().await;
+}

@@ -4,6 +4,7 @@ mod body;
 mod fleet;
 mod jobs;
 mod pipelines;
+mod registrations;
 mod tokens;
 
 use crate::auth;
@@ -31,6 +32,11 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/retry", post(jobs::retry))
         .route("/runners", get(fleet::runners))
         .route("/runners/{id}/drain", post(fleet::drain))
+        .route(
+            "/runners/registrations",
+            post(registrations::create).get(registrations::list),
+        )
+        .route("/runners/registrations/{id}", delete(registrations::revoke))
         .route("/queues", get(fleet::queues))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke))
@@ -39,11 +45,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
+    // Runners authenticate with their own token (`registrations::RunnerToken`), not an API
+    // token, so this route is outside `require_token`.
+    let runner_api = Router::new().route("/runners/register", post(registrations::register));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/dashboard", get(dashboard))
-        .nest("/api/v1", api)
+        .nest("/api/v1", runner_api.merge(api))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -157,6 +157,49 @@ async fn queue_attempt(
     Ok(())
 }
 
+/// Refuses attempt `attempt` of a queued job before it ran (API-02: its `Started` came from a
+/// runner that may not run it): the attempt ends `lost` with `reason`, and the next attempt is
+/// queued at once whatever the job's retry rule says (the job never ran, so no retry is used
+/// up; a legitimate runner takes it). [`Ended::Stale`] when the job is not waiting for that
+/// attempt any more.
+pub async fn refuse_start(
+    db: &PgPool,
+    job_id: Uuid,
+    attempt: u32,
+    reason: &str,
+) -> sqlx::Result<Ended> {
+    let mut tx = db.begin().await?;
+    let Some(cur) = lock(&mut tx, job_id).await? else {
+        return Ok(Ended::Stale);
+    };
+    if cur.attempt as u32 != attempt || cur.state != "queued" {
+        return Ok(Ended::Stale);
+    }
+    let outcome = JobOutcome::Lost {
+        reason: reason.to_owned(),
+    };
+    sqlx::query(
+        "UPDATE attempts SET state = 'lost', outcome = $3, finished_at = now() \
+         WHERE job_id = $1 AND attempt = $2",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(Json(&outcome))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .execute(&mut *tx)
+    .await?;
+    let next = attempt + 1;
+    queue_attempt(&mut tx, job_id, next, Duration::ZERO).await?;
+    tx.commit().await?;
+    Ok(Ended::Retrying { attempt: next })
+}
+
 /// What a cancel request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancel {

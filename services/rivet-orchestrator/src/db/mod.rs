@@ -5,3 +5,4 @@ pub mod attempts;
 pub mod jobs;
 pub mod logs;
 pub mod pipelines;
+pub mod registrations;

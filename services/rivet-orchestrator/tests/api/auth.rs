@@ -2,6 +2,8 @@
 //! with a wrong or revoked one, every `/api/v1` route answers 401; a non-admin token gets 403 on
 //! admin routes and through on the others. The table is checked against the routes spelled in
 //! `src/api/mod.rs`, so a new route without a row fails this test.
+//! The one route for runners (`POST /runners/register`) takes a runner token and no API token;
+//! a runner token opens no other route (API-02).
 //! Per-project scopes do not exist (there are no projects): see `docs/security.md`.
 
 use crate::helpers::*;
@@ -18,6 +20,8 @@ enum Access {
     Token,
     /// An admin token.
     Admin,
+    /// A runner token (API-02): no API token opens it, and a runner token opens nothing else.
+    Runner,
 }
 
 /// Every route: method, path as `mod.rs` spells it, who may call it.
@@ -37,30 +41,48 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/jobs/{id}/retry", Access::Token),
     ("GET", "/runners", Access::Token),
     ("POST", "/runners/{id}/drain", Access::Admin),
+    ("POST", "/runners/registrations", Access::Admin),
+    ("GET", "/runners/registrations", Access::Admin),
+    ("DELETE", "/runners/registrations/{id}", Access::Admin),
+    ("POST", "/runners/register", Access::Runner),
     ("GET", "/queues", Access::Token),
     ("POST", "/tokens", Access::Admin),
     ("GET", "/tokens", Access::Admin),
     ("DELETE", "/tokens/{id}", Access::Admin),
 ];
 
-/// `(METHOD, path)` of every `.route(..)` in the router's source.
+/// `(METHOD, path)` of every `.route(..)` in the router's source (whitespace ignored, so a call
+/// rustfmt spread over several lines counts too).
 fn routes_in_source() -> BTreeSet<(String, String)> {
-    let source = include_str!("../../src/api/mod.rs");
+    let source: String = include_str!("../../src/api/mod.rs")
+        .split_whitespace()
+        .collect();
     let mut out = BTreeSet::new();
     for chunk in source.split(".route(\"").skip(1) {
         let (path, rest) = chunk.split_once('"').expect("a quoted route path");
-        // The method routers of this route: up to the end of the `.route(..)` call's line.
-        let line = rest.lines().next().unwrap_or_default();
+        // The method routers of this route: up to the `)` closing the `.route(` call.
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let call = &rest[..end];
         let mut found = false;
         for method in ["get", "post", "put", "patch", "delete"] {
-            let calls = line.matches(&format!("{method}(")).count();
-            // `get(` inside `.get(` and ` get(` alike; `post(` never inside another name here.
-            if calls > 0 {
+            // `get(` inside `.get(` and `,get(` alike; `post(` never inside another name here.
+            if call.contains(&format!("{method}(")) {
                 out.insert((method.to_uppercase(), path.to_owned()));
                 found = true;
             }
         }
-        assert!(found, "no method found for route {path}: {line}");
+        assert!(found, "no method found for route {path}: {call}");
     }
     out
 }
@@ -97,6 +119,16 @@ async fn call(
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).ok())
+}
+
+/// A new runner registration's token.
+async fn registration_token(app: &TestApp, name: &str) -> String {
+    let r = app
+        .post("/runners/registrations", json!({ "name": name }))
+        .await;
+    assert_eq!(r.status(), 201);
+    let reg: rivet_protocol::http::RunnerRegistrationView = r.json().await.unwrap();
+    reg.secret.expect("a new registration carries its token")
 }
 
 #[tokio::test]
@@ -136,6 +168,19 @@ async fn api_01_every_route_checks_its_token() {
         ("a revoked token", Some(revoked)),
     ];
 
+    // A runner token, and one whose registration was revoked.
+    let runner = format!("Bearer {}", registration_token(&app, "auth-runner").await);
+    let revoked_runner = registration_token(&app, "auth-revoked-runner").await;
+    let r = app
+        .http
+        .delete(app.url("/runners/registrations/auth-revoked-runner"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked_runner = format!("Bearer {revoked_runner}");
+
     for (method, path, access) in ROUTES {
         let route = format!("{method} {path}");
         for (what, header) in &refused {
@@ -148,11 +193,39 @@ async fn api_01_every_route_checks_its_token() {
                 continue;
             }
             assert_eq!(status, 401, "{route} with {what}");
-            assert_eq!(
-                body.map(|b| b.code).as_deref(),
-                Some("unauthorized"),
-                "{route} with {what}"
+            let body = body.unwrap_or_else(|| panic!("{route} with {what}: no JSON error"));
+            if *access == Access::Runner {
+                assert_eq!(body.code, "policy_violation", "{route} with {what}");
+                assert!(
+                    body.message
+                        .starts_with("policy violation [runner.identity]: "),
+                    "{route} with {what}: {}",
+                    body.message
+                );
+            } else {
+                assert_eq!(body.code, "unauthorized", "{route} with {what}");
+            }
+        }
+        if *access == Access::Runner {
+            for (what, header) in [
+                ("a non-admin API token", &user),
+                ("the admin token", &admin),
+                ("a revoked runner token", &revoked_runner),
+            ] {
+                let (status, body) = call(&app, method, path, Some(header)).await;
+                assert_eq!(status, 401, "{route} with {what}");
+                assert_eq!(body.map(|b| b.code).as_deref(), Some("policy_violation"));
+            }
+            let (status, _) = call(&app, method, path, Some(&runner)).await;
+            assert!(
+                status != 401 && status != 403,
+                "{route} with a runner token: got {status}"
             );
+            continue;
+        }
+        if *access != Access::Public {
+            let (status, _) = call(&app, method, path, Some(&runner)).await;
+            assert_eq!(status, 401, "{route} with a runner token");
         }
         let (status, body) = call(&app, method, path, Some(&user)).await;
         match access {

@@ -69,8 +69,26 @@ async fn the_dashboard_is_served_and_the_api_it_polls_answers_what_it_reads() {
         assert!(j.get(key).is_some(), "jobs lack {key}: {j}");
     }
     assert!(j["schedulability"]["reason"].is_string());
+    // A runner that registered (its presence record is written by the registration).
+    let (_, session) = app
+        .register_runner("dash-runner", json!({"region": "eu"}))
+        .await;
     let runners: Vec<Value> = app.get("/runners").await.json().await.unwrap();
-    assert!(runners.is_empty());
+    let r = &runners[0];
+    for key in [
+        "id",
+        "status",
+        "running",
+        "slots",
+        "capabilities",
+        "labels",
+        "registration",
+        "last_seen_ms",
+    ] {
+        assert!(r.get(key).is_some(), "runners lack {key}: {r}");
+    }
+    assert_eq!(r["labels"], json!({"region": "eu"}));
+    assert_eq!(r["registration"], json!(session.registration_id));
     // Without a token the API the page polls refuses, and the page shows that error.
     let refused = app.http.get(app.url("/queues")).send().await.unwrap();
     assert_eq!(refused.status(), 401);

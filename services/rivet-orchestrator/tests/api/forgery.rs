@@ -84,6 +84,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
         .unwrap();
     let id = submitted.id;
 
+    let (_, session) = app.register_runner("runner-a", json!({})).await;
     // Play the real runner `runner-a`: take the job, its lease with token A, and listen to the
     // orders the orchestrator sends it.
     let broker = rivet_amqp::Broker::connect(
@@ -122,6 +123,18 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
         attempt: 1,
         runner_id: "runner-a".into(),
         token: token.into(),
+        // `runner-a` is registered, and signs its `Started` with its session (API-02); the
+        // forger's problem here is the attempt token.
+        session_mac: match body {
+            ReportBody::Started => rivet_protocol::identity::started_mac(
+                &session.session_key,
+                id,
+                1,
+                "runner-a",
+                token,
+            ),
+            _ => String::new(),
+        },
         body,
     };
     let publish = |r: RunnerReport| {

@@ -49,6 +49,35 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Creates a runner registration named `name` with `labels` (a JSON object) as an admin, and
+    /// registers a runner with its token, as a runner does at start: returns the token and the
+    /// session (runner id, assigned labels, session key).
+    pub async fn register_runner(
+        &self,
+        name: &str,
+        labels: serde_json::Value,
+    ) -> (String, rivet_protocol::http::RunnerSession) {
+        let r = self
+            .post(
+                "/runners/registrations",
+                serde_json::json!({"name": name, "labels": labels}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "registering {name}");
+        let reg: rivet_protocol::http::RunnerRegistrationView = r.json().await.unwrap();
+        let token = reg.secret.expect("a new registration carries its token");
+        let r = self
+            .http
+            .post(self.url("/runners/register"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"capabilities": ["process"], "slots": 1, "version": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name} registers");
+        (token, r.json().await.unwrap())
+    }
+
     /// A connection to the orchestrator's own database, to check what the API does not show.
     pub async fn db(&self) -> sqlx::PgConnection {
         use sqlx::Connection;

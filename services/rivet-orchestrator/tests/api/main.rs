@@ -270,18 +270,31 @@ async fn reports_are_fenced_by_lease_and_attempt() {
         .set(keys.lease(job.id), lease_value("runner-a", 1, TOKEN_A))
         .await
         .unwrap();
-    let report = |runner: &str, attempt: u32, body: ReportBody| RunnerReport {
-        schema: SCHEMA_VERSION,
-        job_id: job.id,
-        attempt,
-        runner_id: runner.into(),
-        token: if runner == "runner-a" {
+    let (_, session) = app.register_runner("runner-a", json!({})).await;
+    let report = |runner: &str, attempt: u32, body: ReportBody| {
+        let token = if runner == "runner-a" {
             TOKEN_A
         } else {
             TOKEN_B
+        };
+        RunnerReport {
+            schema: SCHEMA_VERSION,
+            job_id: job.id,
+            attempt,
+            runner_id: runner.into(),
+            token: token.into(),
+            session_mac: match body {
+                ReportBody::Started => rivet_protocol::identity::started_mac(
+                    &session.session_key,
+                    job.id,
+                    attempt,
+                    runner,
+                    token,
+                ),
+                _ => String::new(),
+            },
+            body,
         }
-        .into(),
-        body,
     };
     let line = |seq: u64| LogLine {
         seq,

@@ -132,19 +132,20 @@ impl Cluster {
         }
     }
 
-    /// Starts a runner process and waits until it shows as online; returns its id.
+    /// Creates a registration for a runner (its own, through the API), starts the runner
+    /// process with its token and waits until it shows as online; returns its id.
     pub async fn start_runner(&mut self, name: &str, slots: u32) -> String {
         let id = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..6]);
+        let registration = self
+            .post("/runners/registrations", serde_json::json!({ "name": id }))
+            .await;
+        let token = registration["secret"]
+            .as_str()
+            .expect("a new registration carries its token")
+            .to_owned();
         let log = self.log_file(&id);
         let child = Command::new(env!("CARGO_BIN_EXE_rivet-runner"))
-            .args([
-                "--id",
-                &id,
-                "--slots",
-                &slots.to_string(),
-                "--drain-grace",
-                "10s",
-            ])
+            .args(["--slots", &slots.to_string(), "--drain-grace", "10s"])
             .arg("--namespace")
             .arg(&self.namespace)
             .arg("--work-dir")
@@ -153,6 +154,8 @@ impl Cluster {
             .arg(self.dir.join("policy.toml"))
             .env("RIVET_AMQP_URL", AMQP)
             .env("RIVET_REDIS_URL", REDIS)
+            .env("RIVET_URL", format!("http://127.0.0.1:{}", self.port))
+            .env("RIVET_RUNNER_TOKEN", token)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("a log handle"))

@@ -90,7 +90,48 @@ impl Fleet {
         r.json().await.unwrap()
     }
 
-    /// Starts a runner with these labels and extra policy TOML; returns its id once it is online.
+    /// Creates a runner registration named `name` with these labels (`KEY=VALUE`) through the
+    /// API, as an admin does; the answer carries the runner's token.
+    pub async fn register(
+        &self,
+        name: &str,
+        labels: &[&str],
+    ) -> rivet_protocol::http::RunnerRegistrationView {
+        let labels: std::collections::BTreeMap<&str, &str> = labels
+            .iter()
+            .map(|l| l.split_once('=').expect("labels are KEY=VALUE"))
+            .collect();
+        let r = self
+            .post(
+                "/runners/registrations",
+                serde_json::json!({ "name": name, "labels": labels }),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "register: {}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    /// The configuration of a runner using `token`, with the fleet's services.
+    pub fn runner_config(&self, token: Option<&str>, work: &str) -> rivet_runner::Config {
+        rivet_runner::Config {
+            amqp_url: AMQP.into(),
+            redis_url: REDIS.into(),
+            namespace: self.namespace.clone(),
+            url: self.orchestrator.base_url.clone(),
+            token: token.map(|t| rivet_runner::RunnerToken(t.into())),
+            slots: 2,
+            labels: Vec::new(),
+            plugin_dir: None,
+            policy: None,
+            work_dir: self.work.join(work),
+            worker_program: Some(worker_program()),
+            container_host: None,
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Starts a runner with a registration of its own (created through the API) carrying these
+    /// labels, and extra policy TOML; returns its id once it is online.
     pub async fn runner(&mut self, name: &str, labels: &[&str], policy_toml: &str) -> String {
         self.runner_with_slots(name, labels, policy_toml, 2).await
     }
@@ -117,6 +158,7 @@ impl Fleet {
         container_host: Option<String>,
     ) -> String {
         let id = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..6]);
+        let registration = self.register(&id, labels).await;
         let policy = if policy_toml.is_empty() {
             None
         } else {
@@ -126,24 +168,10 @@ impl Fleet {
             Some(path)
         };
         let config = rivet_runner::Config {
-            amqp_url: AMQP.into(),
-            redis_url: REDIS.into(),
-            namespace: self.namespace.clone(),
-            id: Some(id.clone()),
             slots,
-            labels: labels
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap();
-                    (k.into(), v.into())
-                })
-                .collect(),
-            plugin_dir: None,
             policy,
-            work_dir: self.work.join(&id),
-            worker_program: Some(worker_program()),
             container_host,
-            drain_grace: Duration::from_secs(10),
+            ..self.runner_config(registration.secret.as_deref(), &id)
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(rivet_runner::run(config, stop.clone()));

@@ -2,6 +2,7 @@
 //! labels, against the real RabbitMQ, PostgreSQL and Redis.
 
 mod helpers;
+mod identity;
 mod reliability;
 
 use rivet_protocol::http::{JobState, JobView, LogPage, QueueView};

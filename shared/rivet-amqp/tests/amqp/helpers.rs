@@ -131,6 +131,7 @@ pub fn report(job_id: Uuid) -> RunnerReport {
         attempt: 1,
         runner_id: "runner-1".into(),
         token: "0123456789abcdef0123456789abcdef".into(),
+        session_mac: String::new(),
         body: ReportBody::StageStarted {
             index: 0,
             name: "checkout".into(),

@@ -1,0 +1,248 @@
+//! Runner registrations (API-02): admins create them (with the labels the runner gets), list and
+//! revoke them; a runner joins with its registration's token and gets its identity, labels and
+//! a session key.
+
+use super::body::Body;
+use crate::auth::{self, Admin};
+use crate::db::registrations::{self as db, Created, Joined};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use rivet_core::requirement::Requirement;
+use rivet_protocol::http::{
+    CreateRunnerRegistration, RegisterRunner, RunnerRegistrationView, RunnerSession,
+};
+use rivet_protocol::identity::is_runner_name;
+use rivet_protocol::redis_keys::{RunnerPresence, PRESENCE_TTL_MS};
+use std::collections::BTreeMap;
+
+/// Most labels one registration may carry.
+const MAX_LABELS: usize = 32;
+
+/// `POST /runners/registrations`: a new registration; its token is in the answer, once.
+pub async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    Body(body): Body<CreateRunnerRegistration>,
+) -> Result<(StatusCode, Json<RunnerRegistrationView>), ApiError> {
+    let name = body.name.trim();
+    if !is_runner_name(name) {
+        return Err(ApiError::BadRequest(format!(
+            "`{name}` cannot name a runner: use 1-64 letters, digits, `_`, `-` and `.` \
+             (not starting with `-` or `.`, and not `registrations`)"
+        )));
+    }
+    check_labels(&body.labels)?;
+    let secret = auth::generate_runner_token();
+    match db::create(&state.db, name, &body.labels, &auth::hash(&secret)).await? {
+        Created::Created(mut view) => {
+            tracing::info!(runner = %name, labels = ?body.labels, "Runner registration created.");
+            view.secret = Some(secret);
+            Ok((StatusCode::CREATED, Json(view)))
+        }
+        Created::NameTaken => Err(ApiError::Conflict(
+            "registration_exists",
+            format!("a registration named `{name}` exists; revoke it first to reuse the name"),
+        )),
+    }
+}
+
+/// Labels are checked with the requirement parser, so every label can be required by a job.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::BadRequest(format!(
+            "a runner has at most {MAX_LABELS} labels"
+        )));
+    }
+    for (k, v) in labels {
+        match Requirement::parse(&format!("label:{k}={v}")) {
+            Ok(Requirement::Label { .. }) => {}
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "label `{k}={v}`: keys and values are 1-64 letters, digits, `_`, `-` and `.`"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `GET /runners/registrations`: every registration, revoked ones included, without tokens.
+pub async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<Vec<RunnerRegistrationView>>, ApiError> {
+    Ok(Json(db::list(&state.db).await?))
+}
+
+/// `DELETE /runners/registrations/{id}` (an id or a name): revokes the live registration. Its
+/// session ends at once (no `Started` of its runner is accepted any more), its token no longer
+/// registers, and its runner is ordered to drain (best effort: an honest runner stops taking
+/// jobs, finishes the running ones and exits).
+pub async fn revoke(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<RunnerRegistrationView>, ApiError> {
+    let Some(view) = db::revoke(&state.db, &id).await? else {
+        return Err(ApiError::NotFound(format!(
+            "no live runner registration `{id}`"
+        )));
+    };
+    tracing::info!(runner = %view.name, registration = %view.id, "Runner registration revoked.");
+    if let Err(e) = super::fleet::send_drain(
+        &state,
+        &view.name,
+        "its registration was revoked by an admin",
+    )
+    .await
+    {
+        tracing::warn!(runner = %view.name, error = %format!("{e:#}"), "Ordering a revoked runner to drain failed; its starts are refused anyway.");
+    }
+    Ok(Json(view))
+}
+
+/// The registration a runner's bearer token names. Read from the request's parts, so a request
+/// without a valid runner token is refused before its body is read. API tokens are not runner
+/// tokens (different table): an admin token cannot register a runner.
+pub struct RunnerToken(db::ByToken);
+
+impl FromRequestParts<AppState> for RunnerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(secret) = auth::bearer(&parts.headers) else {
+            return Err(ApiError::Policy(
+                StatusCode::UNAUTHORIZED,
+                "runner.identity",
+                "a runner needs its token (RIVET_RUNNER_TOKEN); an admin creates one with \
+                 `rivet runner register NAME`"
+                    .into(),
+            ));
+        };
+        match db::by_token(&state.db, &auth::hash(secret)).await? {
+            None => Err(ApiError::Policy(
+                StatusCode::UNAUTHORIZED,
+                "runner.identity",
+                "unknown runner token; an admin creates one with `rivet runner register NAME`"
+                    .into(),
+            )),
+            Some(r) if r.revoked => Err(ApiError::Policy(
+                StatusCode::UNAUTHORIZED,
+                "runner.identity",
+                format!("the registration of runner `{}` was revoked", r.name),
+            )),
+            Some(r) => Ok(RunnerToken(r)),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `POST /runners/register` (bearer: a runner token): a runner joins. It gets its runner id
+/// (the registration's name), the labels an admin assigned, and a new session key; the previous
+/// session of the registration ends. One token is one runner: while a runner of this
+/// registration is online (its presence record lives), another one is refused with 409.
+/// A body declaring labels is refused (403): labels are assigned, never declared.
+pub async fn register(
+    State(state): State<AppState>,
+    RunnerToken(registration): RunnerToken,
+    Body(raw): Body<serde_json::Value>,
+) -> Result<Json<RunnerSession>, ApiError> {
+    let name = registration.name;
+    if raw.get("labels").is_some() {
+        tracing::warn!(security = true, runner = %name,
+            "policy violation [runner.labels]: a runner declared its own labels when registering; refused.");
+        return Err(ApiError::Policy(
+            StatusCode::FORBIDDEN,
+            "runner.labels",
+            "a runner cannot declare its labels; an admin assigns them \
+             (`rivet runner register NAME --label KEY=VALUE`)"
+                .into(),
+        ));
+    }
+    let body: RegisterRunner = serde_json::from_value(raw).map_err(|e| {
+        ApiError::InvalidBody(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not a runner registration: {e}"),
+        )
+    })?;
+    if body.slots == 0
+        || body.capabilities.len() > 256
+        || body.capabilities.iter().any(|c| c.len() > 128)
+        || body.version.len() > 64
+    {
+        return Err(ApiError::BadRequest(
+            "a runner has at least one slot, at most 256 capabilities of at most 128 bytes, and \
+             a version of at most 64 bytes"
+                .into(),
+        ));
+    }
+    // The presence record is written here first, with SET NX: of two processes using one token
+    // at once, exactly one gets through; the other is told the runner is already online.
+    let now = now_ms();
+    let presence = RunnerPresence {
+        schema: rivet_protocol::SCHEMA_VERSION,
+        id: name.clone(),
+        capabilities: body.capabilities.clone(),
+        labels: registration.labels.0.clone(),
+        slots: body.slots,
+        running: Vec::new(),
+        draining: false,
+        version: body.version.clone(),
+        started_at_ms: now,
+        updated_at_ms: now,
+    };
+    let key = state.keys.runner(&name);
+    let mut redis = state.redis.clone();
+    let claimed: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(serde_json::to_string(&presence).map_err(anyhow::Error::from)?)
+        .arg("NX")
+        .arg("PX")
+        .arg(PRESENCE_TTL_MS)
+        .query_async(&mut redis)
+        .await?;
+    if claimed.is_none() {
+        return Err(ApiError::Conflict(
+            "runner_online",
+            format!(
+                "runner `{name}` is already online: one token is one runner. Stop the other \
+                 process, or wait {} s for the presence of one that died to expire",
+                PRESENCE_TTL_MS / 1000
+            ),
+        ));
+    }
+    let session_key = auth::generate_session_key()?;
+    let joined = Joined {
+        capabilities: &body.capabilities,
+        slots: body.slots,
+        version: &body.version,
+    };
+    let started = db::begin_session(&state.db, registration.id, &session_key, &joined).await;
+    if !matches!(started, Ok(true)) {
+        let _: redis::RedisResult<()> = redis::AsyncCommands::del(&mut redis, &key).await;
+        started?;
+        return Err(ApiError::Policy(
+            StatusCode::UNAUTHORIZED,
+            "runner.identity",
+            format!("the registration of runner `{name}` was revoked"),
+        ));
+    }
+    tracing::info!(runner = %name, registration = %registration.id, capabilities = ?body.capabilities,
+        slots = body.slots, "Runner registered.");
+    Ok(Json(RunnerSession {
+        runner_id: name,
+        registration_id: registration.id,
+        labels: registration.labels.0,
+        session_key,
+    }))
+}

@@ -1,0 +1,402 @@
+//! API-02: runner identity. A runner joins only with a live registration's token, takes the
+//! labels an admin gave that registration (never its own), and the orchestrator refuses to start
+//! a job for a runner that is not a live registration or whose assigned labels do not cover the
+//! job, even when that runner reads the job from a queue it should not consume: the refusal is
+//! audited and the job runs on a legitimate runner.
+
+use crate::helpers::{self, Fleet, AMQP, REDIS};
+use redis::AsyncCommands;
+use rivet_amqp::Broker;
+use rivet_protocol::http::{
+    ApiError, JobState, JobView, RunnerRegistrationView, RunnerSession, RunnerView,
+};
+use rivet_protocol::messages::{ControlCommand, JobDispatch, ReportBody, RunnerReport};
+use rivet_protocol::redis_keys::{lease_value, Keys, RunnerPresence, PRESENCE_TTL_MS};
+use rivet_protocol::topology::Topology;
+use rivet_protocol::SCHEMA_VERSION;
+use serde_json::json;
+use std::time::Duration;
+
+const DEPLOY: &str = "return { name = 'deploy', requires = {'process', 'label:deploy=yes'},
+  stages = { { name = 'ship', script = function() log.info('shipped') end } } }";
+
+const PLAIN: &str = "return { name = 'plain', requires = {'process'},
+  stages = { { name = 'only', script = function() log.info('ran') end } } }";
+
+/// `POST /runners/register` with `token` and `body`, as a runner process does at start.
+async fn register_call(fleet: &Fleet, token: &str, body: serde_json::Value) -> reqwest::Response {
+    fleet
+        .http
+        .post(fleet.url("/runners/register"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn machine() -> serde_json::Value {
+    json!({"capabilities": ["process", "filesystem", "http"], "slots": 1, "version": "test"})
+}
+
+/// Runs a runner with `config` and returns the error it stops with (it must stop at once).
+async fn refused(config: rivet_runner::Config) -> String {
+    let ran = tokio::time::timeout(
+        Duration::from_secs(20),
+        rivet_runner::run(config, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("a refused runner stops at once");
+    format!("{:#}", ran.expect_err("the runner must not join"))
+}
+
+/// A runner that holds broker and Redis credentials and its own real registration and session,
+/// but lies: it consumes whatever class queue it likes and starts what it takes.
+struct Liar {
+    broker: Broker,
+    redis: redis::aio::ConnectionManager,
+    keys: Keys,
+    session: RunnerSession,
+}
+
+impl Liar {
+    async fn join(fleet: &Fleet, name: &str) -> Liar {
+        let registration = fleet.register(name, &[]).await;
+        let r = register_call(fleet, registration.secret.as_deref().unwrap(), machine()).await;
+        assert_eq!(r.status(), 200);
+        let session: RunnerSession = r.json().await.unwrap();
+        assert_eq!(session.runner_id, name);
+        assert!(session.labels.is_empty());
+        Liar {
+            broker: Broker::connect(
+                AMQP,
+                Topology::new(&fleet.namespace),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap(),
+            redis: redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
+                .await
+                .unwrap(),
+            keys: Keys::new(&fleet.namespace),
+            session,
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.session.runner_id
+    }
+
+    /// Writes a presence record claiming `labels`, as a runner's own record may say anything.
+    async fn claim_labels(&mut self, labels: &[(&str, &str)]) {
+        let record = RunnerPresence {
+            schema: SCHEMA_VERSION,
+            id: self.id().to_owned(),
+            capabilities: vec!["process".into(), "filesystem".into(), "http".into()],
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            slots: 1,
+            running: Vec::new(),
+            draining: false,
+            version: "test".into(),
+            started_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let _: () = self
+            .redis
+            .pset_ex(
+                self.keys.runner(self.id()),
+                serde_json::to_string(&record).unwrap(),
+                PRESENCE_TTL_MS,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Takes the next job of `class_key`'s queue the way a runner does (its lease, then a
+    /// `Started` signed with its real session, then the ack), and returns it.
+    async fn take_and_start(&mut self, class_key: &str) -> JobDispatch {
+        let queue = self.broker.topology().class_queue(class_key);
+        let mut sub = self
+            .broker
+            .consume::<JobDispatch>(&queue, 1, &format!("{}-liar", self.id()))
+            .await
+            .unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("a job reaches the queue")
+            .unwrap()
+            .unwrap();
+        let job = delivery.message.clone();
+        let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
+        let token = "00112233445566778899aabbccddeeff";
+        let _: () = self
+            .redis
+            .pset_ex(
+                self.keys.lease(job.job_id),
+                lease_value(self.id(), job.attempt, token),
+                10_000,
+            )
+            .await
+            .unwrap();
+        let report = RunnerReport {
+            schema: SCHEMA_VERSION,
+            job_id: job.job_id,
+            attempt: job.attempt,
+            runner_id: self.id().to_owned(),
+            token: token.into(),
+            session_mac: rivet_protocol::identity::started_mac(
+                &self.session.session_key,
+                job.job_id,
+                job.attempt,
+                self.id(),
+                token,
+            ),
+            body: ReportBody::Started,
+        };
+        self.broker
+            .publish_report(&reply_to, &report)
+            .await
+            .unwrap();
+        delivery.ack().await.unwrap();
+        sub.cancel().await.ok();
+        job
+    }
+
+    async fn close(self) {
+        self.broker.close().await;
+    }
+}
+
+/// Waits until attempt `attempt` of the job was refused (ended `lost`), and returns the job.
+async fn refused_attempt(fleet: &Fleet, id: uuid::Uuid, attempt: u32) -> JobView {
+    fleet
+        .wait_job(id, Duration::from_secs(20), "the start refused", |j| {
+            j.attempts
+                .iter()
+                .any(|a| a.attempt == attempt && a.state == JobState::Lost)
+        })
+        .await
+}
+
+fn lost_reason(job: &JobView, attempt: u32) -> String {
+    let a = job
+        .attempts
+        .iter()
+        .find(|a| a.attempt == attempt)
+        .expect("the attempt");
+    match &a.outcome {
+        Some(rivet_core::JobOutcome::Lost { reason }) => reason.clone(),
+        other => panic!("attempt {attempt} ended {other:?}"),
+    }
+}
+
+async fn registration(fleet: &Fleet, name: &str) -> RunnerRegistrationView {
+    let all: Vec<RunnerRegistrationView> = fleet.get("/runners/registrations").await;
+    // Oldest first: the last one with the name is the newest.
+    all.into_iter()
+        .rev()
+        .find(|r| r.name == name)
+        .expect("the registration")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_02_a_runner_without_a_live_registration_cannot_join() {
+    let fleet = helpers::start().await;
+
+    let err = refused(fleet.runner_config(None, "none")).await;
+    assert!(
+        err.contains("policy violation [runner.identity]: no runner token"),
+        "{err}"
+    );
+    let err = refused(fleet.runner_config(Some("rvr_not-a-token"), "unknown")).await;
+    assert!(
+        err.contains("policy violation [runner.identity]: unknown runner token"),
+        "{err}"
+    );
+
+    let gone = fleet.register("gone", &[]).await;
+    let r = fleet
+        .http
+        .delete(fleet.url("/runners/registrations/gone"))
+        .bearer_auth(&fleet.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let err = refused(fleet.runner_config(gone.secret.as_deref(), "gone")).await;
+    assert!(
+        err.contains(
+            "policy violation [runner.identity]: the registration of runner `gone` was revoked"
+        ),
+        "{err}"
+    );
+
+    // Labels the runner passes itself grant nothing: the runner refuses to start with them...
+    let mine = fleet.register("self-labelled", &[]).await;
+    let config = rivet_runner::Config {
+        labels: vec!["deploy=yes".into(), "trusted=yes".into()],
+        ..fleet.runner_config(mine.secret.as_deref(), "self-labelled")
+    };
+    let err = refused(config).await;
+    assert!(
+        err.contains("policy violation [runner.labels]: a runner cannot declare its labels"),
+        "{err}"
+    );
+    // ... and the orchestrator refuses a registration that declares any (the catalogue's
+    // snippet: a leaked token with `trusted`, `deploy`, `gpu`).
+    let mut declared = machine();
+    declared["labels"] = json!(["trusted", "deploy", "gpu"]);
+    let r = register_call(&fleet, mine.secret.as_deref().unwrap(), declared).await;
+    assert_eq!(r.status(), 403);
+    let body: ApiError = r.json().await.unwrap();
+    assert_eq!(body.code, "policy_violation");
+    assert!(
+        body.message
+            .starts_with("policy violation [runner.labels]: "),
+        "{}",
+        body.message
+    );
+
+    // API tokens are not runner tokens, even the admin's.
+    let r = register_call(&fleet, &fleet.token, machine()).await;
+    assert_eq!(r.status(), 401);
+
+    // One token is one runner: while its runner is online, another process is refused.
+    let first = register_call(&fleet, mine.secret.as_deref().unwrap(), machine()).await;
+    assert_eq!(first.status(), 200);
+    let second = register_call(&fleet, mine.secret.as_deref().unwrap(), machine()).await;
+    assert_eq!(second.status(), 409);
+    let body: ApiError = second.json().await.unwrap();
+    assert_eq!(body.code, "runner_online", "{}", body.message);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_02_a_runner_without_the_label_cannot_start_a_job_that_requires_it() {
+    let mut fleet = helpers::start().await;
+    fleet.push(DEPLOY).await;
+
+    // The liar's registration has no labels; its presence record claims `deploy=yes`.
+    let mut liar = Liar::join(&fleet, "liar").await;
+    liar.claim_labels(&[("deploy", "yes"), ("trusted", "yes")])
+        .await;
+    let runners: Vec<RunnerView> = fleet.get("/runners").await;
+    let shown = runners.iter().find(|r| r.id == "liar").expect("the liar");
+    assert!(shown.labels.is_empty(), "{shown:?}");
+    assert!(shown.registration.is_some());
+
+    let job = fleet.submit("deploy", json!({})).await;
+    let s = job.schedulability.clone().unwrap();
+    assert!(
+        !s.schedulable,
+        "labels a runner writes itself do not count: {s:?}"
+    );
+    assert_eq!(s.missing, ["label:deploy=yes"]);
+
+    // The liar forces itself onto the class queue and starts the job with its real session.
+    let mut orders = liar.broker.subscribe_control("liar").await.unwrap();
+    let taken = liar.take_and_start(&job.class_key).await;
+    assert_eq!((taken.job_id, taken.attempt), (job.id, 1));
+    let seen = refused_attempt(&fleet, job.id, 1).await;
+    let reason = lost_reason(&seen, 1);
+    assert!(
+        reason.starts_with(
+            "policy violation [runner.labels]: runner `liar` is not assigned label:deploy=yes"
+        ),
+        "{reason}"
+    );
+    assert_eq!(seen.attempts[0].runner_id, None, "it never ran there");
+    // Audited: counted on the registration, and the liar is told to stop.
+    let reg = registration(&fleet, "liar").await;
+    assert_eq!(reg.refused_starts, 1);
+    let order = tokio::time::timeout(Duration::from_secs(10), orders.next())
+        .await
+        .expect("a cancel order")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&order.message.command, ControlCommand::Cancel { job_id, attempt: 1, reason }
+            if *job_id == job.id && reason.starts_with("policy violation [runner.labels]")),
+        "{:?}",
+        order.message.command
+    );
+    order.ack().await.ok();
+    orders.cancel().await.ok();
+
+    // The job went back; a runner an admin gave `deploy=yes` runs it.
+    let deployer = fleet.runner("deployer", &["deploy=yes"], "").await;
+    let done = fleet.wait_final(job.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.runner_id.as_deref(), Some(deployer.as_str()));
+    liar.close().await;
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_02_revoking_a_registration_stops_its_runner_from_starting_jobs() {
+    let mut fleet = helpers::start().await;
+    fleet.push(PLAIN).await;
+
+    // A real runner: revoked, it is told to drain and leaves; its token no longer joins.
+    let honest = fleet.runner("honest", &[], "").await;
+    let token_of = registration(&fleet, &honest).await;
+    assert!(token_of.registered_at_ms.is_some());
+    let r = fleet
+        .http
+        .delete(fleet.url(&format!("/runners/registrations/{}", token_of.id)))
+        .bearer_auth(&fleet.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    fleet
+        .runner_exit(&honest, Duration::from_secs(20))
+        .await
+        .expect("a revoked runner drains and exits cleanly");
+
+    // A revoked runner that ignores the drain: it still holds broker credentials and its old
+    // session key, but no job it takes is started.
+    let mut revoked = Liar::join(&fleet, "revoked").await;
+    let r = fleet
+        .http
+        .delete(fleet.url("/runners/registrations/revoked"))
+        .bearer_auth(&fleet.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job = fleet.submit("plain", json!({})).await;
+    let taken = revoked.take_and_start(&job.class_key).await;
+    assert_eq!(taken.job_id, job.id);
+    let seen = refused_attempt(&fleet, job.id, 1).await;
+    let reason = lost_reason(&seen, 1);
+    assert!(
+        reason.starts_with(
+            "policy violation [runner.identity]: runner `revoked` is not a live registration"
+        ),
+        "{reason}"
+    );
+    assert_eq!(registration(&fleet, "revoked").await.refused_starts, 1);
+    // Its presence record (kept alive by the liar) shows it without a registration or labels.
+    revoked.claim_labels(&[("deploy", "yes")]).await;
+    let runners: Vec<RunnerView> = fleet.get("/runners").await;
+    let shown = runners
+        .iter()
+        .find(|r| r.id == "revoked")
+        .expect("its presence");
+    assert_eq!(shown.status, "unregistered");
+    assert_eq!(shown.registration, None);
+    assert!(shown.labels.is_empty(), "{shown:?}");
+
+    // A legitimate runner runs the job.
+    let other = fleet.runner("other", &[], "").await;
+    let done = fleet.wait_final(job.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
+    assert_eq!(done.runner_id.as_deref(), Some(other.as_str()));
+    revoked.close().await;
+    fleet.stop().await;
+}

@@ -1,0 +1,177 @@
+//! Runner identity on the wire (API-02): how a runner proves, on the broker, which registration
+//! sent a `Started` report without putting its long-lived token there.
+//!
+//! `POST /api/v1/runners/register` (bearer: the runner's token) answers with a session key: 256
+//! random bits in hex, held by the orchestrator with the registration in PostgreSQL and replaced
+//! at every registration (revoking the registration deletes it). The runner signs each `Started`
+//! report with it ([`started_mac`]): HMAC-SHA256 over the job, the attempt, the runner id and the
+//! attempt token. The orchestrator recomputes it with the registration's current key
+//! ([`verify_started_mac`]) before it lets the attempt start; later reports of the attempt are
+//! fenced by the attempt token the signed `Started` bound to the runner.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use uuid::Uuid;
+
+/// Length of a session key: 256 bits in lower-case hex.
+pub const SESSION_KEY_LEN: usize = 64;
+
+/// Whether `key` has the shape of a session key (64 lower-case hex digits).
+pub fn is_session_key(key: &str) -> bool {
+    key.len() == SESSION_KEY_LEN
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn mac(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(session_key.as_bytes())
+        .expect("HMAC takes keys of any length");
+    // Fields are separated by a newline, which none of them can contain (ids and tokens are
+    // checked before a report is applied), so two different reports never sign the same text.
+    mac.update(format!("rivet-started-v1\n{job_id}\n{attempt}\n{runner_id}\n{token}").as_bytes());
+    mac
+}
+
+/// The `session_mac` of a `Started` report: lower-case hex HMAC-SHA256 with the session key.
+pub fn started_mac(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+) -> String {
+    mac(session_key, job_id, attempt, runner_id, token)
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `claimed` is the `Started` MAC for these fields under `session_key`, compared in
+/// constant time. A malformed MAC or key never matches.
+pub fn verify_started_mac(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+    claimed: &str,
+) -> bool {
+    if !is_session_key(session_key) || claimed.len() != 64 {
+        return false;
+    }
+    let Some(bytes) = decode_hex(claimed) else {
+        return false;
+    };
+    mac(session_key, job_id, attempt, runner_id, token)
+        .verify_slice(&bytes)
+        .is_ok()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(*pair.get(1)?)?))
+        .collect()
+}
+
+/// Whether `name` may name a runner registration (and so a runner id: it appears in Redis keys,
+/// routing keys and consumer tags): 1-64 letters, digits, `_`, `-` and `.`, not starting with
+/// `.` or `-`, and not `registrations` (an API path segment).
+pub fn is_runner_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.starts_with(['.', '-'])
+        && name != "registrations"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_started_mac_verifies_only_for_its_own_fields_and_key() {
+        let job = Uuid::from_u128(7);
+        let mac = started_mac(KEY, job, 1, "r1", TOKEN);
+        assert_eq!(mac.len(), 64);
+        assert!(verify_started_mac(KEY, job, 1, "r1", TOKEN, &mac));
+        let other_key = KEY.replace('0', "1");
+        assert!(!verify_started_mac(&other_key, job, 1, "r1", TOKEN, &mac));
+        assert!(!verify_started_mac(
+            KEY,
+            Uuid::from_u128(8),
+            1,
+            "r1",
+            TOKEN,
+            &mac
+        ));
+        assert!(!verify_started_mac(KEY, job, 2, "r1", TOKEN, &mac));
+        assert!(!verify_started_mac(KEY, job, 1, "r2", TOKEN, &mac));
+        assert!(!verify_started_mac(
+            KEY,
+            job,
+            1,
+            "r1",
+            &TOKEN.replace('0', "1"),
+            &mac
+        ));
+        for bad in [
+            "",
+            "00",
+            &mac.to_uppercase(),
+            &format!("{mac}0"),
+            &"g".repeat(64),
+        ] {
+            assert!(
+                !verify_started_mac(KEY, job, 1, "r1", TOKEN, bad),
+                "{bad:?}"
+            );
+        }
+        assert!(!verify_started_mac(
+            "",
+            job,
+            1,
+            "r1",
+            TOKEN,
+            &started_mac("", job, 1, "r1", TOKEN)
+        ));
+    }
+
+    #[test]
+    fn runner_names_are_safe_in_keys_and_paths() {
+        for ok in ["runner-1", "eu.build_02", "A"] {
+            assert!(is_runner_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a b",
+            "a:b",
+            "a/b",
+            "registrations",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_runner_name(bad), "{bad:?}");
+        }
+    }
+}
