@@ -496,34 +496,6 @@ fn dead_lettered(topology: &Topology) -> FieldTable {
     args
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rivet_protocol::messages::JobDispatch;
-
-    /// Services spawn these futures on a multi-threaded runtime, so they must be `Send`.
-    #[allow(dead_code)]
-    fn handles_and_futures_are_send(
-        broker: &Broker,
-        sub: &mut Subscription<JobDispatch>,
-        job: &JobDispatch,
-    ) {
-        fn send<T: Send>(_: &T) {}
-        fn send_sync<T: Send + Sync>() {}
-        send_sync::<Broker>();
-        send_sync::<Subscription<JobDispatch>>();
-        send_sync::<crate::Incoming<JobDispatch>>();
-        send_sync::<AmqpError>();
-        send(&broker.publish_job(job));
-        send(&broker.consume::<JobDispatch>("q", 1, ""));
-        send(&broker.subscribe_announcements());
-        send(&broker.queue_stats("q"));
-        send(&broker.delete_topology(&[]));
-        send(&sub.cancel());
-        send(&sub.next());
-    }
-}
-
 /// A channel on which queues are consumed, each consumer with its own prefetch. It stays open
 /// while this handle, a [`Subscription`] started on it, or an [`Incoming`](crate::Incoming) of
 /// one lives. A failed consume (a missing queue) closes the channel: open another.
@@ -578,5 +550,33 @@ impl ConsumerChannel {
     /// Whether the channel is still usable (false once the connection or the channel closed).
     pub fn is_open(&self) -> bool {
         self.channel.status().connected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rivet_protocol::messages::JobDispatch;
+
+    /// Services spawn these futures on a multi-threaded runtime, so they must be `Send`.
+    #[allow(dead_code)]
+    fn handles_and_futures_are_send(
+        broker: &Broker,
+        sub: &mut Subscription<JobDispatch>,
+        job: &JobDispatch,
+    ) {
+        fn send<T: Send>(_: &T) {}
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Broker>();
+        send_sync::<Subscription<JobDispatch>>();
+        send_sync::<crate::Incoming<JobDispatch>>();
+        send_sync::<AmqpError>();
+        send(&broker.publish_job(job));
+        send(&broker.consume::<JobDispatch>("q", 1, ""));
+        send(&broker.subscribe_announcements());
+        send(&broker.queue_stats("q"));
+        send(&broker.delete_topology(&[]));
+        send(&sub.cancel());
+        send(&sub.next());
     }
 }
