@@ -45,6 +45,34 @@ pub async fn round(state: &AppState) -> anyhow::Result<()> {
     refresh_fences(state).await?;
     reap_lost(state).await?;
     expire_queued(state).await?;
+    drain_unregistered(state).await?;
+    Ok(())
+}
+
+/// Orders every runner that is present but has no live registration (revoked, or never
+/// registered) to drain, every round until it says it drains or goes away: the order sent at
+/// revocation is lost when the runner was not listening yet. Its starts are refused anyway
+/// (API-02); this makes an honest one leave.
+async fn drain_unregistered(state: &AppState) -> anyhow::Result<()> {
+    let presences = crate::fleet::presences(state).await?;
+    if presences.is_empty() {
+        return Ok(());
+    }
+    let live = crate::db::registrations::live(&state.db).await?;
+    for p in presences {
+        if p.draining || live.contains_key(&p.id) {
+            continue;
+        }
+        if let Err(e) = crate::api::fleet::send_drain(
+            state,
+            &p.id,
+            "the runner has no live registration (revoked or unknown)",
+        )
+        .await
+        {
+            tracing::debug!(runner = %p.id, error = %format!("{e:#}"), "Ordering an unregistered runner to drain failed.");
+        }
+    }
     Ok(())
 }
 

@@ -197,6 +197,8 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
         let mut redis = state.redis.clone();
         let holder: redis::RedisResult<Option<String>> =
             redis::AsyncCommands::get(&mut redis, state.keys.lease(job)).await;
+        // Whether the reporting runner holds the attempt's lease with this very token.
+        let mut holds_lease = false;
         if let Ok(Some(holder)) = holder {
             if lease_holder(&holder) == format!("{runner}:{attempt}") {
                 // The named runner holds the lease for this attempt: the token decides.
@@ -207,6 +209,7 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
                         "`Started` with a token other than the lease's",
                     ));
                 }
+                holds_lease = true;
             } else {
                 crate::fence::order_cancel(
                     state,
@@ -223,8 +226,26 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
             record_forged(state, job, attempt).await;
             return Ok(Applied::Forged("`Started` without a valid attempt token"));
         }
-        if let Some(violation) = identity_violation(state, report).await? {
-            return refuse_start(state, report, violation).await;
+        match identity_violation(state, report).await? {
+            None => {}
+            // Signed by the registration's current session: the runner is who it says, and
+            // may not run this job.
+            Some(Violation::Labels(violation)) => {
+                return refuse_start(state, report, violation).await
+            }
+            // Not authenticated. When the sender holds the attempt's lease it is the runner
+            // that took the job (a revoked one, or one whose session was replaced): the job must
+            // go back, or it would wait for its lease to lapse. Without the lease anyone could
+            // have sent it: a forgery, counted on the attempt, and nothing changes.
+            Some(Violation::Identity(violation)) if holds_lease => {
+                return refuse_start(state, report, violation).await
+            }
+            Some(Violation::Identity(_)) => {
+                record_forged(state, job, attempt).await;
+                return Ok(Applied::Forged(
+                    "`Started` from a runner without a live registration and its session, not holding the lease",
+                ));
+            }
         }
         return Ok(
             match db::jobs::start(&state.db, job, attempt, runner, token).await? {
@@ -305,17 +326,17 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
 async fn identity_violation(
     state: &AppState,
     report: &RunnerReport,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<Violation>> {
     let (job, runner) = (report.job_id, report.runner_id.as_str());
     let Some(check) = db::registrations::start_check(&state.db, job, runner).await? else {
         // No such job: `db::jobs::start` refuses it.
         return Ok(None);
     };
     let (Some(_), Some(labels)) = (check.registration, check.labels) else {
-        return Ok(Some(format!(
+        return Ok(Some(Violation::Identity(format!(
             "policy violation [runner.identity]: runner `{runner}` is not a live registration \
              (unknown or revoked); it may not start jobs"
-        )));
+        ))));
     };
     let signed = check.session_key.as_deref().is_some_and(|key| {
         rivet_protocol::identity::verify_started_mac(
@@ -328,10 +349,10 @@ async fn identity_violation(
         )
     });
     if !signed {
-        return Ok(Some(format!(
+        return Ok(Some(Violation::Identity(format!(
             "policy violation [runner.identity]: `Started` of runner `{runner}` is not signed \
              with its registration's current session"
-        )));
+        ))));
     }
     let have: std::collections::BTreeSet<String> = labels
         .0
@@ -345,35 +366,47 @@ async fn identity_violation(
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Ok(Some(format!(
+        return Ok(Some(Violation::Labels(format!(
             "policy violation [runner.labels]: runner `{runner}` is not assigned {} that the job \
              requires",
             missing.join(", ")
-        )));
+        ))));
     }
     Ok(None)
 }
 
-/// Refuses a `Started` for `violation`: counted on the runner's registration, the attempt ends
-/// `lost` with the violation and the next attempt is queued at once (fence moved before the
-/// refused runner's lease is released, as when an attempt ends), and the runner is told to stop
-/// the attempt.
+/// Why a `Started` may not start its attempt.
+enum Violation {
+    /// The runner is not a live registration, or did not sign with its current session.
+    Identity(String),
+    /// The runner is authenticated but lacks a label the job requires.
+    Labels(String),
+}
+
+/// Refuses a `Started` for `violation` while the job waits for that attempt: the attempt ends
+/// `lost` with the violation, counted on the runner's registration, and the next attempt is
+/// queued at once (or, after [`db::attempts::MAX_REFUSED_STARTS`] refusals, the job ends
+/// `lost`); the fence moves before the refused runner's lease is released, as when an attempt
+/// ends, and that runner is told to stop the attempt. When the job is not waiting for that
+/// attempt (running elsewhere, ended) nothing changes and nobody is told anything: a report
+/// must not stop someone else's job.
 async fn refuse_start(
     state: &AppState,
     report: &RunnerReport,
     violation: String,
 ) -> anyhow::Result<Applied> {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
-    if let Err(e) = db::registrations::record_refusal(&state.db, runner, &violation).await {
-        tracing::warn!(job_id = %job, runner = %runner, error = %e, "Counting a refused start failed.");
+    match db::attempts::refuse_start(&state.db, job, attempt, runner, &violation).await? {
+        db::attempts::Ended::Retrying { attempt: next } => {
+            crate::fence::open(state, job, next).await;
+            state.relay_wakeup.notify_one();
+        }
+        db::attempts::Ended::Final(_) => crate::fence::close(state, job, attempt).await,
+        db::attempts::Ended::Stale => {
+            return Ok(Applied::Ignored("the job is not waiting for this attempt"))
+        }
     }
-    if let db::attempts::Ended::Retrying { attempt: next } =
-        db::attempts::refuse_start(&state.db, job, attempt, &violation).await?
-    {
-        crate::fence::open(state, job, next).await;
-        state.relay_wakeup.notify_one();
-        crate::fence::release_lease(state, job, &lease_value(runner, attempt, &report.token)).await;
-    }
+    crate::fence::release_lease(state, job, &lease_value(runner, attempt, &report.token)).await;
     crate::fence::order_cancel(state, runner, job, attempt, &violation).await;
     Ok(Applied::Refused(violation))
 }

@@ -1,7 +1,7 @@
 //! The HTTP API: `/healthz`, `/readyz`, and `/api/v1/*` behind bearer tokens.
 
 mod body;
-mod fleet;
+pub(crate) mod fleet;
 mod jobs;
 mod pipelines;
 mod registrations;

@@ -157,15 +157,22 @@ async fn queue_attempt(
     Ok(())
 }
 
+/// How many starts of one job may be refused (API-02) before the job ends `lost` instead of
+/// queueing yet another attempt.
+pub const MAX_REFUSED_STARTS: i32 = 5;
+
 /// Refuses attempt `attempt` of a queued job before it ran (API-02: its `Started` came from a
-/// runner that may not run it): the attempt ends `lost` with `reason`, and the next attempt is
-/// queued at once whatever the job's retry rule says (the job never ran, so no retry is used
-/// up; a legitimate runner takes it). [`Ended::Stale`] when the job is not waiting for that
-/// attempt any more.
+/// runner that may not run it): the attempt ends `lost` with `reason` and, in the same
+/// transaction, the refusal is counted on the registration named `runner` (the live one, else
+/// its latest revoked one). The next attempt is queued at once whatever the job's retry rule
+/// says (the job never ran, so no retry is used up; a legitimate runner takes it), up to
+/// [`MAX_REFUSED_STARTS`] refusals per job; the last one ends the job `lost`. [`Ended::Stale`]
+/// (nothing changed, nothing counted) when the job is not waiting for that attempt.
 pub async fn refuse_start(
     db: &PgPool,
     job_id: Uuid,
     attempt: u32,
+    runner: &str,
     reason: &str,
 ) -> sqlx::Result<Ended> {
     let mut tx = db.begin().await?;
@@ -175,6 +182,13 @@ pub async fn refuse_start(
     if cur.attempt as u32 != attempt || cur.state != "queued" {
         return Ok(Ended::Stale);
     }
+    let (refused,): (i32,) = sqlx::query_as(
+        "UPDATE jobs SET refused_starts = refused_starts + 1 WHERE id = $1 RETURNING refused_starts",
+    )
+    .bind(job_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    crate::db::registrations::record_refusal(&mut tx, runner, reason).await?;
     let outcome = JobOutcome::Lost {
         reason: reason.to_owned(),
     };
@@ -194,6 +208,22 @@ pub async fn refuse_start(
     .bind(attempt as i32)
     .execute(&mut *tx)
     .await?;
+    if refused >= MAX_REFUSED_STARTS {
+        let outcome = JobOutcome::Lost {
+            reason: format!(
+                "{reason} (the job's start was refused {refused} times; it is not queued again)"
+            ),
+        };
+        sqlx::query(
+            "UPDATE jobs SET state = 'lost', outcome = $2, finished_at = now() WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(Json(&outcome))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(Ended::Final(JobState::Lost));
+    }
     let next = attempt + 1;
     queue_attempt(&mut tx, job_id, next, Duration::ZERO).await?;
     tx.commit().await?;

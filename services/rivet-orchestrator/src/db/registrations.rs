@@ -83,13 +83,15 @@ pub async fn list(db: &PgPool) -> sqlx::Result<Vec<RunnerRegistrationView>> {
         .collect()
 }
 
-/// Revokes the live registration with this id (a UUID) or name, ending its session. Returns it,
-/// or `None` when no live registration matches.
+/// Revokes the live registration with this id (when it reads as a UUID) or else this name,
+/// ending its session: never both, so one call revokes at most one registration. Returns it, or
+/// `None` when no live registration matches.
 pub async fn revoke(db: &PgPool, id_or_name: &str) -> sqlx::Result<Option<RunnerRegistrationView>> {
     let id = Uuid::parse_str(id_or_name).ok();
     let row: Option<(Uuid,)> = sqlx::query_as(
         "UPDATE runner_registrations SET revoked_at = now(), session_key = NULL \
-         WHERE revoked_at IS NULL AND (id = $1 OR name = $2) RETURNING id",
+         WHERE revoked_at IS NULL AND CASE WHEN $1::uuid IS NULL THEN name = $2 ELSE id = $1 END \
+         RETURNING id",
     )
     .bind(id)
     .bind(id_or_name)
@@ -196,7 +198,11 @@ pub async fn start_check(
 
 /// Counts a refused `Started` on the registration named `runner_id` (the live one, else the
 /// latest revoked one), if there is one.
-pub async fn record_refusal(db: &PgPool, runner_id: &str, why: &str) -> sqlx::Result<()> {
+pub async fn record_refusal(
+    db: &mut sqlx::PgConnection,
+    runner_id: &str,
+    why: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE runner_registrations SET refused_starts = refused_starts + 1, last_refusal = $2 \
          WHERE id = (SELECT id FROM runner_registrations WHERE name = $1 \

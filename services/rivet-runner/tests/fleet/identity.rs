@@ -118,7 +118,32 @@ impl Liar {
     /// Takes the next job of `class_key`'s queue the way a runner does (its lease, then a
     /// `Started` signed with its real session, then the ack), and returns it.
     async fn take_and_start(&mut self, class_key: &str) -> JobDispatch {
+        let key = self.session.session_key.clone();
+        self.take_and_start_signed(class_key, Some(&key), true)
+            .await
+    }
+
+    /// As [`Self::take_and_start`], with `Started` signed with `key` (none: no MAC at all), and
+    /// the lease taken first only when `lease`.
+    async fn take_and_start_signed(
+        &mut self,
+        class_key: &str,
+        key: Option<&str>,
+        lease: bool,
+    ) -> JobDispatch {
         let queue = self.broker.topology().class_queue(class_key);
+        // The relay declares a class's queue when it publishes the class's first job: wait for it.
+        let declared = async {
+            loop {
+                if let Ok(Some(_)) = self.broker.queue_stats(&queue).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), declared)
+            .await
+            .expect("the class queue is declared");
         let mut sub = self
             .broker
             .consume::<JobDispatch>(&queue, 1, &format!("{}-liar", self.id()))
@@ -132,28 +157,34 @@ impl Liar {
         let job = delivery.message.clone();
         let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
         let token = "00112233445566778899aabbccddeeff";
-        let _: () = self
-            .redis
-            .pset_ex(
-                self.keys.lease(job.job_id),
-                lease_value(self.id(), job.attempt, token),
-                10_000,
-            )
-            .await
-            .unwrap();
+        if lease {
+            let _: () = self
+                .redis
+                .pset_ex(
+                    self.keys.lease(job.job_id),
+                    lease_value(self.id(), job.attempt, token),
+                    10_000,
+                )
+                .await
+                .unwrap();
+        }
         let report = RunnerReport {
             schema: SCHEMA_VERSION,
             job_id: job.job_id,
             attempt: job.attempt,
             runner_id: self.id().to_owned(),
             token: token.into(),
-            session_mac: rivet_protocol::identity::started_mac(
-                &self.session.session_key,
-                job.job_id,
-                job.attempt,
-                self.id(),
-                token,
-            ),
+            session_mac: key
+                .map(|key| {
+                    rivet_protocol::identity::started_mac(
+                        key,
+                        job.job_id,
+                        job.attempt,
+                        self.id(),
+                        token,
+                    )
+                })
+                .unwrap_or_default(),
             body: ReportBody::Started,
         };
         self.broker
@@ -398,5 +429,82 @@ async fn api_02_revoking_a_registration_stops_its_runner_from_starting_jobs() {
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
     assert_eq!(done.runner_id.as_deref(), Some(other.as_str()));
     revoked.close().await;
+    fleet.stop().await;
+}
+
+/// `Started` must carry the MAC of the runner's current session: none at all, or one made with
+/// another registration's key, is refused. From the runner holding the lease it is a refusal
+/// (the job goes back at once); without the lease it is a forgery that changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_02_a_started_not_signed_with_the_runners_session_is_refused() {
+    let fleet = helpers::start().await;
+    fleet.push(PLAIN).await;
+    let mut liar = Liar::join(&fleet, "unsigned").await;
+    let other = Liar::join(&fleet, "other-key").await;
+    let job = fleet.submit("plain", json!({})).await;
+
+    // No MAC, from the lease holder: refused, and the job goes back.
+    let taken = liar.take_and_start_signed(&job.class_key, None, true).await;
+    assert_eq!((taken.job_id, taken.attempt), (job.id, 1));
+    let seen = refused_attempt(&fleet, job.id, 1).await;
+    let reason = lost_reason(&seen, 1);
+    assert!(
+        reason.starts_with(
+            "policy violation [runner.identity]: `Started` of runner `unsigned` is not signed"
+        ),
+        "{reason}"
+    );
+
+    // Signed with another registration's key: refused the same way.
+    let key = other.session.session_key.clone();
+    let taken = liar
+        .take_and_start_signed(&job.class_key, Some(&key), true)
+        .await;
+    assert_eq!((taken.job_id, taken.attempt), (job.id, 2));
+    let seen = refused_attempt(&fleet, job.id, 2).await;
+    assert!(
+        lost_reason(&seen, 2).contains("is not signed with its registration's current session"),
+        "{}",
+        lost_reason(&seen, 2)
+    );
+    assert_eq!(registration(&fleet, "unsigned").await.refused_starts, 2);
+
+    // Unsigned and without the lease: a forgery. Attempt 3 stays queued and nothing is counted
+    // on the registration. (The forger did consume attempt 3's message: a holder of broker
+    // credentials can always do that; see docs/security.md.)
+    let taken = liar
+        .take_and_start_signed(&job.class_key, None, false)
+        .await;
+    assert_eq!((taken.job_id, taken.attempt), (job.id, 3));
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&fleet.database_url)
+        .await
+        .unwrap();
+    let forged = async {
+        loop {
+            let n: i32 = sqlx::query_scalar(
+                "SELECT forged_reports FROM attempts WHERE job_id = $1 AND attempt = 3",
+            )
+            .bind(job.id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            if n > 0 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(20), forged)
+            .await
+            .expect("the forgery is counted"),
+        1
+    );
+    let now: JobView = fleet.get(&format!("/jobs/{}", job.id)).await;
+    assert_eq!((now.state, now.attempt), (JobState::Queued, 3));
+    assert_eq!(registration(&fleet, "unsigned").await.refused_starts, 2);
+    liar.close().await;
+    other.close().await;
     fleet.stop().await;
 }
