@@ -108,7 +108,7 @@ async fn lane(
         let mut cleaned: Option<RunnerReport> = None;
         loop {
             let report = cleaned.as_ref().unwrap_or(&incoming.message);
-            match apply(&state, report).await {
+            match apply_signed(&state, report, &incoming.message.body).await {
                 Ok(applied) => {
                     let m = &incoming.message;
                     match applied {
@@ -189,6 +189,16 @@ async fn record_forged(state: &AppState, job: Uuid, attempt: u32) {
 /// to stop it; a report with the right runner and attempt but a wrong token is a forgery
 /// (API-03): counted, and nobody is told to stop anything.
 pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Applied> {
+    apply_signed(state, report, &report.body).await
+}
+
+/// [`apply`], with the report's MAC checked against `signed`: the body as received, when
+/// `report` is a copy cleaned for the database.
+async fn apply_signed(
+    state: &AppState,
+    report: &RunnerReport,
+    signed: &ReportBody,
+) -> anyhow::Result<Applied> {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
     let token = report.token.as_str();
     if let ReportBody::Started = report.body {
@@ -268,7 +278,7 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
     // One transaction per report, however many stage events and log lines it carries: every
     // commit waits for the disk.
     let mut tx = state.db.begin().await?;
-    let Some(stored) = db::jobs::running_token(&mut tx, job, attempt, runner).await? else {
+    let Some(running) = db::jobs::running_token(&mut tx, job, attempt, runner).await? else {
         drop(tx);
         if !matches!(report.body, ReportBody::Finished { .. }) {
             crate::fence::order_cancel(
@@ -284,11 +294,32 @@ pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Ap
             "the attempt is not running on this runner",
         ));
     };
-    if !tokens_match(stored.as_deref(), token) {
+    if !tokens_match(running.token.as_deref(), token) {
         db::attempts::record_forged(&mut tx, job, attempt).await?;
         tx.commit().await?;
         return Ok(Applied::Forged(
             "the attempt token differs from the one stored at `Started`",
+        ));
+    }
+    // The token sits in the Redis lease, which every runner can read: the report must also be
+    // signed with the session of the runner's live registration (revoked: nothing more of its
+    // attempts is accepted; they end `lost` when their lease lapses).
+    let signed = running.session_key.as_deref().is_some_and(|key| {
+        rivet_protocol::identity::verify_report_mac(
+            key,
+            job,
+            attempt,
+            runner,
+            token,
+            signed,
+            &report.session_mac,
+        )
+    });
+    if !signed {
+        db::attempts::record_forged(&mut tx, job, attempt).await?;
+        tx.commit().await?;
+        return Ok(Applied::Forged(
+            "the report is not signed with the runner's current session",
         ));
     }
     let bodies = match &report.body {

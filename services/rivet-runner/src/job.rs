@@ -144,8 +144,8 @@ impl Reporter<'_> {
     /// confirms it: a report is never dropped. One published twice after an ambiguous failure is
     /// applied once (the orchestrator is idempotent).
     async fn send(&self, body: ReportBody) {
-        // Only `Started` is signed: it binds the attempt token to this runner's session, and
-        // every later report is fenced by that token.
+        // Every report is signed with this runner's session: `Started` binds the attempt token
+        // to it, and the others cover their body too (the token alone sits in the Redis lease).
         let session_mac = match body {
             ReportBody::Started => rivet_protocol::identity::started_mac(
                 &self.runner.session_key,
@@ -154,7 +154,14 @@ impl Reporter<'_> {
                 &self.runner.id,
                 &self.token,
             ),
-            _ => String::new(),
+            ref body => rivet_protocol::identity::report_mac(
+                &self.runner.session_key,
+                self.job.job_id,
+                self.job.attempt,
+                &self.runner.id,
+                &self.token,
+                body,
+            ),
         };
         let report = RunnerReport {
             schema: SCHEMA_VERSION,

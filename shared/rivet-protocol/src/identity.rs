@@ -6,8 +6,9 @@
 //! at every registration (revoking the registration deletes it). The runner signs each `Started`
 //! report with it ([`started_mac`]): HMAC-SHA256 over the job, the attempt, the runner id and the
 //! attempt token. The orchestrator recomputes it with the registration's current key
-//! ([`verify_started_mac`]) before it lets the attempt start; later reports of the attempt are
-//! fenced by the attempt token the signed `Started` bound to the runner.
+//! ([`verify_started_mac`]) before it lets the attempt start. Every later report of the attempt
+//! is signed too ([`report_mac`], covering its body), since the attempt token alone sits in the
+//! Redis lease where every runner can read it.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -76,6 +77,80 @@ pub fn verify_started_mac(
         .is_ok()
 }
 
+/// The text a report's MAC covers besides `Started`'s fields: the SHA-256 of the body's JSON
+/// encoding. The orchestrator re-encodes the body it decoded; serde_json writes the same types
+/// the same way (no maps with unordered keys, no floats in report bodies), so both sides hash
+/// the same bytes.
+fn body_digest(body: &crate::messages::ReportBody) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(body).expect("report bodies always encode");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn report_mac_state(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+    body: &crate::messages::ReportBody,
+) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(session_key.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(
+        format!(
+            "rivet-report-v1\n{job_id}\n{attempt}\n{runner_id}\n{token}\n{}",
+            body_digest(body)
+        )
+        .as_bytes(),
+    );
+    mac
+}
+
+/// The `session_mac` of every report after `Started` (log batches, stage events, `Finished`):
+/// HMAC-SHA256 with the session key over `Started`'s fields and the body's digest, so a report
+/// cannot be forged by someone who knows only the attempt token (it sits in the Redis lease).
+pub fn report_mac(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+    body: &crate::messages::ReportBody,
+) -> String {
+    report_mac_state(session_key, job_id, attempt, runner_id, token, body)
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `claimed` is [`report_mac`] of these fields and `body` under `session_key`, compared
+/// in constant time. A malformed MAC or key never matches.
+pub fn verify_report_mac(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+    body: &crate::messages::ReportBody,
+    claimed: &str,
+) -> bool {
+    if !is_session_key(session_key) || claimed.len() != 64 {
+        return false;
+    }
+    let Some(bytes) = decode_hex(claimed) else {
+        return false;
+    };
+    report_mac_state(session_key, job_id, attempt, runner_id, token, body)
+        .verify_slice(&bytes)
+        .is_ok()
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let digit = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -107,6 +182,51 @@ mod tests {
 
     const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_report_mac_covers_the_body_and_survives_a_decode() {
+        use crate::messages::{LogLine, ReportBody};
+        let job = Uuid::new_v4();
+        let body = ReportBody::Logs {
+            lines: vec![LogLine {
+                seq: 1,
+                at_ms: 5,
+                level: "info".into(),
+                source: "stdout".into(),
+                stage: None,
+                line: "h\u{e9}llo \"quoted\" \\ tab\t".into(),
+            }],
+        };
+        let mac = report_mac(KEY, job, 1, "r1", TOKEN, &body);
+        // What the orchestrator decodes re-encodes to the same bytes.
+        let decoded: ReportBody =
+            serde_json::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert!(verify_report_mac(KEY, job, 1, "r1", TOKEN, &decoded, &mac));
+        let ReportBody::Logs { mut lines } = decoded else {
+            unreachable!()
+        };
+        lines[0].line = "forged".into();
+        let forged = ReportBody::Logs { lines };
+        assert!(!verify_report_mac(KEY, job, 1, "r1", TOKEN, &forged, &mac));
+        assert!(!verify_report_mac(KEY, job, 2, "r1", TOKEN, &body, &mac));
+        assert!(!verify_report_mac(KEY, job, 1, "r2", TOKEN, &body, &mac));
+        let other_key = "f".repeat(64);
+        assert!(!verify_report_mac(
+            &other_key, job, 1, "r1", TOKEN, &body, &mac
+        ));
+        assert!(!verify_report_mac(KEY, job, 1, "r1", TOKEN, &body, ""));
+        // A `Started` MAC is not a report MAC for the same fields.
+        let started = started_mac(KEY, job, 1, "r1", TOKEN);
+        assert!(!verify_report_mac(
+            KEY,
+            job,
+            1,
+            "r1",
+            TOKEN,
+            &ReportBody::Started,
+            &started
+        ));
+    }
 
     #[test]
     fn a_started_mac_verifies_only_for_its_own_fields_and_key() {

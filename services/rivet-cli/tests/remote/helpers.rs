@@ -233,7 +233,14 @@ impl FakeRunner {
                     &self.id,
                     FAKE_ATTEMPT_TOKEN,
                 ),
-                _ => String::new(),
+                ref other => rivet_protocol::identity::report_mac(
+                    &self.session_key,
+                    taken.job.job_id,
+                    taken.job.attempt,
+                    &self.id,
+                    FAKE_ATTEMPT_TOKEN,
+                    other,
+                ),
             };
             let report = RunnerReport {
                 schema: SCHEMA_VERSION,

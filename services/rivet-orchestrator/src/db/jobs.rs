@@ -262,24 +262,35 @@ pub async fn start(
 }
 
 /// When `attempt` is the job's current, running attempt held by `runner_id`: the attempt token
-/// stored at its `Started` (`Some(None)` only for an attempt started before tokens existed).
+/// stored at its `Started` (`None` only for an attempt started before tokens existed) and its
+/// runner's session key.
 /// Locks the job's row for the rest of the caller's transaction.
 pub async fn running_token(
     db: &mut sqlx::PgConnection,
     job_id: Uuid,
     attempt: u32,
     runner_id: &str,
-) -> sqlx::Result<Option<Option<String>>> {
-    let row: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT a.token FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
+) -> sqlx::Result<Option<RunningAttempt>> {
+    sqlx::query_as(
+        "SELECT a.token, r.session_key FROM jobs j \
+         JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
+         LEFT JOIN runner_registrations r ON r.name = j.runner_id AND r.revoked_at IS NULL \
          WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3 FOR UPDATE OF j",
     )
     .bind(job_id)
     .bind(attempt as i32)
     .bind(runner_id)
     .fetch_optional(db)
-    .await?;
-    Ok(row.map(|(token,)| token))
+    .await
+}
+
+/// A running attempt as its reports are checked against it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RunningAttempt {
+    /// The attempt token stored at `Started`.
+    pub token: Option<String>,
+    /// The current session key of the runner's live registration (none: revoked or unknown).
+    pub session_key: Option<String>,
 }
 
 /// A stage's start or end, as a report says it.

@@ -133,7 +133,14 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
                 "runner-a",
                 token,
             ),
-            _ => String::new(),
+            ref other => rivet_protocol::identity::report_mac(
+                &session.session_key,
+                id,
+                1,
+                "runner-a",
+                token,
+                other,
+            ),
         },
         body,
     };
@@ -206,6 +213,23 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
             },
         ),
     ];
+    // With the real token (it can be read from the Redis lease) but without the runner's session:
+    // no MAC, or one made with another key, or the real MAC of another body.
+    let mut forgeries = forgeries.to_vec();
+    let mut unsigned = report(TOKEN_A, forged_line());
+    unsigned.session_mac = String::new();
+    let mut other_key = report(TOKEN_A, forged_line());
+    other_key.session_mac = rivet_protocol::identity::report_mac(
+        &"e".repeat(64),
+        id,
+        1,
+        "runner-a",
+        TOKEN_A,
+        &forged_line(),
+    );
+    let mut swapped = report(TOKEN_A, forged_finish(JobOutcome::Succeeded));
+    swapped.session_mac = report(TOKEN_A, forged_line()).session_mac;
+    forgeries.extend([unsigned, other_key, swapped]);
     let forged = forgeries.len() as i32;
     for r in forgeries {
         publish(r).await;

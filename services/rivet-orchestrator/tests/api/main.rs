@@ -291,7 +291,14 @@ async fn reports_are_fenced_by_lease_and_attempt() {
                     runner,
                     token,
                 ),
-                _ => String::new(),
+                ref other => rivet_protocol::identity::report_mac(
+                    &session.session_key,
+                    job.id,
+                    attempt,
+                    runner,
+                    token,
+                    other,
+                ),
             },
             body,
         }
