@@ -317,8 +317,16 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     .await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     assert_eq!(done.attempts[0].stages[0].state, "succeeded");
-    let lease: Option<String> = redis.get(keys.lease(id)).await.unwrap();
-    assert_eq!(lease, None, "the real `Finished` releases the lease");
+    // The lease goes after the commit that made the job final (fence first, then lease).
+    wait_for("the real `Finished` to release the lease", || {
+        let mut redis = redis.clone();
+        let key = keys.lease(id);
+        async move {
+            let lease: Option<String> = redis.get(key).await.unwrap();
+            lease.is_none().then_some(())
+        }
+    })
+    .await;
 
     // The token is never shown by the API.
     for path in [
