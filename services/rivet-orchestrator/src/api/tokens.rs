@@ -63,7 +63,9 @@ pub async fn list(
     State(state): State<AppState>,
     _: Admin,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
-    let rows: Vec<(Uuid, String, Option<String>, i64, Option<i64>)> = sqlx::query_as(
+    /// Id, name, project, created, revoked.
+    type Row = (Uuid, String, Option<String>, i64, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.id, t.name, p.name, (extract(epoch FROM t.created_at) * 1000)::bigint, \
          (extract(epoch FROM t.revoked_at) * 1000)::bigint \
          FROM tokens t LEFT JOIN projects p ON p.id = t.project_id ORDER BY t.created_at",
