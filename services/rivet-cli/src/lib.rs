@@ -2,7 +2,7 @@
 //!
 //! `rivet lint` and `rivet run FILE` work on one machine with no server: they start sandbox
 //! worker processes from this same executable (see `rivet_sandbox::worker`). The remote
-//! commands (`rivet pipeline`, `rivet run NAME`, `rivet job`, `rivet runner`, `rivet queue`)
+//! commands (`rivet pipeline`, `rivet run NAME`, `rivet job`, `rivet runner`, `rivet queue`, `rivet project`, `rivet token`)
 //! talk to an orchestrator through `rivet-client` (module `remote`).
 //!
 //! Depends on shared crates only (core, sandbox, protocol, client); never on a service crate
@@ -47,6 +47,12 @@ pub enum Command {
     /// The orchestrator's class queues.
     #[command(subcommand)]
     Queue(remote::fleet::QueueCommand),
+    /// Projects on the orchestrator: create, list. Needs an admin token.
+    #[command(subcommand)]
+    Project(remote::access::ProjectCommand),
+    /// API tokens: create one scoped to a project, list, revoke. Needs an admin token.
+    #[command(subcommand)]
+    Token(remote::access::TokenCommand),
     /// Plugins: run a plugin's own tests in the sandbox.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -61,6 +67,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Job(cmd) => remote::job::run(cmd),
         Command::Runner(cmd) => remote::fleet::runner(cmd),
         Command::Queue(cmd) => remote::fleet::queue(cmd),
+        Command::Project(cmd) => remote::access::project(cmd),
+        Command::Token(cmd) => remote::access::token(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
     };
     match result {

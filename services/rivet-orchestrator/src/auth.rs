@@ -15,6 +15,86 @@ use uuid::Uuid;
 pub struct Caller {
     /// Whether it is an admin token (managing tokens, draining runners).
     pub is_admin: bool,
+    /// The project of a project token; `None` for an admin token (every project).
+    pub project_id: Option<Uuid>,
+}
+
+/// The project a request acts on (API-01). A project token's is its own: naming another
+/// project with `?project=NAME` is 404, as if it did not exist. An admin token acts on
+/// `?project=NAME`, or on `default` when the request names none.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    /// The project pipelines are pushed to, looked up in and listed from, and jobs listed from.
+    pub project_id: Uuid,
+    /// Whether the caller is an admin: job routes by id (show, logs, cancel, retry) then reach
+    /// a job of any project.
+    pub admin: bool,
+}
+
+impl Scope {
+    /// The project a job must belong to for this caller to see it by id; `None`: any.
+    pub fn job_project(&self) -> Option<Uuid> {
+        (!self.admin).then_some(self.project_id)
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ProjectParam {
+    project: Option<String>,
+}
+
+/// The project every pipeline belonged to before projects existed, and the one an admin token
+/// acts on unless a request names another.
+pub const DEFAULT_PROJECT: &str = "default";
+
+impl FromRequestParts<AppState> for Scope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)?;
+        let named = axum::extract::Query::<ProjectParam>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?
+            .0
+            .project;
+        let lookup = |name: String| async move {
+            let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM projects WHERE name = $1")
+                .bind(&name)
+                .fetch_optional(&state.db)
+                .await?;
+            Ok::<_, ApiError>((name, id))
+        };
+        match caller.project_id {
+            Some(own) => {
+                if let Some(name) = named {
+                    // The same answer whether the project exists or not: no existence leak.
+                    let (name, id) = lookup(name).await?;
+                    if id != Some(own) {
+                        return Err(ApiError::NotFound(format!("no project `{name}`")));
+                    }
+                }
+                Ok(Scope {
+                    project_id: own,
+                    admin: false,
+                })
+            }
+            None => {
+                let (name, id) = lookup(named.unwrap_or_else(|| DEFAULT_PROJECT.into())).await?;
+                let project_id =
+                    id.ok_or_else(|| ApiError::NotFound(format!("no project `{name}`")))?;
+                Ok(Scope {
+                    project_id,
+                    admin: true,
+                })
+            }
+        }
+    }
 }
 
 /// Extractor of admin-only routes: answers 403 unless the caller's token is an admin token.
@@ -107,12 +187,16 @@ pub async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let secret = bearer(req.headers()).ok_or(ApiError::Unauthorized)?;
-    let row: Option<(bool,)> =
-        sqlx::query_as("SELECT is_admin FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
-            .bind(hash(secret))
-            .fetch_optional(&state.db)
-            .await?;
-    let (is_admin,) = row.ok_or(ApiError::Unauthorized)?;
-    req.extensions_mut().insert(Caller { is_admin });
+    let row: Option<(bool, Option<Uuid>)> = sqlx::query_as(
+        "SELECT is_admin, project_id FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash(secret))
+    .fetch_optional(&state.db)
+    .await?;
+    let (is_admin, project_id) = row.ok_or(ApiError::Unauthorized)?;
+    req.extensions_mut().insert(Caller {
+        is_admin,
+        project_id,
+    });
     Ok(next.run(req).await)
 }

@@ -62,7 +62,7 @@ pub struct AppState {
     pub fences_dirty: Arc<std::sync::atomic::AtomicBool>,
     /// Queue timeout of jobs whose pipeline sets none.
     pub queue_timeout: Duration,
-    /// Pipeline versions by (name, version): stored versions never change.
+    /// Pipeline versions by (project, name, version): stored versions never change.
     pub versions: Arc<std::sync::Mutex<VersionCache>>,
     /// Live runners as last read for a submission's schedulability, and when.
     pub runners_seen: Arc<tokio::sync::Mutex<Option<RunnersSeen>>>,
@@ -73,17 +73,18 @@ impl AppState {
     /// immutable); which one is the latest is always asked of PostgreSQL.
     pub async fn pipeline_version(
         &self,
+        project_id: uuid::Uuid,
         name: &str,
         version: Option<i32>,
     ) -> sqlx::Result<Option<Arc<db::pipelines::Version>>> {
         let number = match version {
             Some(v) => v,
-            None => match db::pipelines::latest_version(&self.db, name).await? {
+            None => match db::pipelines::latest_version(&self.db, project_id, name).await? {
                 Some(v) => v,
                 None => return Ok(None),
             },
         };
-        let key = (name.to_owned(), number);
+        let key = (project_id, name.to_owned(), number);
         if let Some(v) = self
             .versions
             .lock()
@@ -92,7 +93,8 @@ impl AppState {
         {
             return Ok(Some(v.clone()));
         }
-        let Some(found) = db::pipelines::get(&self.db, name, Some(number)).await? else {
+        let Some(found) = db::pipelines::get(&self.db, project_id, name, Some(number)).await?
+        else {
             return Ok(None);
         };
         let found = Arc::new(found);
@@ -124,8 +126,9 @@ impl AppState {
     }
 }
 
-/// Pipeline versions by (name, version).
-pub type VersionCache = std::collections::HashMap<(String, i32), Arc<db::pipelines::Version>>;
+/// Pipeline versions by (project, name, version).
+pub type VersionCache =
+    std::collections::HashMap<(uuid::Uuid, String, i32), Arc<db::pipelines::Version>>;
 /// Live runners and when they were read.
 pub type RunnersSeen = (
     std::time::Instant,

@@ -15,9 +15,9 @@ pub use error::ClientError;
 
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use rivet_protocol::http::{
-    ApiError, CreateRun, CreateRunnerRegistration, CreateToken, JobState, JobView, LogPage,
-    PipelineSummary, PipelineView, PushPipeline, QueueView, RegisterRunner, RunnerRegistrationView,
-    RunnerSession, RunnerView, TokenView,
+    ApiError, CreateProject, CreateRun, CreateRunnerRegistration, CreateToken, JobState, JobView,
+    LogPage, PipelineSummary, PipelineView, ProjectView, PushPipeline, QueueView, RegisterRunner,
+    RunnerRegistrationView, RunnerSession, RunnerView, TokenView,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -40,6 +40,7 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: String,
+    project: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -48,6 +49,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base", &self.base.as_str())
             .field("token", &"***")
+            .field("project", &self.project)
             .finish()
     }
 }
@@ -123,7 +125,20 @@ impl Client {
             .user_agent(concat!("rivet-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(&e.to_string()))?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token,
+            project: None,
+        })
+    }
+
+    /// The same client, naming project `project` in every API call (`?project=NAME`). An admin
+    /// token then acts on that project instead of `default`; a project token may name only its
+    /// own (another is 404).
+    pub fn with_project(mut self, project: Option<String>) -> Self {
+        self.project = project;
+        self
     }
 
     /// The orchestrator's base URL.
@@ -224,13 +239,29 @@ impl Client {
         self.json(self.http.get(self.api(&["queues"]))).await
     }
 
-    /// `POST /api/v1/tokens` (admin tokens only): a new token, its `secret` shown this once.
-    pub async fn create_token(&self, name: &str) -> Result<TokenView> {
+    /// `POST /api/v1/tokens` (admin tokens only): a new token scoped to `project` (default:
+    /// `default`), its `secret` shown this once.
+    pub async fn create_token(&self, name: &str, project: Option<&str>) -> Result<TokenView> {
         let body = CreateToken {
             name: name.to_owned(),
+            project: project.map(str::to_owned),
         };
         self.json(self.http.post(self.api(&["tokens"])).json(&body))
             .await
+    }
+
+    /// `POST /api/v1/projects` (admin tokens only): a new project.
+    pub async fn create_project(&self, name: &str) -> Result<ProjectView> {
+        let body = CreateProject {
+            name: name.to_owned(),
+        };
+        self.json(self.http.post(self.api(&["projects"])).json(&body))
+            .await
+    }
+
+    /// `GET /api/v1/projects` (admin tokens only): every project.
+    pub async fn projects(&self) -> Result<Vec<ProjectView>> {
+        self.json(self.http.get(self.api(&["projects"]))).await
     }
 
     /// `GET /api/v1/tokens` (admin tokens only): every token, without secrets.
@@ -322,7 +353,11 @@ impl Client {
     fn api(&self, segments: &[&str]) -> Url {
         let mut all = vec!["api", "v1"];
         all.extend_from_slice(segments);
-        self.root(&all)
+        let mut url = self.root(&all);
+        if let Some(project) = &self.project {
+            url.query_pairs_mut().append_pair("project", project);
+        }
+        url
     }
 
     fn root(&self, segments: &[&str]) -> Url {

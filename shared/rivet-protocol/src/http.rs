@@ -309,6 +309,10 @@ pub struct QueueView {
 pub struct CreateToken {
     /// What the token is for.
     pub name: String,
+    /// The project the token is scoped to (default: `default`). Every token made through the
+    /// API is a project token; admin tokens exist only from the orchestrator's first start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// A token; `secret` is present only in the response that created it.
@@ -318,6 +322,9 @@ pub struct TokenView {
     pub id: Uuid,
     /// Name.
     pub name: String,
+    /// The project it is scoped to; absent for an admin token (every project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// The bearer token itself, shown once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -326,6 +333,24 @@ pub struct TokenView {
     /// Revoked, Unix ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at_ms: Option<i64>,
+}
+
+/// `POST /api/v1/projects` (admin tokens only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CreateProject {
+    /// 1-100 letters, digits, `-` or `_`.
+    pub name: String,
+}
+
+/// A project: pipelines and their jobs belong to one, project tokens see only theirs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProjectView {
+    /// Id.
+    pub id: Uuid,
+    /// Name (what `?project=` and `rivet token create --project` take).
+    pub name: String,
+    /// Created, Unix ms.
+    pub created_at_ms: i64,
 }
 
 /// `POST /api/v1/runners/registrations` (admin tokens only): a runner identity with the labels
@@ -441,6 +466,10 @@ pub struct ApiSchemas {
     pub create_token: CreateToken,
     /// Token view.
     pub token_view: TokenView,
+    /// Project body.
+    pub create_project: CreateProject,
+    /// Project view.
+    pub project_view: ProjectView,
     /// Registration body.
     pub create_runner_registration: CreateRunnerRegistration,
     /// Registration view.

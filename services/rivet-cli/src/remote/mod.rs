@@ -5,6 +5,7 @@
 //! runtime for itself ([`block_on`]), so local runs never start one (a worker must be started
 //! by a process without extra threads).
 
+pub mod access;
 pub mod fleet;
 pub mod follow;
 pub mod job;
@@ -41,6 +42,16 @@ pub struct RemoteArgs {
         help_heading = "Orchestrator"
     )]
     pub token: Option<String>,
+    /// The project to act on. An admin token acts on `default` unless this names another; a
+    /// project token is always in its own project (naming another answers "not found"). For
+    /// `rivet token create`, the project the new token is scoped to.
+    #[arg(
+        long,
+        env = "RIVET_PROJECT",
+        value_name = "NAME",
+        help_heading = "Orchestrator"
+    )]
+    pub project: Option<String>,
 }
 
 impl RemoteArgs {
@@ -49,7 +60,7 @@ impl RemoteArgs {
         let Some(token) = self.token.as_deref() else {
             bail!("no API token: set RIVET_TOKEN or pass --token (an admin creates tokens)");
         };
-        Ok(Client::new(&self.url, token)?)
+        Ok(Client::new(&self.url, token)?.with_project(self.project.clone()))
     }
 }
 
@@ -155,6 +166,7 @@ mod tests {
         let args = RemoteArgs {
             url: "http://127.0.0.1:8080".into(),
             token: None,
+            project: None,
         };
         let err = args.client().unwrap_err();
         assert!(err.to_string().contains("RIVET_TOKEN"), "{err}");

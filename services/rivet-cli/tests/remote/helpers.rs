@@ -51,6 +51,7 @@ impl TestApp {
             .env("RIVET_TOKEN", &self.token)
             .env_remove("RIVET_POLICY")
             .env_remove("RIVET_PLUGIN_DIR")
+            .env_remove("RIVET_PROJECT")
             .stdin(Stdio::null());
         cmd
     }

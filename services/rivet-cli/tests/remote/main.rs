@@ -476,3 +476,121 @@ async fn runner_registrations_are_created_listed_and_revoked_from_the_cli() {
     );
     app.stop().await;
 }
+
+/// API-01 from the CLI: an admin creates a project and a token scoped to it (printed once); the
+/// project token pushes and runs there and sees nothing of `default`; it cannot manage tokens or
+/// projects; an admin reaches the project with `--project`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_and_project_tokens_from_the_cli() {
+    use rivet_protocol::http::{ProjectView, TokenView};
+    let app = spawn_app().await;
+    let dir = scratch();
+    let file = write(dir.path(), "hello.lua", PIPELINE);
+
+    let out = app.rivet(&["project", "create", "team-a"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("created project team-a ("), "{stdout}");
+    let out = app.rivet(&["project", "create", "team-b", "--json"]).await;
+    let b: ProjectView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b.name, "team-b");
+    let out = app.rivet(&["project", "ls", "--json"]).await;
+    let names: Vec<String> = serde_json::from_slice::<Vec<ProjectView>>(&out.stdout)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["default", "team-a", "team-b"]);
+
+    let out = app
+        .rivet(&["token", "create", "ci-a", "--project", "team-a"])
+        .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("created token ci-a (") && stdout.contains(") for project team-a\n"),
+        "{stdout}"
+    );
+    let secret = stdout.lines().last().unwrap().to_owned();
+    assert!(secret.starts_with("rvt_"), "{stdout}");
+    let out = app
+        .rivet(&["token", "create", "ci-b", "--project", "team-b", "--json"])
+        .await;
+    let token_b: TokenView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(token_b.project.as_deref(), Some("team-b"));
+    let out = app.rivet(&["token", "ls", "--json"]).await;
+    let tokens: Vec<TokenView> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(tokens.iter().all(|t| t.secret.is_none()), "shown once");
+    let out = app.rivet(&["token", "ls"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ci-a ") && l.contains(" team-a ")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(admin)"), "{stdout}");
+
+    // In `default`, as the admin: invisible to team-a's token.
+    app.rivet(&["pipeline", "push", &file, "--name", "default-only"])
+        .await;
+    let as_a = |args: &[&str]| {
+        let mut cmd = app.command(args);
+        cmd.env("RIVET_TOKEN", &secret);
+        wait(
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let out = as_a(&["pipeline", "push", &file]).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = as_a(&["run", "hello-fleet", "-i", "n=1"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let out = as_a(&["pipeline", "ls", "--json"]).await;
+    let listed: Vec<PipelineSummary> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["hello-fleet"]);
+    let out = as_a(&["pipeline", "show", "default-only"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("no pipeline `default-only`"),
+        "{}",
+        text(&out).1
+    );
+    let out = as_a(&["pipeline", "ls", "--project", "team-b"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("no project `team-b`"),
+        "{}",
+        text(&out).1
+    );
+    for admin_only in [
+        &["token", "ls"][..],
+        &["project", "create", "mine"],
+        &["token", "create", "more", "--project", "team-a"],
+    ] {
+        let out = as_a(admin_only).await;
+        assert_eq!(out.status.code(), Some(2), "{admin_only:?}");
+        assert!(
+            text(&out).1.contains("this needs an admin token"),
+            "{admin_only:?}: {}",
+            text(&out).1
+        );
+    }
+
+    // The admin: `default` by default, team-a with --project.
+    let out = app.rivet(&["pipeline", "ls", "--json"]).await;
+    let listed: Vec<PipelineSummary> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["default-only"]);
+    let out = app
+        .rivet(&["job", "ls", "--project", "team-a", "--json"])
+        .await;
+    let jobs: Vec<JobView> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].pipeline, "hello-fleet");
+    app.stop().await;
+}

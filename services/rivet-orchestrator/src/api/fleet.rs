@@ -29,7 +29,12 @@ fn view(r: &RunnerPresence, registration: Option<uuid::Uuid>) -> RunnerView {
 /// `GET /runners`: live runners with their registration's labels; a presence record without a
 /// live registration (revoked, or written by something that never registered) shows as
 /// `unregistered` with no labels; then the runners seen before and gone (`offline`).
-pub async fn runners(State(state): State<AppState>) -> Result<Json<Vec<RunnerView>>, ApiError> {
+/// Fleet-wide for every token, but a project token sees in `running` only its project's jobs
+/// (API-01: no other project's job ids).
+pub async fn runners(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Result<Json<Vec<RunnerView>>, ApiError> {
     let live = presences(&state).await?;
     let registered = crate::db::registrations::live(&state.db).await?;
     let mut views = Vec::with_capacity(live.len());
@@ -80,6 +85,13 @@ pub async fn runners(State(state): State<AppState>) -> Result<Json<Vec<RunnerVie
         }
     }
     views.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(project_id) = caller.project_id {
+        let running: Vec<uuid::Uuid> = views.iter().flat_map(|v| v.running.clone()).collect();
+        let own = crate::db::jobs::of_project(&state.db, &running, project_id).await?;
+        for v in &mut views {
+            v.running.retain(|id| own.contains(id));
+        }
+    }
     Ok(Json(views))
 }
 

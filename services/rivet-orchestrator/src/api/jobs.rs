@@ -1,6 +1,7 @@
 //! Jobs: list, show, logs, cancel, retry.
 
 use super::body::Body;
+use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::{db, AppState};
 use axum::extract::{Path, Query, State};
@@ -19,6 +20,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
+    scope: Scope,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let job_state = match q.state.as_deref() {
@@ -29,6 +31,7 @@ pub async fn list(
         })?),
     };
     let filter = db::jobs::Filter {
+        project_id: scope.project_id,
         state: job_state,
         pipeline: q.pipeline,
         limit: q.limit.unwrap_or(50).clamp(1, 1000),
@@ -40,6 +43,18 @@ pub async fn list(
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no job `{id}`")))
+}
+
+/// The job's id, when the caller may see it: a job of another project is 404 with the words of
+/// a job that does not exist (API-01: no existence leak).
+async fn visible(state: &AppState, scope: &Scope, id: &str) -> Result<Uuid, ApiError> {
+    let id = parse_id(id)?;
+    if let Some(own) = scope.job_project() {
+        if db::jobs::project_of(&state.db, id).await? != Some(own) {
+            return Err(ApiError::NotFound(format!("no job `{id}`")));
+        }
+    }
+    Ok(id)
 }
 
 /// Adds schedulability to queued jobs.
@@ -55,9 +70,10 @@ async fn annotate(state: &AppState, jobs: &mut [JobView]) -> Result<(), ApiError
 
 pub async fn show(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = visible(&state, &scope, &id).await?;
     let mut job = db::jobs::get(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
@@ -75,10 +91,11 @@ pub struct LogQuery {
 
 pub async fn logs(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<LogPage>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = visible(&state, &scope, &id).await?;
     let job = db::jobs::get(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
@@ -115,10 +132,11 @@ pub struct CancelBody {
 /// runner (202 either way, with the job as it is now). A finished job: 409.
 pub async fn cancel(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     body: Option<Body<CancelBody>>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let id = parse_id(&id)?;
+    let id = visible(&state, &scope, &id).await?;
     let reason = body
         .and_then(|Body(b)| b.reason)
         .map(|r| r.chars().take(500).collect::<String>())
@@ -146,9 +164,10 @@ pub async fn cancel(
 /// `POST /jobs/{id}/retry`: a finished job runs again as a new attempt with the same inputs.
 pub async fn retry(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let id = parse_id(&id)?;
+    let id = visible(&state, &scope, &id).await?;
     match db::attempts::retry(&state.db, id).await? {
         db::attempts::Retry::NotFound => return Err(ApiError::NotFound(format!("no job `{id}`"))),
         db::attempts::Retry::NotFinal(s) => {

@@ -4,6 +4,7 @@ mod body;
 pub(crate) mod fleet;
 mod jobs;
 mod pipelines;
+mod projects;
 mod registrations;
 mod tokens;
 
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/runners/registrations/{id}", delete(registrations::revoke))
         .route("/queues", get(fleet::queues))
+        .route("/projects", post(projects::create).get(projects::list))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })

@@ -1,6 +1,7 @@
 //! Pipelines: push, list, show, run.
 
 use super::body::Body;
+use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::{db, AppState};
 use axum::extract::{Path, Query, State};
@@ -38,6 +39,7 @@ fn slug(display: &str) -> String {
 
 pub async fn push(
     State(state): State<AppState>,
+    scope: Scope,
     Body(body): Body<PushPipeline>,
 ) -> Result<(StatusCode, Json<PipelineView>), ApiError> {
     let spec = state
@@ -51,14 +53,26 @@ pub async fn push(
             "pipeline name `{name}` must be 1-100 letters, digits, `-` or `_` (pass `name` to choose one)"
         )));
     }
-    let version =
-        db::pipelines::push(&state.db, &name, &body.file_name, &body.source, &spec).await?;
+    let version = db::pipelines::push(
+        &state.db,
+        scope.project_id,
+        &name,
+        &body.file_name,
+        &body.source,
+        &spec,
+    )
+    .await?;
     tracing::info!(pipeline = %name, version = version.view.version, "Pipeline pushed.");
     Ok((StatusCode::CREATED, Json(version.view)))
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PipelineSummary>>, ApiError> {
-    Ok(Json(db::pipelines::list(&state.db).await?))
+pub async fn list(
+    State(state): State<AppState>,
+    scope: Scope,
+) -> Result<Json<Vec<PipelineSummary>>, ApiError> {
+    Ok(Json(
+        db::pipelines::list(&state.db, scope.project_id).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,10 +82,11 @@ pub struct VersionQuery {
 
 pub async fn show(
     State(state): State<AppState>,
+    scope: Scope,
     Path(name): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> Result<Json<PipelineView>, ApiError> {
-    let version = db::pipelines::get(&state.db, &name, q.version)
+    let version = db::pipelines::get(&state.db, scope.project_id, &name, q.version)
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!("no pipeline `{name}`{}", version_suffix(q.version)))
@@ -85,11 +100,12 @@ fn version_suffix(v: Option<i32>) -> String {
 
 pub async fn run(
     State(state): State<AppState>,
+    scope: Scope,
     Path(name): Path<String>,
     Body(body): Body<CreateRun>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let version = state
-        .pipeline_version(&name, body.version)
+        .pipeline_version(scope.project_id, &name, body.version)
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!(

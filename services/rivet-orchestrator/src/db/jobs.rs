@@ -107,9 +107,33 @@ pub async fn get(db: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
     Ok(row.map(JobView::from))
 }
 
+/// The project a job belongs to (through its pipeline).
+pub async fn project_of(db: &PgPool, id: Uuid) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT p.project_id FROM jobs j JOIN pipelines p ON p.id = j.pipeline_id WHERE j.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Which of `ids` are jobs of project `project_id`.
+pub async fn of_project(db: &PgPool, ids: &[Uuid], project_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT j.id FROM jobs j JOIN pipelines p ON p.id = j.pipeline_id \
+         WHERE j.id = ANY($1) AND p.project_id = $2",
+    )
+    .bind(ids)
+    .bind(project_id)
+    .fetch_all(db)
+    .await
+}
+
 /// Filters of the job list.
 #[derive(Debug, Default)]
 pub struct Filter {
+    /// Only jobs of this project.
+    pub project_id: Uuid,
     /// Only this state.
     pub state: Option<JobState>,
     /// Only this pipeline.
@@ -122,11 +146,12 @@ pub struct Filter {
 pub async fn list(db: &PgPool, filter: &Filter) -> sqlx::Result<Vec<JobView>> {
     let rows: Vec<JobRow> = sqlx::query_as(&format!(
         "{SELECT_JOB} WHERE ($1::text IS NULL OR j.state = $1) AND ($2::text IS NULL OR p.name = $2) \
-         ORDER BY j.created_at DESC, j.id LIMIT $3"
+         AND p.project_id = $4 ORDER BY j.created_at DESC, j.id LIMIT $3"
     ))
     .bind(filter.state.map(JobState::as_str))
     .bind(&filter.pipeline)
     .bind(filter.limit)
+    .bind(filter.project_id)
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(JobView::from).collect())

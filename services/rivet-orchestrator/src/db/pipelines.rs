@@ -53,9 +53,11 @@ const SELECT: &str = "SELECT p.id AS pipeline_id, p.name, v.version, v.file_name
      v.class_key, (extract(epoch FROM v.created_at) * 1000)::bigint AS created_at_ms \
      FROM pipelines p JOIN pipeline_versions v ON v.pipeline_id = p.id";
 
-/// Stores a new version of `name` (creating the pipeline on first push) and returns it.
+/// Stores a new version of `name` in project `project_id` (creating the pipeline on first push)
+/// and returns it.
 pub async fn push(
     db: &PgPool,
+    project_id: Uuid,
     name: &str,
     file_name: &str,
     source: &str,
@@ -63,9 +65,11 @@ pub async fn push(
 ) -> sqlx::Result<Version> {
     let mut tx = db.begin().await?;
     let (pipeline_id,): (Uuid,) = sqlx::query_as(
-        "INSERT INTO pipelines (id, name) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+        "INSERT INTO pipelines (id, project_id, name) VALUES ($1, $2, $3) \
+         ON CONFLICT (project_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
     )
     .bind(Uuid::new_v4())
+    .bind(project_id)
     .bind(name)
     .fetch_one(&mut *tx)
     .await?;
@@ -94,25 +98,34 @@ pub async fn push(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(get(db, name, Some(next))
+    Ok(get(db, project_id, name, Some(next))
         .await?
         .expect("the version was committed just above"))
 }
 
-/// A version of `name` (the latest when `version` is `None`).
-pub async fn get(db: &PgPool, name: &str, version: Option<i32>) -> sqlx::Result<Option<Version>> {
+/// A version of `name` in project `project_id` (the latest when `version` is `None`).
+pub async fn get(
+    db: &PgPool,
+    project_id: Uuid,
+    name: &str,
+    version: Option<i32>,
+) -> sqlx::Result<Option<Version>> {
     let row: Option<Row> = match version {
         Some(v) => {
-            sqlx::query_as(&format!("{SELECT} WHERE p.name = $1 AND v.version = $2"))
-                .bind(name)
-                .bind(v)
-                .fetch_optional(db)
-                .await?
+            sqlx::query_as(&format!(
+                "{SELECT} WHERE p.project_id = $1 AND p.name = $2 AND v.version = $3"
+            ))
+            .bind(project_id)
+            .bind(name)
+            .bind(v)
+            .fetch_optional(db)
+            .await?
         }
         None => {
             sqlx::query_as(&format!(
-                "{SELECT} WHERE p.name = $1 ORDER BY v.version DESC LIMIT 1"
+                "{SELECT} WHERE p.project_id = $1 AND p.name = $2 ORDER BY v.version DESC LIMIT 1"
             ))
+            .bind(project_id)
             .bind(name)
             .fetch_optional(db)
             .await?
@@ -123,22 +136,29 @@ pub async fn get(db: &PgPool, name: &str, version: Option<i32>) -> sqlx::Result<
 
 /// The latest version number of a pipeline (a cheap lookup; versions never change once stored,
 /// so their content can be cached by number).
-pub async fn latest_version(db: &PgPool, name: &str) -> sqlx::Result<Option<i32>> {
+pub async fn latest_version(
+    db: &PgPool,
+    project_id: Uuid,
+    name: &str,
+) -> sqlx::Result<Option<i32>> {
     sqlx::query_scalar(
         "SELECT v.version FROM pipelines p JOIN pipeline_versions v ON v.pipeline_id = p.id \
-         WHERE p.name = $1 ORDER BY v.version DESC LIMIT 1",
+         WHERE p.project_id = $1 AND p.name = $2 ORDER BY v.version DESC LIMIT 1",
     )
+    .bind(project_id)
     .bind(name)
     .fetch_optional(db)
     .await
 }
 
-/// Every pipeline with its latest version.
-pub async fn list(db: &PgPool) -> sqlx::Result<Vec<PipelineSummary>> {
+/// Every pipeline of project `project_id` with its latest version.
+pub async fn list(db: &PgPool, project_id: Uuid) -> sqlx::Result<Vec<PipelineSummary>> {
     let rows: Vec<(String, i32, sqlx::types::Json<PipelineSpec>, i64)> = sqlx::query_as(
         "SELECT DISTINCT ON (p.name) p.name, v.version, v.definition, (extract(epoch FROM v.created_at) * 1000)::bigint \
-         FROM pipelines p JOIN pipeline_versions v ON v.pipeline_id = p.id ORDER BY p.name, v.version DESC",
+         FROM pipelines p JOIN pipeline_versions v ON v.pipeline_id = p.id WHERE p.project_id = $1 \
+         ORDER BY p.name, v.version DESC",
     )
+    .bind(project_id)
     .fetch_all(db)
     .await?;
     Ok(rows
