@@ -146,23 +146,14 @@ impl Reporter<'_> {
     async fn send(&self, body: ReportBody) {
         // Every report is signed with this runner's session: `Started` binds the attempt token
         // to it, and the others cover their body too (the token alone sits in the Redis lease).
-        let session_mac = match body {
-            ReportBody::Started => rivet_protocol::identity::started_mac(
-                &self.runner.session_key,
-                self.job.job_id,
-                self.job.attempt,
-                &self.runner.id,
-                &self.token,
-            ),
-            ref body => rivet_protocol::identity::report_mac(
-                &self.runner.session_key,
-                self.job.job_id,
-                self.job.attempt,
-                &self.runner.id,
-                &self.token,
-                body,
-            ),
-        };
+        let session_mac = rivet_protocol::identity::session_mac(
+            &self.runner.session_key,
+            self.job.job_id,
+            self.job.attempt,
+            &self.runner.id,
+            &self.token,
+            &body,
+        );
         let report = RunnerReport {
             schema: SCHEMA_VERSION,
             job_id: self.job.job_id,

@@ -10,6 +10,7 @@
 //! is signed too ([`report_mac`], covering its body), since the attempt token alone sits in the
 //! Redis lease where every runner can read it.
 
+use crate::messages::ReportBody;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
@@ -25,19 +26,58 @@ pub fn is_session_key(key: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn mac(
-    session_key: &str,
+/// What a `Started` MAC covers. Fields are separated by a newline, which none of them can
+/// contain (ids and tokens are checked before a report is applied), so two different reports
+/// never sign the same text.
+fn started_text(job_id: Uuid, attempt: u32, runner_id: &str, token: &str) -> String {
+    format!("rivet-started-v1\n{job_id}\n{attempt}\n{runner_id}\n{token}")
+}
+
+/// What any other report's MAC covers: `Started`'s fields and the SHA-256 of the body's JSON
+/// encoding. The orchestrator re-encodes the body it decoded; serde_json writes the same types
+/// the same way (no maps with unordered keys, no floats in report bodies), so both sides hash
+/// the same bytes.
+fn report_text(
     job_id: Uuid,
     attempt: u32,
     runner_id: &str,
     token: &str,
-) -> Hmac<Sha256> {
+    body: &ReportBody,
+) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(body).expect("report bodies always encode");
+    format!(
+        "rivet-report-v1\n{job_id}\n{attempt}\n{runner_id}\n{token}\n{}",
+        hex(&Sha256::digest(&bytes))
+    )
+}
+
+fn keyed(session_key: &str, text: &str) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(session_key.as_bytes())
         .expect("HMAC takes keys of any length");
-    // Fields are separated by a newline, which none of them can contain (ids and tokens are
-    // checked before a report is applied), so two different reports never sign the same text.
-    mac.update(format!("rivet-started-v1\n{job_id}\n{attempt}\n{runner_id}\n{token}").as_bytes());
+    mac.update(text.as_bytes());
     mac
+}
+
+/// Lower-case hex HMAC-SHA256 of `text` with the session key.
+fn sign(session_key: &str, text: &str) -> String {
+    hex(&keyed(session_key, text).finalize().into_bytes())
+}
+
+/// Whether `claimed` is [`sign`] of `text`, compared in constant time. A malformed MAC or key
+/// never matches.
+fn verify(session_key: &str, text: &str, claimed: &str) -> bool {
+    if !is_session_key(session_key) || claimed.len() != 64 {
+        return false;
+    }
+    let Some(bytes) = decode_hex(claimed) else {
+        return false;
+    };
+    keyed(session_key, text).verify_slice(&bytes).is_ok()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The `session_mac` of a `Started` report: lower-case hex HMAC-SHA256 with the session key.
@@ -48,12 +88,10 @@ pub fn started_mac(
     runner_id: &str,
     token: &str,
 ) -> String {
-    mac(session_key, job_id, attempt, runner_id, token)
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sign(
+        session_key,
+        &started_text(job_id, attempt, runner_id, token),
+    )
 }
 
 /// Whether `claimed` is the `Started` MAC for these fields under `session_key`, compared in
@@ -66,48 +104,11 @@ pub fn verify_started_mac(
     token: &str,
     claimed: &str,
 ) -> bool {
-    if !is_session_key(session_key) || claimed.len() != 64 {
-        return false;
-    }
-    let Some(bytes) = decode_hex(claimed) else {
-        return false;
-    };
-    mac(session_key, job_id, attempt, runner_id, token)
-        .verify_slice(&bytes)
-        .is_ok()
-}
-
-/// The text a report's MAC covers besides `Started`'s fields: the SHA-256 of the body's JSON
-/// encoding. The orchestrator re-encodes the body it decoded; serde_json writes the same types
-/// the same way (no maps with unordered keys, no floats in report bodies), so both sides hash
-/// the same bytes.
-fn body_digest(body: &crate::messages::ReportBody) -> String {
-    use sha2::Digest;
-    let bytes = serde_json::to_vec(body).expect("report bodies always encode");
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn report_mac_state(
-    session_key: &str,
-    job_id: Uuid,
-    attempt: u32,
-    runner_id: &str,
-    token: &str,
-    body: &crate::messages::ReportBody,
-) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(session_key.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(
-        format!(
-            "rivet-report-v1\n{job_id}\n{attempt}\n{runner_id}\n{token}\n{}",
-            body_digest(body)
-        )
-        .as_bytes(),
-    );
-    mac
+    verify(
+        session_key,
+        &started_text(job_id, attempt, runner_id, token),
+        claimed,
+    )
 }
 
 /// The `session_mac` of every report after `Started` (log batches, stage events, `Finished`):
@@ -119,14 +120,12 @@ pub fn report_mac(
     attempt: u32,
     runner_id: &str,
     token: &str,
-    body: &crate::messages::ReportBody,
+    body: &ReportBody,
 ) -> String {
-    report_mac_state(session_key, job_id, attempt, runner_id, token, body)
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sign(
+        session_key,
+        &report_text(job_id, attempt, runner_id, token, body),
+    )
 }
 
 /// Whether `claimed` is [`report_mac`] of these fields and `body` under `session_key`, compared
@@ -137,18 +136,30 @@ pub fn verify_report_mac(
     attempt: u32,
     runner_id: &str,
     token: &str,
-    body: &crate::messages::ReportBody,
+    body: &ReportBody,
     claimed: &str,
 ) -> bool {
-    if !is_session_key(session_key) || claimed.len() != 64 {
-        return false;
+    verify(
+        session_key,
+        &report_text(job_id, attempt, runner_id, token, body),
+        claimed,
+    )
+}
+
+/// The `session_mac` a runner puts on a report with `body`: [`started_mac`] for `Started`,
+/// [`report_mac`] for every other.
+pub fn session_mac(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+    body: &ReportBody,
+) -> String {
+    match body {
+        ReportBody::Started => started_mac(session_key, job_id, attempt, runner_id, token),
+        body => report_mac(session_key, job_id, attempt, runner_id, token, body),
     }
-    let Some(bytes) = decode_hex(claimed) else {
-        return false;
-    };
-    report_mac_state(session_key, job_id, attempt, runner_id, token, body)
-        .verify_slice(&bytes)
-        .is_ok()
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -185,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_report_mac_covers_the_body_and_survives_a_decode() {
-        use crate::messages::{LogLine, ReportBody};
+        use crate::messages::LogLine;
         let job = Uuid::new_v4();
         let body = ReportBody::Logs {
             lines: vec![LogLine {

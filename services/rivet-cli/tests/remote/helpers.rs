@@ -226,23 +226,14 @@ impl FakeRunner {
             ReportBody::Finished { outcome },
         ];
         for body in bodies {
-            let session_mac = match body {
-                ReportBody::Started => rivet_protocol::identity::started_mac(
-                    &self.session_key,
-                    taken.job.job_id,
-                    taken.job.attempt,
-                    &self.id,
-                    FAKE_ATTEMPT_TOKEN,
-                ),
-                ref other => rivet_protocol::identity::report_mac(
-                    &self.session_key,
-                    taken.job.job_id,
-                    taken.job.attempt,
-                    &self.id,
-                    FAKE_ATTEMPT_TOKEN,
-                    other,
-                ),
-            };
+            let session_mac = rivet_protocol::identity::session_mac(
+                &self.session_key,
+                taken.job.job_id,
+                taken.job.attempt,
+                &self.id,
+                FAKE_ATTEMPT_TOKEN,
+                &body,
+            );
             let report = RunnerReport {
                 schema: SCHEMA_VERSION,
                 job_id: taken.job.job_id,

@@ -79,19 +79,34 @@ pub async fn end(
     {
         return Ok(Ended::Stale);
     }
-    let word = JobState::from_outcome(outcome).as_str();
+    close_attempt(tx, job_id, attempt, outcome).await?;
+    let retry = ending.may_retry && !cur.cancel_requested && cur.retry.0.retries(attempt, outcome);
+    if retry {
+        let next = attempt + 1;
+        queue_attempt(tx, job_id, next, cur.retry.0.backoff).await?;
+        return Ok(Ended::Retrying { attempt: next });
+    }
+    Ok(Ended::Final(finish_job(tx, job_id, outcome).await?))
+}
+
+/// Ends attempt `attempt` with `outcome`. Outbox rows of the attempt not published yet (a
+/// queued job cancelled, timed out or refused) are never published.
+async fn close_attempt(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    attempt: u32,
+    outcome: &JobOutcome,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE attempts SET state = $3, outcome = $4, finished_at = now(), lease_missing_since = NULL \
          WHERE job_id = $1 AND attempt = $2",
     )
     .bind(job_id)
     .bind(attempt as i32)
-    .bind(word)
+    .bind(JobState::from_outcome(outcome).as_str())
     .bind(Json(outcome))
     .execute(&mut *tx)
     .await?;
-    // Outbox rows of this attempt not published yet (a queued job cancelled or timed out) are
-    // never published.
     sqlx::query(
         "UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL",
     )
@@ -99,12 +114,15 @@ pub async fn end(
     .bind(attempt as i32)
     .execute(&mut *tx)
     .await?;
-    let retry = ending.may_retry && !cur.cancel_requested && cur.retry.0.retries(attempt, outcome);
-    if retry {
-        let next = attempt + 1;
-        queue_attempt(tx, job_id, next, cur.retry.0.backoff).await?;
-        return Ok(Ended::Retrying { attempt: next });
-    }
+    Ok(())
+}
+
+/// Gives the job its final state, from `outcome`.
+async fn finish_job(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    outcome: &JobOutcome,
+) -> sqlx::Result<JobState> {
     let state = JobState::from_outcome(outcome);
     sqlx::query("UPDATE jobs SET state = $2, outcome = $3, finished_at = now() WHERE id = $1")
         .bind(job_id)
@@ -112,7 +130,7 @@ pub async fn end(
         .bind(Json(outcome))
         .execute(&mut *tx)
         .await?;
-    Ok(Ended::Final(state))
+    Ok(state)
 }
 
 /// Queues attempt `next` of a job (its row locked by the caller): the attempt row, the job back
@@ -192,37 +210,16 @@ pub async fn refuse_start(
     let outcome = JobOutcome::Lost {
         reason: reason.to_owned(),
     };
-    sqlx::query(
-        "UPDATE attempts SET state = 'lost', outcome = $3, finished_at = now() \
-         WHERE job_id = $1 AND attempt = $2",
-    )
-    .bind(job_id)
-    .bind(attempt as i32)
-    .bind(Json(&outcome))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL",
-    )
-    .bind(job_id)
-    .bind(attempt as i32)
-    .execute(&mut *tx)
-    .await?;
+    close_attempt(&mut tx, job_id, attempt, &outcome).await?;
     if refused >= MAX_REFUSED_STARTS {
         let outcome = JobOutcome::Lost {
             reason: format!(
                 "{reason} (the job's start was refused {refused} times; it is not queued again)"
             ),
         };
-        sqlx::query(
-            "UPDATE jobs SET state = 'lost', outcome = $2, finished_at = now() WHERE id = $1",
-        )
-        .bind(job_id)
-        .bind(Json(&outcome))
-        .execute(&mut *tx)
-        .await?;
+        let state = finish_job(&mut tx, job_id, &outcome).await?;
         tx.commit().await?;
-        return Ok(Ended::Final(JobState::Lost));
+        return Ok(Ended::Final(state));
     }
     let next = attempt + 1;
     queue_attempt(&mut tx, job_id, next, Duration::ZERO).await?;

@@ -125,23 +125,14 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
         token: token.into(),
         // `runner-a` is registered, and signs its `Started` with its session (API-02); the
         // forger's problem here is the attempt token.
-        session_mac: match body {
-            ReportBody::Started => rivet_protocol::identity::started_mac(
-                &session.session_key,
-                id,
-                1,
-                "runner-a",
-                token,
-            ),
-            ref other => rivet_protocol::identity::report_mac(
-                &session.session_key,
-                id,
-                1,
-                "runner-a",
-                token,
-                other,
-            ),
-        },
+        session_mac: rivet_protocol::identity::session_mac(
+            &session.session_key,
+            id,
+            1,
+            "runner-a",
+            token,
+            &body,
+        ),
         body,
     };
     let publish = |r: RunnerReport| {

@@ -283,23 +283,14 @@ async fn reports_are_fenced_by_lease_and_attempt() {
             attempt,
             runner_id: runner.into(),
             token: token.into(),
-            session_mac: match body {
-                ReportBody::Started => rivet_protocol::identity::started_mac(
-                    &session.session_key,
-                    job.id,
-                    attempt,
-                    runner,
-                    token,
-                ),
-                ref other => rivet_protocol::identity::report_mac(
-                    &session.session_key,
-                    job.id,
-                    attempt,
-                    runner,
-                    token,
-                    other,
-                ),
-            },
+            session_mac: rivet_protocol::identity::session_mac(
+                &session.session_key,
+                job.id,
+                attempt,
+                runner,
+                token,
+                &body,
+            ),
             body,
         }
     };
