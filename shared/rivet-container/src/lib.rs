@@ -18,6 +18,14 @@ pub mod spec;
 pub use engine::{Engine, EngineKind, JobContainers, OutputStream};
 pub use spec::Options;
 
+/// The address `scripts/podman-setup.sh` serves Podman's API on.
+pub const SETUP_HOST: &str = "unix:///run/rivet-podman/podman.sock";
+
+/// `RIVET_CONTAINER_HOST`, else [`SETUP_HOST`]: the engine tests and development tools use.
+pub fn host_from_env() -> String {
+    std::env::var("RIVET_CONTAINER_HOST").unwrap_or_else(|_| SETUP_HOST.into())
+}
+
 use serde::{Deserialize, Serialize};
 
 /// A container operation a worker asks its parent to perform.

@@ -246,8 +246,7 @@ async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
 /// and nothing of theirs is left on the engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn container_jobs_run_on_runners_with_an_engine_and_leave_nothing_behind() {
-    let host = std::env::var("RIVET_CONTAINER_HOST")
-        .unwrap_or_else(|_| "unix:///run/rivet-podman/podman.sock".into());
+    let host = rivet_container::host_from_env();
     let engine = rivet_container::Engine::connect(&host, "fleet-test-probe").unwrap_or_else(|e| {
         panic!(
             "no container engine at {host} ({}): run `scripts/podman-setup.sh`",

@@ -11,8 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 /// The engine's address: `RIVET_CONTAINER_HOST`, else the setup script's socket.
 pub fn host() -> String {
-    std::env::var("RIVET_CONTAINER_HOST")
-        .unwrap_or_else(|_| "unix:///run/rivet-podman/podman.sock".into())
+    rivet_container::host_from_env()
 }
 
 /// One engine per test binary. Fails loudly, with the fix, when the API does not answer.

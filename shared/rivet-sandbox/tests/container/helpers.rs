@@ -19,8 +19,7 @@ pub const BUSYBOX: &str = "rivet-test/busybox";
 
 /// The engine's address: `RIVET_CONTAINER_HOST`, else the setup script's socket.
 pub fn host() -> String {
-    std::env::var("RIVET_CONTAINER_HOST")
-        .unwrap_or_else(|_| "unix:///run/rivet-podman/podman.sock".into())
+    rivet_container::host_from_env()
 }
 
 /// The engine every job of this test binary uses (one per process, as in a runner).
