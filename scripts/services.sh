@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Starts PostgreSQL, Redis and RabbitMQ on this machine when they are not already answering,
-# installing them from Debian's packages if they are missing. Safe to rerun.
+# Starts PostgreSQL, Redis and RabbitMQ (with its management plugin) on this machine when they
+# are not already answering, installing them from Debian's packages if missing. Safe to rerun.
 #
 # Usage: scripts/services.sh [postgres] [redis] [rabbitmq]   (default: all three)
 set -euo pipefail
@@ -46,10 +46,17 @@ for svc in "${want[@]}"; do
       wait_port redis 6379
       ;;
     rabbitmq)
-      port_open 5672 && continue
-      command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
-      rabbitmq-server -detached
-      wait_port rabbitmq 5672
+      if ! port_open 5672; then
+        command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+        rabbitmq-server -detached
+        wait_port rabbitmq 5672
+      fi
+      # The orchestrator makes each runner's broker user through the management API (API-03).
+      # Enabling is recorded in enabled_plugins, so it survives restarts.
+      if ! port_open 15672; then
+        rabbitmq-plugins enable rabbitmq_management >/dev/null
+        wait_port rabbitmq-management 15672
+      fi
       ;;
     *)
       echo "services: unknown service $svc (known: postgres redis rabbitmq)" >&2

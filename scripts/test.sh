@@ -23,7 +23,8 @@ scripts/podman-setup.sh --python
 export RIVET_CONTAINER_HOST="unix://${RIVET_PODMAN_SOCKET:-/run/rivet-podman/podman.sock}"
 
 # Tests clean up after themselves; a test that panicked may not have. Remove what earlier runs
-# left: test databases, and test queues (each test uses its own `rivet-test-*` namespace).
+# left: test databases, test queues and runners' broker users (each test uses its own
+# `rivet-test-*` namespace).
 if command -v psql >/dev/null; then
   psql -h 127.0.0.1 -U postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'rivet\_test\_%' OR datname LIKE 'rivet\_cli\_test\_%'" 2>/dev/null |
     while read -r db; do [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" </dev/null >/dev/null 2>&1 || true; done || true
@@ -31,6 +32,8 @@ fi
 if command -v rabbitmqctl >/dev/null; then
   rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^rivet(-cli)?-test-' |
     while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done || true
+  rabbitmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -E '^rivet(-cli)?-test-.*\.runner\.' |
+    while read -r u; do rabbitmqctl -q delete_user "$u" </dev/null >/dev/null 2>&1 || true; done || true
 fi
 
 echo "== cargo fmt --check"

@@ -52,6 +52,21 @@ pub struct Config {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+    /// `managed`: every runner gets a RabbitMQ user of its own, made through RabbitMQ's
+    /// management API, that may read only the class queues its labels cover and whose reports
+    /// RabbitMQ signs with its name (API-03). `shared`: runners use the user of their own broker
+    /// URL, and any of them can read any class queue; for a broker without the management plugin.
+    #[arg(
+        long,
+        env = "RIVET_BROKER_USERS",
+        value_enum,
+        default_value = "managed"
+    )]
+    pub broker_users: BrokerUsersMode,
+    /// RabbitMQ's management API with a user holding the administrator tag
+    /// (`http://user:password@host:15672/`); default: the RabbitMQ URL's user and host, port 15672.
+    #[arg(long, env = "RIVET_BROKER_MANAGEMENT_URL", hide_env_values = true)]
+    pub broker_management_url: Option<String>,
     /// Prefix of every exchange, queue and Redis key (several installations can share a broker).
     #[arg(long, env = "RIVET_NAMESPACE", default_value = "rivet")]
     pub namespace: String,
@@ -69,6 +84,15 @@ pub struct Config {
     /// (`30s`, `10m`, `24h`).
     #[arg(long, env = "RIVET_QUEUE_TIMEOUT", default_value = "24h", value_parser = parse_duration)]
     pub queue_timeout: std::time::Duration,
+}
+
+/// Whose RabbitMQ user a runner connects with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerUsersMode {
+    /// One user per runner session, made by the orchestrator.
+    Managed,
+    /// The user in each runner's broker URL.
+    Shared,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -10,11 +10,13 @@
 //!   fences after Redis lost its data.
 //! - [`fleet`]: live runners from Redis, and whether a requirement set can be scheduled.
 //! - [`lint`]: checks pushed definitions in sandbox workers.
+//! - [`broker_users`]: each runner's own RabbitMQ user and its permissions (API-03).
 //!
 //! Depends on shared crates only. The only `sqlx` user in the workspace.
 
 pub mod api;
 mod auth;
+pub mod broker_users;
 mod config;
 pub mod db;
 mod error;
@@ -26,7 +28,7 @@ pub mod relay;
 pub mod reports;
 pub mod testing;
 
-pub use config::{Cli, Command, Config};
+pub use config::{BrokerUsersMode, Cli, Command, Config};
 
 use anyhow::Context;
 use rivet_amqp::Broker;
@@ -66,6 +68,8 @@ pub struct AppState {
     pub versions: Arc<std::sync::Mutex<VersionCache>>,
     /// Live runners as last read for a submission's schedulability, and when.
     pub runners_seen: Arc<tokio::sync::Mutex<Option<RunnersSeen>>>,
+    /// RabbitMQ's management API, making each runner's broker user (`None`: shared users).
+    pub broker_users: Option<broker_users::BrokerUsers>,
 }
 
 impl AppState {
@@ -234,6 +238,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
     .await
     .context("connecting to RabbitMQ")?;
     let linter = lint::Linter::new(config)?;
+    let broker_users = broker_users::BrokerUsers::from_config(config)?;
+    match &broker_users {
+        Some(users) => users.check().await?,
+        None => tracing::warn!(
+            "Runners share the broker user of their URLs (--broker-users shared): any runner can \
+             read every class queue, and reports are not tied to a broker user (API-03)."
+        ),
+    }
     let state = AppState {
         db,
         redis,
@@ -245,6 +257,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         queue_timeout: config.queue_timeout,
         versions: Default::default(),
         runners_seen: Default::default(),
+        broker_users,
     };
     auth::bootstrap(&state.db, config.bootstrap_token.as_deref()).await?;
     relay::sync_classes(&state)

@@ -46,6 +46,8 @@ pub async fn round(state: &AppState) -> anyhow::Result<()> {
     reap_lost(state).await?;
     expire_queued(state).await?;
     drain_unregistered(state).await?;
+    // A revoked registration's broker user that could not be deleted at revocation.
+    crate::broker_users::retire_revoked(state).await?;
     Ok(())
 }
 

@@ -15,42 +15,47 @@ use tokio_util::sync::CancellationToken;
 /// Rows published per transaction.
 const BATCH: i64 = 200;
 
-/// Makes a class known everywhere: its durable queue, the Redis class table runners read at
-/// start, and an announcement to running runners.
-pub async fn ensure_class(
+/// Makes classes (committed in PostgreSQL) known everywhere, in this order: their durable
+/// queues, read permission for the broker users of the runners whose labels cover them, the
+/// Redis class table runners read at start, and an announcement to running runners. A runner
+/// learns of a class only once it may consume its queue.
+pub async fn ensure_classes(
     state: &AppState,
-    class_key: &str,
-    requires: &[String],
+    classes: &[(String, Vec<String>)],
 ) -> anyhow::Result<()> {
-    state
-        .broker
-        .declare_class(class_key)
+    for (class_key, _) in classes {
+        state
+            .broker
+            .declare_class(class_key)
+            .await
+            .with_context(|| format!("declaring class queue {class_key}"))?;
+    }
+    crate::broker_users::sync_permissions(state, None)
         .await
-        .with_context(|| format!("declaring class queue {class_key}"))?;
-    let mut redis = state.redis.clone();
-    let value = serde_json::to_string(requires).expect("a list of strings serialises");
-    let _: () = redis
-        .hset(state.keys.classes(), class_key, value)
-        .await
-        .context("recording the class in Redis")?;
-    state
-        .broker
-        .announce_class(&ClassAnnounce {
-            schema: SCHEMA_VERSION,
-            class_key: class_key.to_owned(),
-            requires: requires.to_vec(),
-        })
-        .await
-        .context("announcing the class")?;
+        .context("granting the runners' broker users their class queues")?;
+    for (class_key, requires) in classes {
+        let mut redis = state.redis.clone();
+        let value = serde_json::to_string(requires).expect("a list of strings serialises");
+        let _: () = redis
+            .hset(state.keys.classes(), class_key, value)
+            .await
+            .context("recording the class in Redis")?;
+        state
+            .broker
+            .announce_class(&ClassAnnounce {
+                schema: SCHEMA_VERSION,
+                class_key: class_key.to_owned(),
+                requires: requires.to_vec(),
+            })
+            .await
+            .context("announcing the class")?;
+    }
     Ok(())
 }
 
 /// At start: every class in PostgreSQL gets its queue and its Redis entry (Redis may have lost it).
 pub async fn sync_classes(state: &AppState) -> anyhow::Result<()> {
-    for (key, requires) in crate::db::jobs::classes(&state.db).await? {
-        ensure_class(state, &key, &requires).await?;
-    }
-    Ok(())
+    ensure_classes(state, &crate::db::jobs::classes(&state.db).await?).await
 }
 
 /// Publishes outbox rows until `shutdown`: woken after each commit, and every second anyway.
@@ -95,11 +100,17 @@ pub async fn publish_pending(
             tx.commit().await?;
             return Ok(total);
         }
+        let mut new_classes: Vec<(String, Vec<String>)> = Vec::new();
         for (_, Json(msg)) in &rows {
-            if !known.contains(&msg.class_key) {
-                ensure_class(state, &msg.class_key, &msg.requires).await?;
-                known.insert(msg.class_key.clone());
+            if !known.contains(&msg.class_key)
+                && !new_classes.iter().any(|(k, _)| k == &msg.class_key)
+            {
+                new_classes.push((msg.class_key.clone(), msg.requires.clone()));
             }
+        }
+        if !new_classes.is_empty() {
+            ensure_classes(state, &new_classes).await?;
+            known.extend(new_classes.into_iter().map(|(k, _)| k));
         }
         // Fences first: a runner taking the message must find its attempt allowed.
         let mut pipe = redis::pipe();

@@ -108,7 +108,8 @@ async fn lane(
         let mut cleaned: Option<RunnerReport> = None;
         loop {
             let report = cleaned.as_ref().unwrap_or(&incoming.message);
-            match apply_signed(&state, report, &incoming.message.body).await {
+            let publisher = incoming.user_id.as_deref();
+            match apply(&state, report, &incoming.message.body, publisher).await {
                 Ok(applied) => {
                     let m = &incoming.message;
                     match applied {
@@ -188,16 +189,16 @@ async fn record_forged(state: &AppState, job: Uuid, attempt: u32) {
 /// whose `Started` is refused, or that reports on an attempt that is no longer its own, is told
 /// to stop it; a report with the right runner and attempt but a wrong token is a forgery
 /// (API-03): counted, and nobody is told to stop anything.
-pub async fn apply(state: &AppState, report: &RunnerReport) -> anyhow::Result<Applied> {
-    apply_signed(state, report, &report.body).await
-}
-
-/// [`apply`], with the report's MAC checked against `signed`: the body as received, when
-/// `report` is a copy cleaned for the database.
-async fn apply_signed(
+///
+/// The report's MAC is checked against `signed` (the body as received, when `report` is a copy
+/// cleaned for the database), and `publisher` (the `user-id` RabbitMQ validated) must be the
+/// broker user of the registration the report names, when it has one: a report published with
+/// another runner's broker credentials is a forgery whatever it carries.
+pub async fn apply(
     state: &AppState,
     report: &RunnerReport,
     signed: &ReportBody,
+    publisher: Option<&str>,
 ) -> anyhow::Result<Applied> {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
     let token = report.token.as_str();
@@ -236,8 +237,18 @@ async fn apply_signed(
             record_forged(state, job, attempt).await;
             return Ok(Applied::Forged("`Started` without a valid attempt token"));
         }
-        match identity_violation(state, report).await? {
+        match identity_violation(state, report, publisher).await? {
             None => {}
+            // Published by another broker user than the runner's: whoever sent it, it was not
+            // that runner. Counted, and nothing changes.
+            Some(Violation::Impostor(why)) => {
+                record_forged(state, job, attempt).await;
+                tracing::warn!(security = true, job_id = %job, attempt, claimed_runner = %runner,
+                    publisher = publisher.unwrap_or("(none)"), "{why}");
+                return Ok(Applied::Forged(
+                    "`Started` published by another broker user than the runner's",
+                ));
+            }
             // Signed by the registration's current session: the runner is who it says, and
             // may not run this job.
             Some(Violation::Labels(violation)) => {
@@ -294,6 +305,13 @@ async fn apply_signed(
             "the attempt is not running on this runner",
         ));
     };
+    if !publisher_matches(running.broker_user.as_deref(), publisher) {
+        db::attempts::record_forged(&mut tx, job, attempt).await?;
+        tx.commit().await?;
+        return Ok(Applied::Forged(
+            "the report was published by another broker user than the runner's",
+        ));
+    }
     if !tokens_match(running.token.as_deref(), token) {
         db::attempts::record_forged(&mut tx, job, attempt).await?;
         tx.commit().await?;
@@ -357,12 +375,20 @@ async fn apply_signed(
 async fn identity_violation(
     state: &AppState,
     report: &RunnerReport,
+    publisher: Option<&str>,
 ) -> anyhow::Result<Option<Violation>> {
     let (job, runner) = (report.job_id, report.runner_id.as_str());
     let Some(check) = db::registrations::start_check(&state.db, job, runner).await? else {
         // No such job: `db::jobs::start` refuses it.
         return Ok(None);
     };
+    if !publisher_matches(check.broker_user.as_deref(), publisher) {
+        return Ok(Some(Violation::Impostor(format!(
+            "policy violation [runner.identity]: `Started` naming runner `{runner}` was \
+             published by broker user `{}`, not by that runner's",
+            publisher.unwrap_or("(none)")
+        ))));
+    }
     let (Some(_), Some(labels)) = (check.registration, check.labels) else {
         return Ok(Some(Violation::Identity(format!(
             "policy violation [runner.identity]: runner `{runner}` is not a live registration \
@@ -406,8 +432,20 @@ async fn identity_violation(
     Ok(None)
 }
 
+/// Whether a report published by `publisher` (the `user-id` RabbitMQ validated) may come from a
+/// runner whose registration has the broker user `expected`: the same user, or no user to
+/// compare (shared broker users, or no live registration, which is refused elsewhere).
+fn publisher_matches(expected: Option<&str>, publisher: Option<&str>) -> bool {
+    match expected {
+        Some(expected) => publisher == Some(expected),
+        None => true,
+    }
+}
+
 /// Why a `Started` may not start its attempt.
 enum Violation {
+    /// Published by another broker user than the runner's: not from that runner at all.
+    Impostor(String),
     /// The runner is not a live registration, or did not sign with its current session.
     Identity(String),
     /// The runner is authenticated but lacks a label the job requires.

@@ -3,7 +3,10 @@
 //! (`scripts/services.sh` starts them). Tests of the orchestrator, the runner and the CLI share it.
 
 use crate::Config;
-use rivet_amqp::Broker;
+use rivet_amqp::{Broker, Subscription};
+use rivet_protocol::http::RunnerSession;
+use rivet_protocol::messages::JobDispatch;
+use rivet_protocol::redis_keys::Keys;
 use rivet_protocol::topology::Topology;
 use sqlx::Connection;
 use std::path::Path;
@@ -54,17 +57,12 @@ pub async fn start(worker_program: &Path) -> TestOrchestrator {
     let namespace = format!("rivet-test-{}", Uuid::new_v4().simple());
     let token = format!("test-admin-{}", Uuid::new_v4().simple());
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("a valid address"),
-        database_url: database_url.clone(),
-        redis_url: REDIS.into(),
-        amqp_url: AMQP.into(),
-        namespace: namespace.clone(),
-        bootstrap_token: Some(token.clone()),
-        plugin_dir: None,
-        worker_program: Some(worker_program.to_path_buf()),
-        queue_timeout: Duration::from_secs(24 * 3600),
-    };
+    let config = config(
+        &namespace,
+        &database_url,
+        Some(token.clone()),
+        Some(worker_program),
+    );
     let orchestrator = crate::start(&config).await.unwrap_or_else(|e| {
         panic!("starting the orchestrator (RabbitMQ, Redis running? scripts/services.sh): {e:#}")
     });
@@ -82,6 +80,28 @@ pub async fn start(worker_program: &Path) -> TestOrchestrator {
         database,
         shutdown,
         task,
+    }
+}
+
+/// A test orchestrator's configuration: the services on 127.0.0.1, managed broker users.
+fn config(
+    namespace: &str,
+    database_url: &str,
+    token: Option<String>,
+    worker_program: Option<&Path>,
+) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        database_url: database_url.to_owned(),
+        redis_url: REDIS.into(),
+        amqp_url: AMQP.into(),
+        namespace: namespace.to_owned(),
+        bootstrap_token: token,
+        plugin_dir: None,
+        worker_program: worker_program.map(Path::to_path_buf),
+        queue_timeout: Duration::from_secs(24 * 3600),
+        broker_users: crate::config::BrokerUsersMode::Managed,
+        broker_management_url: None,
     }
 }
 
@@ -118,9 +138,73 @@ pub async fn remove(database: &str, namespace: &str) {
         let _ = broker.delete_topology(&keys).await;
         broker.close().await;
     }
+    // The broker users its runners got (deleting one closes its connections).
+    let users = crate::broker_users::BrokerUsers::from_config(&config(namespace, &url, None, None))
+        .ok()
+        .flatten();
+    if let Some(users) = users {
+        let prefix = Topology::new(namespace).runner_broker_user_prefix();
+        let _ = users.delete_users_with_prefix(&prefix).await;
+    }
     if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
             .execute(&mut admin)
             .await;
     }
+}
+
+/// Connects to the broker as the runner of `session` does: with the broker user its session
+/// gave it, declaring nothing (what test doubles of runners use).
+pub async fn runner_broker(namespace: &str, session: &RunnerSession) -> Broker {
+    let url = match &session.broker {
+        Some(user) => rivet_amqp::with_credentials(AMQP, &user.username, &user.password)
+            .expect("the test broker URL takes credentials"),
+        None => AMQP.to_owned(),
+    };
+    Broker::connect_client(&url, Topology::new(namespace), Duration::from_secs(10))
+        .await
+        .expect("a runner's broker user connects (scripts/services.sh starts RabbitMQ)")
+}
+
+/// Consumes the queue of class `class_key` as a runner does: once the class is known (in the
+/// Redis class table, or announced), which is when the runner's broker user may read it.
+pub async fn consume_class(
+    broker: &Broker,
+    class_key: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Subscription<JobDispatch> {
+    let mut announcements = broker
+        .subscribe_announcements()
+        .await
+        .expect("subscribing to class announcements");
+    let keys = Keys::new(broker.topology().namespace());
+    let mut redis = redis::aio::ConnectionManager::new(
+        redis::Client::open(REDIS).expect("the Redis URL parses"),
+    )
+    .await
+    .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
+    let known: bool = redis::AsyncCommands::hexists(&mut redis, keys.classes(), class_key)
+        .await
+        .expect("reading the class table");
+    if !known {
+        let announced = async {
+            while let Some(a) = announcements.next().await {
+                let a = a.expect("an announcement decodes");
+                let _ = a.ack().await;
+                if a.message.class_key == class_key {
+                    return;
+                }
+            }
+            panic!("the announcement subscription ended");
+        };
+        tokio::time::timeout(Duration::from_secs(10), announced)
+            .await
+            .unwrap_or_else(|_| panic!("class `{class_key}` was not announced within 10 s"));
+    }
+    let _ = announcements.cancel().await;
+    broker
+        .consume(&broker.topology().class_queue(class_key), prefetch, tag)
+        .await
+        .expect("a runner consumes a class queue its labels cover")
 }

@@ -346,6 +346,8 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
     let mut healthy = l.subscribe(false).await;
     let mut health = tokio::time::interval(HEALTH_CHECK);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when the broker no longer lets this runner in (its user was deleted: revoked).
+    let mut shut_out = false;
 
     loop {
         tokio::select! {
@@ -387,6 +389,10 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
                 }
             },
             _ = health.tick() => {
+                if l.runner.broker.login_refused() {
+                    shut_out = true;
+                    break;
+                }
                 let broken = l.subs.broken() || !l.runner.broker.is_connected();
                 if !healthy || broken {
                     healthy = l.subscribe(broken).await;
@@ -409,7 +415,13 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
     while let Ok(delivery) = rx.try_recv() {
         let _ = delivery.reject(true).await;
     }
-    let deadline = tokio::time::Instant::now() + l.runner.drain_grace;
+    // Shut out of the broker, a job could report nothing: no grace.
+    let deadline = tokio::time::Instant::now()
+        + if shut_out {
+            Duration::ZERO
+        } else {
+            l.runner.drain_grace
+        };
     let mut cancelled = false;
     while !l.jobs.is_empty() {
         tokio::select! {
@@ -424,10 +436,16 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
             },
             _ = tokio::time::sleep_until(deadline), if !cancelled => {
                 cancelled = true;
-                let reason = format!(
-                    "the runner was drained and its grace period of {} ran out",
-                    rivet_sandbox::fmt_duration(l.runner.drain_grace)
-                );
+                let reason = if shut_out {
+                    "the broker refused the runner's login (its registration was revoked, or \
+                     another runner joined with its token)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "the runner was drained and its grace period of {} ran out",
+                        rivet_sandbox::fmt_duration(l.runner.drain_grace)
+                    )
+                };
                 let running: Vec<_> = l.runner.running.lock().expect("the running list's lock is never poisoned").values().cloned().collect();
                 tracing::warn!(jobs = running.len(), "Drain grace period over; cancelling running jobs.");
                 for entry in running {
@@ -437,5 +455,16 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
         }
     }
     tracing::info!(runner = %l.runner.id, "Drained.");
+    if shut_out {
+        return Err(shut_out_error(&l.runner.id));
+    }
     Ok(())
+}
+
+/// Why a runner stops when the broker refuses its login.
+pub(crate) fn shut_out_error(runner: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "policy violation [runner.identity]: the broker refused runner `{runner}`'s login: its \
+         registration was revoked, or another runner joined with its token; stopped"
+    )
 }

@@ -141,8 +141,9 @@ struct Reporter<'a> {
 
 impl Reporter<'_> {
     /// Publishes a report, retrying (with backoff, for as long as it takes) until the broker
-    /// confirms it: a report is never dropped. One published twice after an ambiguous failure is
-    /// applied once (the orchestrator is idempotent).
+    /// confirms it: a report is never dropped, unless the broker no longer lets this runner in
+    /// (its registration was revoked: no report of it would be accepted). One published twice
+    /// after an ambiguous failure is applied once (the orchestrator is idempotent).
     async fn send(&self, body: ReportBody) {
         // Every report is signed with this runner's session: `Started` binds the attempt token
         // to it, and the others cover their body too (the token alone sits in the Redis lease).
@@ -172,6 +173,7 @@ impl Reporter<'_> {
         let _ = publish
             .retry(crate::backoff())
             .sleep(tokio::time::sleep)
+            .when(|_| !self.runner.broker.login_refused())
             .notify(|e, d| {
                 tracing::warn!(job_id = %self.job.job_id, error = %format!("{e:#}"), retry_in_ms = d.as_millis() as u64, "Publishing a report failed; retrying.");
             })

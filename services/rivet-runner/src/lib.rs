@@ -199,16 +199,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let redis = redis::aio::ConnectionManager::new(redis_client)
         .await
         .context("connecting to Redis")?;
-    let broker = Broker::connect(
-        &config.amqp_url,
+    // Registering writes the first presence record (10 s to live): everything slow is done
+    // before it, except connecting the broker (with the user the registration gives) and the
+    // container engine, which need the runner's identity.
+    let session = register::register(&config.url, &token, &detected, config.slots).await?;
+    let amqp_url = match &session.broker {
+        Some(user) => {
+            rivet_amqp::with_credentials(&config.amqp_url, &user.username, &user.password)
+                .context("the RabbitMQ URL")?
+        }
+        None => config.amqp_url.clone(),
+    };
+    // The orchestrator declared the topology; a runner's broker user may not.
+    let broker = match Broker::connect_client(
+        &amqp_url,
         Topology::new(&config.namespace),
         Duration::from_secs(30),
     )
     .await
-    .context("connecting to RabbitMQ")?;
-    // Registering writes the first presence record (10 s to live): everything slow is done
-    // before it, except connecting the container engine, which needs the runner's id.
-    let session = register::register(&config.url, &token, &detected, config.slots).await?;
+    {
+        Ok(broker) => broker,
+        // The user the orchestrator just made is gone or has another password already.
+        Err(rivet_amqp::AmqpError::Refused { .. }) if session.broker.is_some() => {
+            return Err(consume::shut_out_error(&session.runner_id))
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("connecting to RabbitMQ")),
+    };
     let (id, labels) = (session.runner_id.clone(), session.labels.clone());
     let engine = match &config.container_host {
         Some(host) => connect_engine(host.clone(), id.clone()).await,

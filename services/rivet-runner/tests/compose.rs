@@ -94,6 +94,12 @@ fn the_compose_file_describes_a_healthy_deployment() {
                     env.get("RIVET_LABELS").is_none(),
                     "{name} declares its own labels; an admin assigns them"
                 );
+                // API-03: a runner's broker user comes from its registration; it holds none.
+                let amqp = env["RIVET_AMQP_URL"].as_str().expect("a broker URL");
+                assert!(
+                    !amqp.contains('@'),
+                    "{name} holds broker credentials: {amqp}"
+                );
                 &runner_env
             }
             _ => continue,

@@ -33,6 +33,9 @@ const ANNOUNCEMENT_PREFETCH: u16 = 16;
 /// connects again (retrying with backoff for up to [`RECONNECT_WINDOW`] per call), declares the
 /// base topology and every class this broker declared, and goes on. Owners of subscriptions
 /// subscribe again when theirs end. After [`Broker::close`] it stays closed.
+///
+/// A broker opened with [`Broker::connect_client`] (a runner, on its own RabbitMQ user) declares
+/// nothing, then or after a reconnect: the orchestrator owns the topology.
 pub struct Broker {
     shared: std::sync::RwLock<Arc<Shared>>,
     reconnecting: tokio::sync::Mutex<()>,
@@ -40,7 +43,11 @@ pub struct Broker {
     /// Classes declared through this broker, declared again after a reconnect.
     classes: std::sync::Mutex<std::collections::BTreeSet<String>>,
     reconnects: std::sync::atomic::AtomicU64,
+    /// Set when connecting again was refused (login or vhost): see [`Broker::login_refused`].
+    refused: std::sync::atomic::AtomicBool,
     topology: Topology,
+    /// Whether this broker declares the base topology (the orchestrator's, tests').
+    declares: bool,
 }
 
 /// How long one call keeps trying to reconnect before it fails (the caller retries).
@@ -76,6 +83,26 @@ impl Broker {
         topology: Topology,
         connect_timeout: Duration,
     ) -> Result<Broker, AmqpError> {
+        Self::open(url, topology, connect_timeout, true).await
+    }
+
+    /// Connects like [`Broker::connect`] but declares nothing: for a runner, whose own RabbitMQ
+    /// user may not declare the topology (`Topology::runner_permissions`). Its reports carry the
+    /// URL's user as `user-id`, which RabbitMQ checks against the login.
+    pub async fn connect_client(
+        url: &str,
+        topology: Topology,
+        connect_timeout: Duration,
+    ) -> Result<Broker, AmqpError> {
+        Self::open(url, topology, connect_timeout, false).await
+    }
+
+    async fn open(
+        url: &str,
+        topology: Topology,
+        connect_timeout: Duration,
+        declares: bool,
+    ) -> Result<Broker, AmqpError> {
         let endpoint = Endpoint::parse(url)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(AmqpError::NoRuntime {
@@ -85,14 +112,18 @@ impl Broker {
         let connection = connect_with_retries(&endpoint, &topology, connect_timeout).await?;
         info!(endpoint = %endpoint.display, namespace = topology.namespace(), "Connected to RabbitMQ.");
         let shared = Arc::new(Shared::new(connection, endpoint));
-        declare_base_topology(&shared, &topology).await?;
+        if declares {
+            declare_base_topology(&shared, &topology).await?;
+        }
         Ok(Broker {
             shared: std::sync::RwLock::new(shared),
             reconnecting: tokio::sync::Mutex::new(()),
             closed: std::sync::atomic::AtomicBool::new(false),
             classes: std::sync::Mutex::new(Default::default()),
             reconnects: std::sync::atomic::AtomicU64::new(0),
+            refused: std::sync::atomic::AtomicBool::new(false),
             topology,
+            declares,
         })
     }
 
@@ -122,9 +153,18 @@ impl Broker {
         }
         let endpoint = current.endpoint.clone();
         warn!(endpoint = %endpoint.display, "The RabbitMQ connection is gone; reconnecting.");
-        let connection = connect_with_retries(&endpoint, &self.topology, RECONNECT_WINDOW).await?;
+        let connection = connect_with_retries(&endpoint, &self.topology, RECONNECT_WINDOW)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, AmqpError::Refused { .. }) {
+                    self.refused
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            })?;
         let fresh = Arc::new(Shared::new(connection, endpoint));
-        declare_base_topology(&fresh, &self.topology).await?;
+        if self.declares {
+            declare_base_topology(&fresh, &self.topology).await?;
+        }
         let classes: Vec<String> = self
             .classes
             .lock()
@@ -145,6 +185,13 @@ impl Broker {
             + 1;
         info!(endpoint = %fresh.endpoint.display, reconnects = n, classes = classes.len(), "Reconnected to RabbitMQ.");
         Ok(fresh)
+    }
+
+    /// Whether the broker refused to let this client connect again after its connection was
+    /// lost: its user was deleted or its password changed (a runner whose registration was
+    /// revoked, or whose registration another runner process joined with). Retrying cannot help.
+    pub fn login_refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many times this broker connected again after losing its connection.
@@ -199,21 +246,25 @@ impl Broker {
     }
 
     /// Publishes a runner report to the queue `reply_to` (the job message's `reply_to`) through
-    /// the default exchange: persistent and confirmed. A missing queue is an error
+    /// the reports exchange: persistent and confirmed, with this connection's user as `user-id`
+    /// (RabbitMQ refuses a `user-id` other than the login's, so the orchestrator knows which
+    /// broker user sent it). A queue not bound under that name is an error
     /// ([`AmqpError::Unroutable`]) rather than a silently lost report.
     pub async fn publish_report(
         &self,
         reply_to: &str,
         msg: &RunnerReport,
     ) -> Result<(), AmqpError> {
-        self.publish(Outgoing {
-            exchange: String::new(),
+        let shared = self.shared().await?;
+        let user = shared.endpoint.uri.authority.userinfo.username.clone();
+        let out = Outgoing {
+            exchange: self.topology.reports_exchange(),
             routing_key: reply_to.to_owned(),
             body: encode(msg),
-            properties: json_properties(RunnerReport::KIND),
+            properties: json_properties(RunnerReport::KIND).with_user_id(user.into()),
             mandatory: true,
-        })
-        .await
+        };
+        publisher::publish(&shared, out).await
     }
 
     /// Announces a class on the control exchange (confirmed). Reaching no subscriber is fine.
@@ -270,6 +321,27 @@ impl Broker {
             routing_key: routing_key.to_owned(),
             body: body.to_vec(),
             properties: lapin::BasicProperties::default().with_delivery_mode(publisher::PERSISTENT),
+            mandatory: true,
+        })
+        .await
+    }
+
+    /// [`Broker::publish_raw`] with the `user_id` property set to `user_id` (tests check that
+    /// RabbitMQ refuses one that is not the connection's user).
+    pub async fn publish_raw_as(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        user_id: &str,
+    ) -> Result<(), AmqpError> {
+        self.publish(Outgoing {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            body: body.to_vec(),
+            properties: lapin::BasicProperties::default()
+                .with_delivery_mode(publisher::PERSISTENT)
+                .with_user_id(user_id.into()),
             mandatory: true,
         })
         .await
@@ -401,6 +473,7 @@ impl Broker {
         queues.push(t.reports_queue());
         queues.push(t.dead_letter_queue());
         let exchanges = [
+            t.reports_exchange(),
             t.jobs_exchange(),
             t.control_exchange(),
             t.runner_control_exchange(),
@@ -463,7 +536,7 @@ async fn declare_class_on(
     Ok(())
 }
 
-/// Declares the exchanges and the reports and dead-letter queues.
+/// Declares the exchanges, the reports and dead-letter queues, and their bindings.
 async fn declare_base_topology(shared: &Shared, t: &Topology) -> Result<(), AmqpError> {
     {
         let channel = shared.open_channel("declaring the topology").await?;
@@ -480,6 +553,14 @@ async fn declare_base_topology(shared: &Shared, t: &Topology) -> Result<(), Amqp
         )
         .await?;
         declare_queue(&channel, &t.reports_queue(), dead_lettered(t)).await?;
+        declare_exchange(&channel, &t.reports_exchange(), ExchangeKind::Direct).await?;
+        bind(
+            &channel,
+            &t.reports_queue(),
+            &t.reports_exchange(),
+            &t.reports_queue(),
+        )
+        .await?;
         close_quietly(channel).await;
         Ok(())
     }

@@ -45,6 +45,74 @@ impl Endpoint {
     }
 }
 
+/// `url` with its user and password replaced by `username` and `password` (percent-encoded):
+/// how a runner connects as the RabbitMQ user its registration gave it, to the host and vhost
+/// of its configured URL.
+pub fn with_credentials(url: &str, username: &str, password: &str) -> Result<String, AmqpError> {
+    Endpoint::parse(url)?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| AmqpError::InvalidUrl {
+        url: redact(url),
+        reason: "no scheme".into(),
+    })?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    Ok(format!(
+        "{scheme}://{}:{}@{host}{tail}",
+        percent_encode(username),
+        percent_encode(password)
+    ))
+}
+
+/// What another client of the same broker (RabbitMQ's management API) needs of a broker URL.
+#[derive(Clone)]
+pub struct UrlParts {
+    /// Host name or address.
+    pub host: String,
+    /// User.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+    /// Virtual host (`/` by default).
+    pub vhost: String,
+}
+
+impl std::fmt::Debug for UrlParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlParts")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("vhost", &self.vhost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `url` into its [`UrlParts`].
+pub fn url_parts(url: &str) -> Result<UrlParts, AmqpError> {
+    let e = Endpoint::parse(url)?;
+    Ok(UrlParts {
+        host: e.uri.authority.host.clone(),
+        username: e.uri.authority.userinfo.username.clone(),
+        password: e.uri.authority.userinfo.password.clone(),
+        vhost: e.uri.vhost.clone(),
+    })
+}
+
+/// Every byte outside RFC 3986's unreserved set as `%XX`.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `url` with the password of its user info replaced by `***`; works on URLs that do not parse.
 pub(crate) fn redact(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
@@ -69,6 +137,26 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_replace_the_urls_user_and_keep_host_and_vhost() {
+        let url = with_credentials(
+            "amqp://guest:guest@10.0.0.1:5673/%2f",
+            "ns.runner.x",
+            "p/w@",
+        )
+        .unwrap();
+        assert_eq!(url, "amqp://ns.runner.x:p%2Fw%40@10.0.0.1:5673/%2f");
+        let e = Endpoint::parse(&url).unwrap();
+        assert_eq!(e.uri.authority.userinfo.username, "ns.runner.x");
+        assert_eq!(e.uri.authority.userinfo.password, "p/w@");
+        assert_eq!(e.uri.authority.port, 5673);
+        assert_eq!(
+            with_credentials("amqp://rabbit/ci", "u", "p").unwrap(),
+            "amqp://u:p@rabbit/ci"
+        );
+        assert!(with_credentials("amqps://rabbit/", "u", "p").is_err());
+    }
 
     #[test]
     fn display_names_host_port_and_user_but_never_the_password() {

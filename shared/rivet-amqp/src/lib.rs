@@ -23,6 +23,7 @@ mod publisher;
 mod subscription;
 
 pub use broker::{Broker, ConsumerChannel, QueueStats};
+pub use endpoint::{percent_encode, url_parts, with_credentials, UrlParts};
 pub use error::AmqpError;
 pub use subscription::{Incoming, Subscription};
 

@@ -61,6 +61,9 @@ pub struct Incoming<M> {
     pub reply_to: Option<String>,
     /// The message's `message_id` property (jobs: `{job_id}:{attempt}`).
     pub message_id: Option<String>,
+    /// The message's `user_id` property: when present, RabbitMQ checked it is the user that
+    /// published it (reports: the runner's broker user).
+    pub user_id: Option<String>,
     acker: Acker,
     delivery_tag: u64,
     queue: String,
@@ -218,6 +221,11 @@ impl<M: Message> Subscription<M> {
                         message_id: delivery
                             .properties
                             .message_id()
+                            .as_ref()
+                            .map(|s| s.to_string()),
+                        user_id: delivery
+                            .properties
+                            .user_id()
                             .as_ref()
                             .map(|s| s.to_string()),
                         delivery_tag: delivery.delivery_tag,

@@ -427,6 +427,29 @@ pub struct RunnerSession {
     /// 256 random bits in hex, valid until the runner registers again or the registration is
     /// revoked: signs `Started` reports (`rivet_protocol::identity`). Never sent on the broker.
     pub session_key: String,
+    /// The runner's own RabbitMQ user, made for this session (API-03): the runner connects with
+    /// it instead of the user in its broker URL. Absent when the orchestrator runs with
+    /// `--broker-users shared` (every runner uses the URL's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerCredentials>,
+}
+
+/// A RabbitMQ user and its password.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BrokerCredentials {
+    /// The user (`NAMESPACE.runner.REGISTRATION`).
+    pub username: String,
+    /// Its password: 256 random bits in hex, valid for this session.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BrokerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerCredentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for RunnerSession {
@@ -437,6 +460,7 @@ impl std::fmt::Debug for RunnerSession {
             .field("registration_id", &self.registration_id)
             .field("labels", &self.labels)
             .field("session_key", &"***")
+            .field("broker", &self.broker)
             .finish()
     }
 }

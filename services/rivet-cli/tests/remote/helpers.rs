@@ -6,14 +6,13 @@ use rivet_amqp::Broker;
 use rivet_core::JobOutcome;
 use rivet_protocol::messages::{JobDispatch, LogLine, ReportBody, RunnerReport};
 use rivet_protocol::redis_keys::{lease_value, Keys};
-use rivet_protocol::topology::Topology;
 use rivet_protocol::SCHEMA_VERSION;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use rivet_orchestrator::testing::TestOrchestrator;
-pub use rivet_orchestrator::testing::{AMQP, REDIS};
+pub use rivet_orchestrator::testing::REDIS;
 
 /// The attempt token the fake runner puts in its leases and reports (a real runner draws one
 /// per claim).
@@ -127,9 +126,6 @@ pub struct Taken {
 
 impl FakeRunner {
     pub async fn connect(app: &TestApp) -> FakeRunner {
-        let broker = Broker::connect(AMQP, Topology::new(&app.namespace), PATIENCE)
-            .await
-            .expect("RabbitMQ must run on 127.0.0.1:5672 (scripts/services.sh starts it)");
         let redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
             .await
             .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
@@ -147,6 +143,7 @@ impl FakeRunner {
             })
             .await
             .expect("the fake runner registers");
+        let broker = rivet_orchestrator::testing::runner_broker(&app.namespace, &session).await;
         FakeRunner {
             broker,
             redis,
@@ -158,15 +155,10 @@ impl FakeRunner {
 
     /// Takes the next job from the `process` class queue and holds its lease, as a runner does.
     pub async fn take(&mut self) -> Taken {
-        // As a runner does on a class announcement: the queue may not exist before the first
-        // job of its class.
-        self.broker.declare_class("process").await.unwrap();
-        let queue = self.broker.topology().class_queue("process");
-        let mut sub = self
-            .broker
-            .consume::<JobDispatch>(&queue, 1, "fake-runner")
-            .await
-            .unwrap();
+        // As a runner does: once the class is announced (or known), its broker user may read it.
+        let mut sub =
+            rivet_orchestrator::testing::consume_class(&self.broker, "process", 1, "fake-runner")
+                .await;
         let delivery = tokio::time::timeout(PATIENCE, sub.next())
             .await
             .expect("a job reaches its class queue")

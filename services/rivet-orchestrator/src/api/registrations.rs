@@ -13,7 +13,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use rivet_core::requirement::Requirement;
 use rivet_protocol::http::{
-    CreateRunnerRegistration, RegisterRunner, RunnerRegistrationView, RunnerSession,
+    BrokerCredentials, CreateRunnerRegistration, RegisterRunner, RunnerRegistrationView,
+    RunnerSession,
 };
 use rivet_protocol::identity::is_runner_name;
 use rivet_protocol::redis_keys::{RunnerPresence, PRESENCE_TTL_MS};
@@ -79,9 +80,11 @@ pub async fn list(
 }
 
 /// `DELETE /runners/registrations/{id}` (an id or a name): revokes the live registration. Its
-/// session ends at once (no `Started` of its runner is accepted any more), its token no longer
-/// registers, and its runner is ordered to drain (best effort: an honest runner stops taking
-/// jobs, finishes the running ones and exits).
+/// session ends at once (no report of its runner is accepted any more) and its token no longer
+/// registers. Its runner is cut off: with managed broker users its user is deleted, which
+/// closes its broker connections (the runner sees its login refused, cancels its jobs and
+/// exits); otherwise, or when the broker cannot be reached (the reaper deletes the user later),
+/// it is ordered to drain.
 pub async fn revoke(
     State(state): State<AppState>,
     _: Admin,
@@ -93,14 +96,23 @@ pub async fn revoke(
         )));
     };
     tracing::info!(runner = %view.name, registration = %view.id, "Runner registration revoked.");
-    if let Err(e) = super::fleet::send_drain(
-        &state,
-        &view.name,
-        "its registration was revoked by an admin",
-    )
-    .await
-    {
-        tracing::warn!(runner = %view.name, error = %format!("{e:#}"), "Ordering a revoked runner to drain failed; its starts are refused anyway.");
+    let cut_off = match crate::broker_users::retire_revoked(&state).await {
+        Ok(_) => state.broker_users.is_some(),
+        Err(e) => {
+            tracing::warn!(runner = %view.name, error = %format!("{e:#}"), "Deleting a revoked runner's broker user failed; the reaper tries again.");
+            false
+        }
+    };
+    if !cut_off {
+        if let Err(e) = super::fleet::send_drain(
+            &state,
+            &view.name,
+            "its registration was revoked by an admin",
+        )
+        .await
+        {
+            tracing::warn!(runner = %view.name, error = %format!("{e:#}"), "Ordering a revoked runner to drain failed; its starts are refused anyway.");
+        }
     }
     Ok(Json(view))
 }
@@ -157,7 +169,7 @@ pub async fn register(
     RunnerToken(registration): RunnerToken,
     Body(raw): Body<serde_json::Value>,
 ) -> Result<Json<RunnerSession>, ApiError> {
-    let name = registration.name;
+    let name = registration.name.clone();
     if raw.get("labels").is_some() {
         tracing::warn!(security = true, runner = %name,
             "policy violation [runner.labels]: a runner declared its own labels when registering; refused.");
@@ -222,21 +234,18 @@ pub async fn register(
         ));
     }
     let session_key = auth::generate_session_key()?;
-    let joined = Joined {
-        capabilities: &body.capabilities,
-        slots: body.slots,
-        version: &body.version,
+    let broker = match open_session(&state, &registration, &body, &session_key).await {
+        Ok(Some(broker)) => broker,
+        failed => {
+            let _: redis::RedisResult<()> = redis::AsyncCommands::del(&mut redis, &key).await;
+            failed?;
+            return Err(ApiError::Policy(
+                StatusCode::UNAUTHORIZED,
+                "runner.identity",
+                format!("the registration of runner `{name}` was revoked"),
+            ));
+        }
     };
-    let started = db::begin_session(&state.db, registration.id, &session_key, &joined).await;
-    if !matches!(started, Ok(true)) {
-        let _: redis::RedisResult<()> = redis::AsyncCommands::del(&mut redis, &key).await;
-        started?;
-        return Err(ApiError::Policy(
-            StatusCode::UNAUTHORIZED,
-            "runner.identity",
-            format!("the registration of runner `{name}` was revoked"),
-        ));
-    }
     tracing::info!(runner = %name, registration = %registration.id, capabilities = ?body.capabilities,
         slots = body.slots, "Runner registered.");
     Ok(Json(RunnerSession {
@@ -244,5 +253,35 @@ pub async fn register(
         registration_id: registration.id,
         labels: registration.labels.0,
         session_key,
+        broker,
     }))
+}
+
+/// Starts a session of `registration`: its broker user (with managed broker users: a new
+/// password, earlier connections closed), the session in the database, then the user's
+/// permissions (written from the database, so after the session is recorded). `None` when the
+/// registration was revoked meanwhile; `Some(None)` with shared broker users.
+async fn open_session(
+    state: &AppState,
+    registration: &db::ByToken,
+    body: &RegisterRunner,
+    session_key: &str,
+) -> anyhow::Result<Option<Option<BrokerCredentials>>> {
+    let broker = crate::broker_users::new_credentials(state, registration.id)?;
+    if let Some(credentials) = &broker {
+        crate::broker_users::create_user(state, credentials).await?;
+    }
+    let joined = Joined {
+        capabilities: &body.capabilities,
+        slots: body.slots,
+        version: &body.version,
+        broker_user: broker.as_ref().map(|b| b.username.as_str()),
+    };
+    if !db::begin_session(&state.db, registration.id, session_key, &joined).await? {
+        // Revoked in between: the user just made goes with the others of revoked registrations.
+        crate::broker_users::retire_revoked(state).await?;
+        return Ok(None);
+    }
+    crate::broker_users::sync_permissions(state, Some(registration.id)).await?;
+    Ok(Some(broker))
 }

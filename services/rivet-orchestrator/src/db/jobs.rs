@@ -297,7 +297,7 @@ pub async fn running_token(
     runner_id: &str,
 ) -> sqlx::Result<Option<RunningAttempt>> {
     sqlx::query_as(
-        "SELECT a.token, r.session_key FROM jobs j \
+        "SELECT a.token, r.session_key, r.broker_user FROM jobs j \
          JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
          LEFT JOIN runner_registrations r ON r.name = j.runner_id AND r.revoked_at IS NULL \
          WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3 FOR UPDATE OF j",
@@ -316,6 +316,8 @@ pub struct RunningAttempt {
     pub token: Option<String>,
     /// The current session key of the runner's live registration (none: revoked or unknown).
     pub session_key: Option<String>,
+    /// Its RabbitMQ user (none: shared broker users, or no live registration).
+    pub broker_user: Option<String>,
 }
 
 /// A stage's start or end, as a report says it.

@@ -139,6 +139,8 @@ pub struct Joined<'a> {
     pub slots: u32,
     /// Version.
     pub version: &'a str,
+    /// The RabbitMQ user made for the session, if any.
+    pub broker_user: Option<&'a str>,
 }
 
 /// Starts a new session of a live registration with `session_key` (the previous one ends).
@@ -151,13 +153,14 @@ pub async fn begin_session(
 ) -> sqlx::Result<bool> {
     Ok(sqlx::query(
         "UPDATE runner_registrations SET session_key = $2, registered_at = now(), capabilities = $3, \
-         slots = $4, version = $5 WHERE id = $1 AND revoked_at IS NULL",
+         slots = $4, version = $5, broker_user = $6 WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(id)
     .bind(session_key)
     .bind(joined.capabilities)
     .bind(joined.slots as i32)
     .bind(joined.version)
+    .bind(joined.broker_user)
     .execute(db)
     .await?
     .rows_affected()
@@ -176,6 +179,8 @@ pub struct StartCheck {
     pub labels: Option<Json<BTreeMap<String, String>>>,
     /// Its current session key (none before its runner joined).
     pub session_key: Option<String>,
+    /// Its RabbitMQ user (none: shared broker users).
+    pub broker_user: Option<String>,
 }
 
 /// The job's requirements and the live registration of `runner_id`; `None` without such a job.
@@ -185,7 +190,7 @@ pub async fn start_check(
     runner_id: &str,
 ) -> sqlx::Result<Option<StartCheck>> {
     sqlx::query_as(
-        "SELECT c.requires, r.id AS registration, r.labels, r.session_key FROM jobs j \
+        "SELECT c.requires, r.id AS registration, r.labels, r.session_key, r.broker_user FROM jobs j \
          JOIN classes c ON c.class_key = j.class_key \
          LEFT JOIN runner_registrations r ON r.name = $2 AND r.revoked_at IS NULL \
          WHERE j.id = $1",

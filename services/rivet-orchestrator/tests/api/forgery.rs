@@ -6,9 +6,7 @@ use crate::{PIPELINE, TOKEN_A, TOKEN_B};
 use redis::AsyncCommands;
 use rivet_core::{JobOutcome, StageOutcome};
 use rivet_protocol::http::{JobState, JobView, LogPage};
-use rivet_protocol::messages::{
-    ControlCommand, JobDispatch, LogLine, ReportBody, RunnerControl, RunnerReport,
-};
+use rivet_protocol::messages::{ControlCommand, LogLine, ReportBody, RunnerControl, RunnerReport};
 use rivet_protocol::redis_keys::{lease_value, Keys};
 use rivet_protocol::SCHEMA_VERSION;
 use serde_json::json;
@@ -87,18 +85,9 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     let (_, session) = app.register_runner("runner-a", json!({})).await;
     // Play the real runner `runner-a`: take the job, its lease with token A, and listen to the
     // orders the orchestrator sends it.
-    let broker = rivet_amqp::Broker::connect(
-        AMQP,
-        rivet_protocol::topology::Topology::new(&app.namespace),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let broker = testing::runner_broker(&app.namespace, &session).await;
     let mut orders = broker.subscribe_control("runner-a").await.unwrap();
-    let mut sub = broker
-        .consume::<JobDispatch>(&broker.topology().class_queue("process"), 1, "test-runner")
-        .await
-        .unwrap();
+    let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
     let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
         .expect("a job arrives")
@@ -221,10 +210,24 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     let mut swapped = report(TOKEN_A, forged_finish(JobOutcome::Succeeded));
     swapped.session_mac = report(TOKEN_A, forged_line()).session_mac;
     forgeries.extend([unsigned, other_key, swapped]);
-    let forged = forgeries.len() as i32;
+    let mut forged = forgeries.len() as i32;
     for r in forgeries {
         publish(r).await;
     }
+    // Another registered runner, on its own broker user, holding everything runner-a has (its
+    // attempt token and even its session key): RabbitMQ stamps its reports with its own user,
+    // and the orchestrator takes runner-a's reports only from runner-a's user.
+    let (_, session_b) = app.register_runner("runner-b", json!({})).await;
+    let broker_b = testing::runner_broker(&app.namespace, &session_b).await;
+    for r in [
+        report(TOKEN_A, ReportBody::Started),
+        report(TOKEN_A, forged_line()),
+        report(TOKEN_A, forged_finish(JobOutcome::Succeeded)),
+    ] {
+        broker_b.publish_report(&reply_to, &r).await.unwrap();
+        forged += 1;
+    }
+    broker_b.close().await;
     // The real runner goes on. Its reports are applied in order after the forgeries (one job,
     // one lane), so once its line shows, every forgery has been dealt with.
     publish(report(
@@ -258,8 +261,16 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
 
     // No forgery made the orchestrator order the real runner to stop. Orders it sent while
     // applying the reports above were confirmed before those reports were acknowledged, so they
-    // are queued ahead of this marker.
-    broker
+    // are queued ahead of this marker (sent as the orchestrator does: a runner's broker user
+    // may not send orders).
+    let admin = rivet_amqp::Broker::connect(
+        AMQP,
+        rivet_protocol::topology::Topology::new(&app.namespace),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    admin
         .publish_control(&RunnerControl {
             schema: SCHEMA_VERSION,
             runner_id: "runner-a".into(),
@@ -339,5 +350,6 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     orders.cancel().await.ok();
     sub.cancel().await.ok();
     broker.close().await;
+    admin.close().await;
     app.stop().await;
 }

@@ -1,7 +1,7 @@
 //! The shared harness (`rivet_orchestrator::testing`) plus an HTTP client.
 
 use rivet_orchestrator::testing::TestOrchestrator;
-pub use rivet_orchestrator::testing::{AMQP, REDIS};
+pub use rivet_orchestrator::testing::{self, AMQP, REDIS};
 
 pub struct TestApp {
     pub base: String,

@@ -1,6 +1,7 @@
 //! The orchestrator's HTTP API and report handling against real PostgreSQL, Redis and RabbitMQ.
 
 mod auth;
+mod broker_users;
 mod dashboard;
 mod forgery;
 mod helpers;
@@ -12,7 +13,7 @@ use rivet_core::JobOutcome;
 use rivet_protocol::http::{
     ApiError, JobState, JobView, LogPage, PipelineView, QueueView, TokenView,
 };
-use rivet_protocol::messages::{JobDispatch, LogLine, ReportBody, RunnerReport};
+use rivet_protocol::messages::{LogLine, ReportBody, RunnerReport};
 use rivet_protocol::redis_keys::lease_value;
 use rivet_protocol::SCHEMA_VERSION;
 use serde_json::json;
@@ -239,19 +240,10 @@ async fn reports_are_fenced_by_lease_and_attempt() {
         .await
         .unwrap();
 
-    // Play the runner: take the job from its queue, take the lease, report.
-    let broker = rivet_amqp::Broker::connect(
-        AMQP,
-        rivet_protocol::topology::Topology::new(&app.namespace),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let queue = broker.topology().class_queue("process");
-    let mut sub = broker
-        .consume::<JobDispatch>(&queue, 1, "test-runner")
-        .await
-        .unwrap();
+    // Play the runner: join, take the job from its queue, take the lease, report.
+    let (_, session) = app.register_runner("runner-a", json!({})).await;
+    let broker = testing::runner_broker(&app.namespace, &session).await;
+    let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
     let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
         .expect("a job arrives")
@@ -270,7 +262,6 @@ async fn reports_are_fenced_by_lease_and_attempt() {
         .set(keys.lease(job.id), lease_value("runner-a", 1, TOKEN_A))
         .await
         .unwrap();
-    let (_, session) = app.register_runner("runner-a", json!({})).await;
     let report = |runner: &str, attempt: u32, body: ReportBody| {
         let token = if runner == "runner-a" {
             TOKEN_A

@@ -50,10 +50,18 @@ async fn refused(config: rivet_runner::Config) -> String {
     format!("{:#}", ran.expect_err("the runner must not join"))
 }
 
-/// A runner that holds broker and Redis credentials and its own real registration and session,
-/// but lies: it consumes whatever class queue it likes and starts what it takes.
+/// A runner with its own real registration, session and broker user, that lies: it consumes
+/// whatever class queue it likes and starts what it takes. Its own broker user may not read
+/// the class queues its labels do not cover, so for those it uses `stolen`: broker credentials
+/// with wider rights taken from elsewhere (the installation's shared user), which the broker
+/// cannot tell apart; it publishes with its own user unless `publish_stolen`.
 struct Liar {
     broker: Broker,
+    stolen: Broker,
+    /// Consume with the stolen credentials.
+    consume_stolen: bool,
+    /// Publish with the stolen credentials.
+    publish_stolen: bool,
     redis: redis::aio::ConnectionManager,
     keys: Keys,
     session: RunnerSession,
@@ -68,13 +76,16 @@ impl Liar {
         assert_eq!(session.runner_id, name);
         assert!(session.labels.is_empty());
         Liar {
-            broker: Broker::connect(
+            broker: rivet_orchestrator::testing::runner_broker(&fleet.namespace, &session).await,
+            stolen: Broker::connect(
                 AMQP,
                 Topology::new(&fleet.namespace),
                 Duration::from_secs(10),
             )
             .await
             .unwrap(),
+            consume_stolen: false,
+            publish_stolen: false,
             redis: redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
                 .await
                 .unwrap(),
@@ -131,24 +142,13 @@ impl Liar {
         key: Option<&str>,
         lease: bool,
     ) -> JobDispatch {
-        let queue = self.broker.topology().class_queue(class_key);
-        // The relay declares a class's queue when it publishes the class's first job: wait for it.
-        let declared = async {
-            loop {
-                if let Ok(Some(_)) = self.broker.queue_stats(&queue).await {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let tag = format!("{}-liar", self.id());
+        let broker = if self.consume_stolen {
+            &self.stolen
+        } else {
+            &self.broker
         };
-        tokio::time::timeout(Duration::from_secs(20), declared)
-            .await
-            .expect("the class queue is declared");
-        let mut sub = self
-            .broker
-            .consume::<JobDispatch>(&queue, 1, &format!("{}-liar", self.id()))
-            .await
-            .unwrap();
+        let mut sub = rivet_orchestrator::testing::consume_class(broker, class_key, 1, &tag).await;
         let delivery = tokio::time::timeout(Duration::from_secs(20), sub.next())
             .await
             .expect("a job reaches the queue")
@@ -187,16 +187,19 @@ impl Liar {
                 .unwrap_or_default(),
             body: ReportBody::Started,
         };
-        self.broker
-            .publish_report(&reply_to, &report)
-            .await
-            .unwrap();
+        let publisher = if self.publish_stolen {
+            &self.stolen
+        } else {
+            &self.broker
+        };
+        publisher.publish_report(&reply_to, &report).await.unwrap();
         delivery.ack().await.unwrap();
         sub.cancel().await.ok();
         job
     }
 
     async fn close(self) {
+        self.stolen.close().await;
         self.broker.close().await;
     }
 }
@@ -327,8 +330,21 @@ async fn api_02_a_runner_without_the_label_cannot_start_a_job_that_requires_it()
     );
     assert_eq!(s.missing, ["label:deploy=yes"]);
 
-    // The liar forces itself onto the class queue and starts the job with its real session.
+    // Its own broker user may not read the class queue (API-03)...
+    let queue = liar.broker.topology().class_queue(&job.class_key);
+    let err = liar
+        .broker
+        .consume::<JobDispatch>(&queue, 1, "liar")
+        .await
+        .expect_err("the liar's broker user reads a class queue its labels do not cover");
+    assert!(
+        format!("{err:#} {:?}", std::error::Error::source(&err)).contains("ACCESS_REFUSED"),
+        "{err:#}"
+    );
+    // ... so it reads the job with stolen broker credentials and starts it with its real
+    // session (publishing as itself).
     let mut orders = liar.broker.subscribe_control("liar").await.unwrap();
+    liar.consume_stolen = true;
     let taken = liar.take_and_start(&job.class_key).await;
     assert_eq!((taken.job_id, taken.attempt), (job.id, 1));
     let seen = refused_attempt(&fleet, job.id, 1).await;
@@ -384,13 +400,21 @@ async fn api_02_revoking_a_registration_stops_its_runner_from_starting_jobs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    fleet
+    // Its broker user is deleted: the broker closes its connection and refuses its login, and
+    // the runner stops, saying why.
+    let err = fleet
         .runner_exit(&honest, Duration::from_secs(20))
         .await
-        .expect("a revoked runner drains and exits cleanly");
+        .expect_err("a revoked runner is shut out of the broker");
+    assert!(
+        format!("{err:#}").contains(&format!(
+            "policy violation [runner.identity]: the broker refused runner `{honest}`'s login"
+        )),
+        "{err:#}"
+    );
 
-    // A revoked runner that ignores the drain: it still holds broker credentials and its old
-    // session key, but no job it takes is started.
+    // A revoked runner that holds broker credentials with wider rights (stolen) and its old
+    // session key: no job it takes is started.
     let mut revoked = Liar::join(&fleet, "revoked").await;
     let r = fleet
         .http
@@ -400,6 +424,15 @@ async fn api_02_revoking_a_registration_stops_its_runner_from_starting_jobs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let closed = async {
+        while revoked.broker.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("revoking closes the runner's own broker connection");
+    (revoked.consume_stolen, revoked.publish_stolen) = (true, true);
     let job = fleet.submit("plain", json!({})).await;
     let taken = revoked.take_and_start(&job.class_key).await;
     assert_eq!(taken.job_id, job.id);
