@@ -8,6 +8,7 @@ need() { command -v "$1" >/dev/null || { echo "test.sh: $1 is required ($2)" >&2
 need cargo "install Rust with rustup"
 need git "the git plugin's tests run git: apt-get install git"
 need python3 "the CLI tests run a Python test suite: apt-get install python3"
+need openssl "the https tests make a test CA and serve TLS with it: apt-get install openssl"
 
 # The sandbox's namespace tests need user namespaces; say so loudly instead of failing obscurely.
 if ! unshare --user --map-root-user true 2>/dev/null; then

@@ -247,15 +247,7 @@ struct TestResult {
 }
 
 fn test(args: TestArgs) -> Result<i32> {
-    let policy = match &args.policy {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading policy {}", path.display()))?;
-            rivet_core::Policy::from_toml(&text)
-                .with_context(|| format!("policy {}", path.display()))?
-        }
-        None => rivet_core::Policy::default(),
-    };
+    let policy = rivet_sandbox::read_policy(args.policy.as_deref()).map_err(anyhow::Error::msg)?;
     let options = worker_options()?;
     let binaries = rivet_sandbox::job::resolve_binaries(&policy.process);
     let mut results = Vec::new();

@@ -33,14 +33,7 @@ pub struct Prepared {
 
 /// Reads the pipeline file, the policy and the plugins.
 pub fn prepare(file: &Path, opts: &PipelineOptions) -> Result<Prepared> {
-    let policy = match &opts.policy {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading policy {}", path.display()))?;
-            Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?
-        }
-        None => Policy::default(),
-    };
+    let policy = rivet_sandbox::read_policy(opts.policy.as_deref()).map_err(anyhow::Error::msg)?;
     let source = read_source(file, policy.limits.max_source)?;
     let file_name = file_name(file);
 

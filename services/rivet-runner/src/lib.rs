@@ -151,14 +151,8 @@ impl Runner {
 /// then drains: stops consuming, lets running jobs finish within the drain grace period (then
 /// cancels them, saying why), flushes their reports and removes its presence.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let policy = match &config.policy {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading policy {}", path.display()))?;
-            Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?
-        }
-        None => Policy::default(),
-    };
+    let policy =
+        rivet_sandbox::read_policy(config.policy.as_deref()).map_err(anyhow::Error::msg)?;
     if config.slots == 0 {
         anyhow::bail!("--slots must be at least 1");
     }

@@ -320,6 +320,10 @@ pub struct HttpPolicy {
     pub runner_concurrency: u32,
     /// Requests per second across all jobs of a runner (a call waits for a token).
     pub runner_per_second: f64,
+    /// PEM files of certificate authorities `https` trusts besides the built-in Mozilla roots
+    /// (an internal CA). Read once by the runner (or `rivet run`) at start; an unreadable file
+    /// or one without a certificate stops it there.
+    pub ca_certificates: Vec<std::path::PathBuf>,
 }
 
 impl Default for HttpPolicy {
@@ -341,6 +345,7 @@ impl Default for HttpPolicy {
             job_per_second: 5.0,
             runner_concurrency: 16,
             runner_per_second: 50.0,
+            ca_certificates: Vec::new(),
         }
     }
 }

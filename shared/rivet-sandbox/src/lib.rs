@@ -105,6 +105,27 @@ pub fn describe_error(err: &mlua::Error) -> String {
     }
 }
 
+/// Reads the policy file at `path` (`None`: the default policy), as the runner, `rivet run` and
+/// `rivet plugin test` do: parsed and checked, relative `http.ca_certificates` paths taken from
+/// the file's directory, and those certificates loaded once to fail here rather than in a job.
+pub fn read_policy(path: Option<&std::path::Path>) -> Result<rivet_core::Policy, String> {
+    let Some(path) = path else {
+        return Ok(rivet_core::Policy::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading policy {}: {e}", path.display()))?;
+    let mut policy = rivet_core::Policy::from_toml(&text)
+        .map_err(|e| format!("policy {}: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    for ca in &mut policy.http.ca_certificates {
+        if ca.is_relative() {
+            *ca = dir.join(&*ca);
+        }
+    }
+    host::http::load_roots(&policy.http).map_err(|e| format!("policy {}: {e}", path.display()))?;
+    Ok(policy)
+}
+
 /// The first `file.lua:N:` position in a Lua traceback that is not inside Rivet itself.
 fn script_position(traceback: &str) -> Option<String> {
     traceback.lines().map(str::trim).find_map(|line| {

@@ -51,18 +51,41 @@ pub struct HttpResponse {
     pub url: String,
 }
 
-/// Runner-wide HTTP limits: concurrency and requests per second across all jobs.
+/// Runner-wide HTTP state: concurrency and requests per second across all jobs, and the extra
+/// certificate authorities `https` trusts.
 #[derive(Debug)]
 pub(crate) struct RunnerLimits {
     gate: Gate,
+    /// `http.ca_certificates`, parsed once (or why they could not be).
+    roots: Result<Vec<reqwest::Certificate>, String>,
 }
 
 impl RunnerLimits {
     pub(crate) fn new(policy: &HttpPolicy) -> Self {
         Self {
             gate: Gate::new(policy.runner_concurrency, policy.runner_per_second),
+            roots: load_roots(policy),
         }
     }
+}
+
+/// Reads and parses `http.ca_certificates`: every file must hold at least one PEM certificate.
+pub fn load_roots(policy: &HttpPolicy) -> Result<Vec<reqwest::Certificate>, String> {
+    let mut roots = Vec::new();
+    for path in &policy.ca_certificates {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("http.ca_certificates: reading {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("http.ca_certificates: {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "http.ca_certificates: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        roots.extend(certs);
+    }
+    Ok(roots)
 }
 
 /// One job's HTTP limits: its token bucket (every hop takes a token).
@@ -343,6 +366,7 @@ fn request_error(url: &Url, err: reqwest::Error) -> CallError {
 /// One hop: connect to the checked address only, send, read the answer under the caps.
 async fn send(
     policy: &HttpPolicy,
+    roots: &[reqwest::Certificate],
     url: &Url,
     ip: IpAddr,
     method: &reqwest::Method,
@@ -354,6 +378,9 @@ async fn send(
         .no_proxy()
         .pool_max_idle_per_host(0)
         .user_agent(concat!("rivet/", env!("CARGO_PKG_VERSION")));
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
     if let Some(Host::Domain(name)) = url.host() {
         // Pin the connection to the address that was checked: no second lookup, no rebinding.
         let port = url.port_or_known_default().unwrap_or(80);
@@ -422,6 +449,11 @@ pub(crate) fn handle(
     let mut request = request;
     request.method = request.method.to_ascii_uppercase();
     validate(policy, &request)?;
+    let roots = cx
+        .runner
+        .roots
+        .as_deref()
+        .map_err(|e| CallError::failed(format!("http: {e}")))?;
     let cidrs = policy
         .cidrs()
         .map_err(|e| CallError::failed(format!("http: {e}")))?;
@@ -500,7 +532,7 @@ pub(crate) fn handle(
         let sent = runtime.block_on(async {
             tokio::time::timeout_at(
                 tokio::time::Instant::from_std(deadline),
-                send(policy, &url, ip, &method, &headers, body.as_ref()),
+                send(policy, roots, &url, ip, &method, &headers, body.as_ref()),
             )
             .await
         });

@@ -431,3 +431,227 @@ fn slack_notify_fails_clearly_on_errors_and_bad_arguments() {
     );
     assert_rule(&job, "http.host", "webhook outside http.hosts");
 }
+
+// ---------------------------------------------------------------------------------------------
+// https: a real TLS server (`openssl s_server`) with certificates from a test CA
+// ---------------------------------------------------------------------------------------------
+
+/// A test CA and two server certificates it signed: one for 127.0.0.2, one for another name.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    fn new() -> TestPki {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let pki = TestPki { dir };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Rivet test CA",
+        ]);
+        pki.server("good", "subjectAltName=IP:127.0.0.2");
+        pki.server("wrong-name", "subjectAltName=DNS:elsewhere.example");
+        pki
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("openssl is installed (scripts/test.sh checks it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `NAME.pem` and `NAME.key`: a server certificate with `san`, signed by the CA.
+    fn server(&self, name: &str, san: &str) {
+        let ext = self.dir.path().join(format!("{name}.ext"));
+        std::fs::write(
+            &ext,
+            format!("{san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+        )
+        .unwrap();
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=rivet test server",
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+
+    fn path(&self, file: &str) -> std::path::PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+/// `openssl s_server -www` on 127.0.0.2 with certificate `name`: it answers `GET /` with a page
+/// describing the TLS session. Killed on drop.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(pki: &TestPki, name: &str) -> TlsServer {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind((ALLOWED_IP, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_server", "-www", "-accept"])
+            .arg(format!("{ALLOWED_IP}:{port}"))
+            .arg("-cert")
+            .arg(pki.path(&format!("{name}.pem")))
+            .arg("-key")
+            .arg(pki.path(&format!("{name}.key")))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is installed");
+        // It says ACCEPT once it listens.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ACCEPT") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("openssl s_server listens");
+        TlsServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{ALLOWED_IP}:{}/", self.port)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_trusts_only_the_configured_roots_and_checks_the_name() {
+    let pki = TestPki::new();
+    let good = TlsServer::start(&pki, "good");
+    let get = |url: &str| {
+        format!(
+            "local r = http.get({})\nassert(r.status == 200, 'status ' .. r.status)\n\
+             log.info(r.body:find('Ciphers', 1, true) and 'tls page' or r.body)",
+            lua_str(url)
+        )
+    };
+
+    // The built-in roots do not know the test CA: the handshake fails, saying why.
+    let job = run_http(&http_policy(), &get(&good.url()));
+    assert_failed_with(&job, "certificate", "an unknown issuer");
+    assert!(job.error().contains("UnknownIssuer"), "{}", job.error());
+
+    // Trusted through `http.ca_certificates`, which the runner loads once into its host
+    // services: the request goes through TLS.
+    let mut trusting = http_policy();
+    trusting.http.ca_certificates = vec![pki.path("ca.pem")];
+    let runner = shared_options(&trusting);
+    let run_trusting = |policy: &Policy, script: &str| {
+        let ws = workspace("http");
+        run_job_with_options(
+            policy,
+            &pipeline_requiring(&["http"], script),
+            ws.path(),
+            &runner,
+        )
+    };
+    let job = run_trusting(&trusting, &get(&good.url()));
+    assert_succeeded(&job, "https with the test CA trusted");
+    assert!(job
+        .lines(rivet_sandbox::events::Source::Script)
+        .contains(&"tls page"));
+
+    // A certificate from the trusted CA for another name: refused.
+    let wrong = TlsServer::start(&pki, "wrong-name");
+    let job = run_trusting(&trusting, &get(&wrong.url()));
+    assert_failed_with(&job, "certificate", "a certificate for another name");
+    assert!(
+        job.error().contains("not valid for name \"127.0.0.2\""),
+        "{}",
+        job.error()
+    );
+
+    // An https-only policy refuses plain http before connecting.
+    let mut https_only = trusting.clone();
+    https_only.http.schemes = vec!["https".into()];
+    let job = run_trusting(
+        &https_only,
+        &get(&format!("http://{ALLOWED_IP}:{}/", good.port)),
+    );
+    assert_rule(&job, "http.scheme", "plain http under an https-only policy");
+    assert_follow_up(&trusting);
+
+    // A CA file that cannot be read stops the policy from loading, naming the file.
+    let file = pki.path("policy.toml");
+    std::fs::write(&file, "[http]\nca_certificates = [\"missing-ca.pem\"]\n").unwrap();
+    let err = rivet_sandbox::read_policy(Some(&file)).unwrap_err();
+    assert!(
+        err.contains("http.ca_certificates") && err.contains("missing-ca.pem"),
+        "{err}"
+    );
+    std::fs::write(&file, "[http]\nca_certificates = [\"ca.pem\"]\n").unwrap();
+    let loaded = rivet_sandbox::read_policy(Some(&file)).unwrap();
+    assert_eq!(loaded.http.ca_certificates, vec![pki.path("ca.pem")]);
+}
