@@ -36,6 +36,10 @@ if command -v rabbitmqctl >/dev/null; then
   rabbitmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -E '^rivet(-cli)?-test-.*\.runner\.' |
     while read -r u; do rabbitmqctl -q delete_user "$u" </dev/null >/dev/null 2>&1 || true; done || true
 fi
+if command -v redis-cli >/dev/null; then
+  redis-cli -h 127.0.0.1 ACL USERS 2>/dev/null | grep -E '^rivet(-cli)?-test-.*\.runner\.' |
+    while read -r u; do redis-cli -h 127.0.0.1 ACL DELUSER "$u" </dev/null >/dev/null 2>&1 || true; done || true
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -14,10 +14,10 @@
 //! A new class is granted before it is announced, so a runner never consumes a queue it may not
 //! read yet.
 
-use crate::config::{BrokerUsersMode, Config};
+use crate::config::{Config, RunnerUsersMode};
 use crate::AppState;
 use anyhow::Context;
-use rivet_protocol::http::BrokerCredentials;
+use rivet_protocol::http::Credentials;
 use rivet_protocol::topology::Topology;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,7 +52,7 @@ impl BrokerUsers {
     /// The management client `config` asks for: `None` with `--broker-users shared`. Without
     /// `--broker-management-url`, the AMQP URL's host and user on port 15672.
     pub fn from_config(config: &Config) -> anyhow::Result<Option<Self>> {
-        if config.broker_users == BrokerUsersMode::Shared {
+        if config.broker_users == RunnerUsersMode::Shared {
             return Ok(None);
         }
         let amqp = rivet_amqp::url_parts(&config.amqp_url).context("the RabbitMQ URL")?;
@@ -266,11 +266,11 @@ fn percent_decode(text: &str) -> anyhow::Result<String> {
 
 /// The broker user of registration `id` with a new password, for a new session; `None` with
 /// shared broker users. Nothing is written: see [`create_user`] and [`sync_permissions`].
-pub fn new_credentials(state: &AppState, id: Uuid) -> anyhow::Result<Option<BrokerCredentials>> {
+pub fn new_credentials(state: &AppState, id: Uuid) -> anyhow::Result<Option<Credentials>> {
     let Some(users) = &state.broker_users else {
         return Ok(None);
     };
-    Ok(Some(BrokerCredentials {
+    Ok(Some(Credentials {
         username: users.topology.runner_broker_user(&id.to_string()),
         password: crate::auth::generate_session_key()?,
     }))
@@ -279,7 +279,7 @@ pub fn new_credentials(state: &AppState, id: Uuid) -> anyhow::Result<Option<Brok
 /// Creates (or resets) the session's user with its password and closes any connection an
 /// earlier session of the registration left open: that runner holds an old password and must
 /// not keep consuming.
-pub async fn create_user(state: &AppState, credentials: &BrokerCredentials) -> anyhow::Result<()> {
+pub async fn create_user(state: &AppState, credentials: &Credentials) -> anyhow::Result<()> {
     let Some(users) = &state.broker_users else {
         return Ok(());
     };

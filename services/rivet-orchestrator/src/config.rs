@@ -62,11 +62,17 @@ pub struct Config {
         value_enum,
         default_value = "managed"
     )]
-    pub broker_users: BrokerUsersMode,
+    pub broker_users: RunnerUsersMode,
     /// RabbitMQ's management API with a user holding the administrator tag
     /// (`http://user:password@host:15672/`); default: the RabbitMQ URL's user and host, port 15672.
     #[arg(long, env = "RIVET_BROKER_MANAGEMENT_URL", hide_env_values = true)]
     pub broker_management_url: Option<String>,
+    /// `managed`: every runner gets a Redis user of its own (an ACL user made by the
+    /// orchestrator, which needs `ACL` rights: the default user) that may touch only leases, its
+    /// own presence record, and read fences and the class table. `shared`: runners use the user
+    /// of their own Redis URL (Redis older than 6, or no ACL rights).
+    #[arg(long, env = "RIVET_REDIS_USERS", value_enum, default_value = "managed")]
+    pub redis_users: RunnerUsersMode,
     /// Prefix of every exchange, queue and Redis key (several installations can share a broker).
     #[arg(long, env = "RIVET_NAMESPACE", default_value = "rivet")]
     pub namespace: String,
@@ -86,12 +92,12 @@ pub struct Config {
     pub queue_timeout: std::time::Duration,
 }
 
-/// Whose RabbitMQ user a runner connects with.
+/// Whose user a runner connects to RabbitMQ (or Redis) with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BrokerUsersMode {
+pub enum RunnerUsersMode {
     /// One user per runner session, made by the orchestrator.
     Managed,
-    /// The user in each runner's broker URL.
+    /// The user in each runner's own URL.
     Shared,
 }
 

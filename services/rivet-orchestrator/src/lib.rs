@@ -10,7 +10,8 @@
 //!   fences after Redis lost its data.
 //! - [`fleet`]: live runners from Redis, and whether a requirement set can be scheduled.
 //! - [`lint`]: checks pushed definitions in sandbox workers.
-//! - [`broker_users`]: each runner's own RabbitMQ user and its permissions (API-03).
+//! - [`broker_users`]: each runner's own RabbitMQ user and its permissions (API-03);
+//!   [`redis_users`]: its own Redis ACL user.
 //!
 //! Depends on shared crates only. The only `sqlx` user in the workspace.
 
@@ -24,11 +25,12 @@ mod fence;
 pub mod fleet;
 mod lint;
 pub mod reaper;
+pub mod redis_users;
 pub mod relay;
 pub mod reports;
 pub mod testing;
 
-pub use config::{BrokerUsersMode, Cli, Command, Config};
+pub use config::{Cli, Command, Config, RunnerUsersMode};
 
 use anyhow::Context;
 use rivet_amqp::Broker;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub runners_seen: Arc<tokio::sync::Mutex<Option<RunnersSeen>>>,
     /// RabbitMQ's management API, making each runner's broker user (`None`: shared users).
     pub broker_users: Option<broker_users::BrokerUsers>,
+    /// Whether each runner gets a Redis user of its own.
+    pub redis_users: RunnerUsersMode,
 }
 
 impl AppState {
@@ -246,6 +250,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
              read every class queue, and reports are not tied to a broker user (API-03)."
         ),
     }
+    match config.redis_users {
+        RunnerUsersMode::Managed => {
+            let mut conn = redis.clone();
+            let _: Vec<String> = redis::cmd("ACL")
+                .arg("USERS")
+                .query_async(&mut conn)
+                .await
+                .context(
+                    "listing Redis ACL users: the orchestrator's Redis user makes each runner's \
+                     own (it needs the ACL commands), or run with `--redis-users shared`",
+                )?;
+        }
+        RunnerUsersMode::Shared => tracing::warn!(
+            "Runners share the Redis user of their URLs (--redis-users shared): any runner can \
+             write every key, other runners' presence and fences included."
+        ),
+    }
     let state = AppState {
         db,
         redis,
@@ -258,6 +279,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         versions: Default::default(),
         runners_seen: Default::default(),
         broker_users,
+        redis_users: config.redis_users,
     };
     auth::bootstrap(&state.db, config.bootstrap_token.as_deref()).await?;
     relay::sync_classes(&state)

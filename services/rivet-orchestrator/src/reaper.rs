@@ -7,7 +7,7 @@
 //! - A queued attempt older than its job's queue timeout is `timed_out`.
 //! - A cancel request a runner has not answered is sent again.
 //! - After Redis lost its data (the epoch key is gone), every fence and the class table are
-//!   written again.
+//!   written again; live runners' Redis users it lost are made again (every round).
 //!
 //! Every change is conditional in PostgreSQL ([`crate::db::attempts`]), so several orchestrators
 //! can run this at once. A Redis error skips the round: a lease that cannot be read is never
@@ -43,11 +43,15 @@ pub async fn run(state: AppState, shutdown: CancellationToken) -> anyhow::Result
 /// One round (public for tests).
 pub async fn round(state: &AppState) -> anyhow::Result<()> {
     refresh_fences(state).await?;
+    // Live runners' Redis users that Redis lost (restarted without an ACL file): before their
+    // leases are judged, which they cannot renew without them.
+    crate::redis_users::restore(state).await?;
     reap_lost(state).await?;
     expire_queued(state).await?;
     drain_unregistered(state).await?;
-    // A revoked registration's broker user that could not be deleted at revocation.
+    // A revoked registration's users that could not be deleted at revocation.
     crate::broker_users::retire_revoked(state).await?;
+    crate::redis_users::retire_revoked(state).await?;
     Ok(())
 }
 

@@ -100,7 +100,8 @@ fn config(
         plugin_dir: None,
         worker_program: worker_program.map(Path::to_path_buf),
         queue_timeout: Duration::from_secs(24 * 3600),
-        broker_users: crate::config::BrokerUsersMode::Managed,
+        broker_users: crate::config::RunnerUsersMode::Managed,
+        redis_users: crate::config::RunnerUsersMode::Managed,
         broker_management_url: None,
     }
 }
@@ -145,6 +146,12 @@ pub async fn remove(database: &str, namespace: &str) {
     if let Some(users) = users {
         let prefix = Topology::new(namespace).runner_broker_user_prefix();
         let _ = users.delete_users_with_prefix(&prefix).await;
+    }
+    if let Ok(client) = redis::Client::open(REDIS) {
+        if let Ok(mut redis) = redis::aio::ConnectionManager::new(client).await {
+            let prefix = Keys::new(namespace).runner_user_prefix();
+            let _ = crate::redis_users::delete_users_with_prefix(&mut redis, &prefix).await;
+        }
     }
     if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))

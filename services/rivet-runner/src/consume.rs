@@ -334,7 +334,14 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
         slots: Arc::new(Semaphore::new(runner.slots as usize)),
         freed: Arc::new(Notify::new()),
         tx,
-        classes: known_classes(&runner).await?,
+        // Read again at every (re)subscription; a Redis that fails now is not fatal.
+        classes: match known_classes(&runner).await {
+            Ok(classes) => classes,
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading the class table failed; it is read again when subscribing.");
+                BTreeMap::new()
+            }
+        },
         subs: Subscriptions::default(),
         announcements: None,
         control: None,
@@ -407,7 +414,10 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
 
     // Draining: no new jobs; running ones get the grace period, then are cancelled.
     l.runner.draining.store(true, Ordering::SeqCst);
-    let _ = crate::presence::publish_now(&l.runner).await;
+    if !shut_out {
+        // Shut out, its Redis user is gone too: the record expires by itself.
+        let _ = crate::presence::publish_now(&l.runner).await;
+    }
     tracing::info!(runner = %l.runner.id, running = l.jobs.len(), grace_s = l.runner.drain_grace.as_secs(), "Draining: no new jobs; waiting for running ones.");
     l.subs.stop_all().await;
     l.announcements = None;
@@ -456,15 +466,15 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
     }
     tracing::info!(runner = %l.runner.id, "Drained.");
     if shut_out {
-        return Err(shut_out_error(&l.runner.id));
+        return Err(shut_out_error("the broker", &l.runner.id));
     }
     Ok(())
 }
 
-/// Why a runner stops when the broker refuses its login.
-pub(crate) fn shut_out_error(runner: &str) -> anyhow::Error {
+/// Why a runner stops when `service` (the broker, Redis) refuses its login.
+pub(crate) fn shut_out_error(service: &str, runner: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "policy violation [runner.identity]: the broker refused runner `{runner}`'s login: its \
+        "policy violation [runner.identity]: {service} refused runner `{runner}`'s login: its \
          registration was revoked, or another runner joined with its token; stopped"
     )
 }

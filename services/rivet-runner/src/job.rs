@@ -19,10 +19,13 @@ const BATCH_LINES: usize = 100;
 /// Longest a log line waits for its batch.
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
-/// Whether the fence (KEYS[2]) forbids attempt ARGV[2]: `-N` or `0` (the job is over) or a
+/// Whether the fence (ARGV[4]) forbids attempt ARGV[2]: `-N` or `0` (the job is over) or a
 /// later attempt.
 /// A missing fence (Redis lost it) forbids nothing: PostgreSQL still fences what gets stored.
-const FENCED: &str = "local f = tonumber(redis.call('GET', KEYS[2]) or '') \
+/// The fence's name is an argument, not a declared key: Redis checks a script's declared keys
+/// as written to, and a runner's Redis user may only read fences; the `GET` inside is checked
+/// as a read.
+const FENCED: &str = "local f = tonumber(redis.call('GET', ARGV[4]) or '') \
     if f and (f <= 0 or f > tonumber(ARGV[2])) then return 'stale' end ";
 
 /// Takes the lease (KEYS[1]) for ARGV[1] = `runner:attempt:token` with TTL ARGV[3] ms, unless
@@ -73,10 +76,10 @@ async fn lease_script(
     let mut conn = runner.redis.clone();
     redis::Script::new(script)
         .key(runner.keys.lease(job_id))
-        .key(runner.keys.fence(job_id))
         .arg(lease_value(&runner.id, attempt, token))
         .arg(attempt)
         .arg(LEASE_TTL_MS)
+        .arg(runner.keys.fence(job_id))
         .invoke_async(&mut conn)
         .await
 }

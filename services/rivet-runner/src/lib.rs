@@ -188,11 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &policy.limits,
         &probed,
     );
-    let redis_client =
-        redis::Client::open(config.redis_url.as_str()).context("parsing the Redis URL")?;
-    let redis = redis::aio::ConnectionManager::new(redis_client)
-        .await
-        .context("connecting to Redis")?;
+
     // Registering writes the first presence record (10 s to live): everything slow is done
     // before it, except connecting the broker (with the user the registration gives) and the
     // container engine, which need the runner's identity.
@@ -203,6 +199,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .context("the RabbitMQ URL")?
         }
         None => config.amqp_url.clone(),
+    };
+    let mut redis_info = redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
+        .context("parsing the Redis URL")?;
+    if let Some(user) = &session.redis {
+        redis_info.redis.username = Some(user.username.clone());
+        redis_info.redis.password = Some(user.password.clone());
+    }
+    let redis = match redis::aio::ConnectionManager::new_with_config(
+        redis::Client::open(redis_info).context("the Redis URL")?,
+        redis_config(),
+    )
+    .await
+    {
+        Ok(redis) => redis,
+        // The user the orchestrator just made is gone or has another password already.
+        Err(e) if session.redis.is_some() && e.kind() == redis::ErrorKind::AuthenticationFailed => {
+            return Err(consume::shut_out_error("Redis", &session.runner_id))
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("connecting to Redis")),
     };
     // The orchestrator declared the topology; a runner's broker user may not.
     let broker = match Broker::connect_client(
@@ -215,7 +230,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Ok(broker) => broker,
         // The user the orchestrator just made is gone or has another password already.
         Err(rivet_amqp::AmqpError::Refused { .. }) if session.broker.is_some() => {
-            return Err(consume::shut_out_error(&session.runner_id))
+            return Err(consume::shut_out_error("the broker", &session.runner_id))
         }
         Err(e) => return Err(anyhow::Error::new(e).context("connecting to RabbitMQ")),
     };
@@ -275,9 +290,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // A drain begins on `shutdown` (signals) or on a drain order (which cancels only the child).
     let result = consume::run(runner.clone(), shutdown.child_token()).await;
     stop_presence.cancel();
+    if runner.broker.login_refused() {
+        // Shut out (revoked): removing the presence record would only wait on Redis retries;
+        // it expires by itself.
+        presence.abort();
+    }
     let _ = presence.await;
     runner.broker.close().await;
     result
+}
+
+/// How the runner's Redis connection behaves: no command or connection attempt waits more than
+/// 5 s (without a bound, a command sent while Redis restarts could hang the consume loop for
+/// minutes), and reconnection retries back off up to 2 s.
+fn redis_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(5))
+        .set_response_timeout(Duration::from_secs(5))
+        .set_max_delay(2_000)
 }
 
 /// What the container engine at `host` offers (`container`, `container.podman`), asked before

@@ -94,12 +94,12 @@ fn the_compose_file_describes_a_healthy_deployment() {
                     env.get("RIVET_LABELS").is_none(),
                     "{name} declares its own labels; an admin assigns them"
                 );
-                // API-03: a runner's broker user comes from its registration; it holds none.
-                let amqp = env["RIVET_AMQP_URL"].as_str().expect("a broker URL");
-                assert!(
-                    !amqp.contains('@'),
-                    "{name} holds broker credentials: {amqp}"
-                );
+                // API-03: a runner's broker and Redis users come from its registration; it holds
+                // no credentials of its own.
+                for url in ["RIVET_AMQP_URL", "RIVET_REDIS_URL"] {
+                    let url = env[url].as_str().expect("a service URL");
+                    assert!(!url.contains('@'), "{name} holds credentials: {url}");
+                }
                 &runner_env
             }
             _ => continue,

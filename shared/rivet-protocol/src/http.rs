@@ -44,6 +44,9 @@ fn default_file_name() -> String {
 /// A pipeline version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PipelineView {
+    /// The project it belongs to.
+    #[serde(default)]
+    pub project: String,
     /// Name.
     pub name: String,
     /// Version, from 1.
@@ -213,6 +216,9 @@ pub struct AttemptView {
 pub struct JobView {
     /// Id.
     pub id: Uuid,
+    /// The project it belongs to (its pipeline's).
+    #[serde(default)]
+    pub project: String,
     /// Pipeline name.
     pub pipeline: String,
     /// Pipeline version.
@@ -431,21 +437,25 @@ pub struct RunnerSession {
     /// it instead of the user in its broker URL. Absent when the orchestrator runs with
     /// `--broker-users shared` (every runner uses the URL's user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broker: Option<BrokerCredentials>,
+    pub broker: Option<Credentials>,
+    /// The runner's own Redis user, made for this session: the runner connects with it instead
+    /// of the user in its Redis URL. Absent with `--redis-users shared`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Credentials>,
 }
 
-/// A RabbitMQ user and its password.
+/// A user of a service (RabbitMQ, Redis) and its password.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct BrokerCredentials {
+pub struct Credentials {
     /// The user (`NAMESPACE.runner.REGISTRATION`).
     pub username: String,
-    /// Its password: 256 random bits in hex, valid for this session.
+    /// Its password: 256 bits in hex, valid for this session.
     pub password: String,
 }
 
-impl std::fmt::Debug for BrokerCredentials {
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerCredentials")
+        f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"***")
             .finish()
@@ -461,6 +471,7 @@ impl std::fmt::Debug for RunnerSession {
             .field("labels", &self.labels)
             .field("session_key", &"***")
             .field("broker", &self.broker)
+            .field("redis", &self.redis)
             .finish()
     }
 }

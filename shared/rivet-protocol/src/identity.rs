@@ -80,6 +80,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The password of a session's Redis user: derived from the session key (HMAC-SHA256 of a
+/// fixed label), so the orchestrator can make the user again, with the same password, whenever
+/// Redis lost it (a restart without an ACL file), from what PostgreSQL keeps.
+pub fn redis_password(session_key: &str) -> String {
+    sign(session_key, "rivet-redis-user-v1")
+}
+
 /// The `session_mac` of a `Started` report: lower-case hex HMAC-SHA256 with the session key.
 pub fn started_mac(
     session_key: &str,

@@ -26,6 +26,52 @@ impl Keys {
         }
     }
 
+    /// The name of the Redis ACL user of runner registration `registration` (a UUID).
+    pub fn runner_user(&self, registration: &str) -> String {
+        format!("{}{registration}", self.runner_user_prefix())
+    }
+
+    /// What every runner's Redis user name starts with (tests sweep their users by it).
+    pub fn runner_user_prefix(&self) -> String {
+        format!("{}.runner.", self.namespace)
+    }
+
+    /// The ACL rules (`ACL SETUSER name ...`, after `reset`) of the Redis user of runner
+    /// `runner_id`: everything a runner does and nothing more. It reads and writes leases (every
+    /// job's: a lease names its holder inside), reads fences and the class table, writes only
+    /// its own presence record, and runs only the commands a runner sends (the lease scripts
+    /// through `EVALSHA`, whose commands Redis checks against the same rules; a client library's
+    /// `CLIENT SETINFO` is refused, which redis-rs ignores). Not: other
+    /// runners' presence, fences, the epoch, other namespaces, `KEYS`, `FLUSHALL`, `CONFIG`,
+    /// pub/sub.
+    pub fn runner_acl(&self, runner_id: &str) -> Vec<String> {
+        let ns = &self.namespace;
+        let mut rules: Vec<String> = vec![
+            "resetchannels".into(),
+            format!("~{ns}:lease:*"),
+            format!("%R~{ns}:fence:*"),
+            format!("%R~{}", self.classes()),
+            format!("~{}", self.runner(runner_id)),
+            "-@all".into(),
+        ];
+        rules.extend(
+            [
+                "+get",
+                "+set",
+                "+psetex",
+                "+del",
+                "+pexpire",
+                "+hgetall",
+                "+evalsha",
+                "+script|load",
+                "+ping",
+                "+select",
+            ]
+            .map(String::from),
+        );
+        rules
+    }
+
     /// A runner's presence record (JSON [`RunnerPresence`]), refreshed every
     /// [`PRESENCE_REFRESH_MS`] with a TTL of [`PRESENCE_TTL_MS`]. Expired means offline.
     pub fn runner(&self, id: &str) -> String {

@@ -358,6 +358,7 @@ mod tests {
     fn job(state: JobState) -> JobView {
         JobView {
             id: Uuid::nil(),
+            project: "default".into(),
             pipeline: "p".into(),
             pipeline_version: 1,
             state,

@@ -224,6 +224,7 @@ fn describe(job: &JobView, now: i64) -> String {
     let inputs: Vec<String> = job.inputs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut head = vec![
         ("job", job.id.to_string()),
+        ("project", job.project.clone()),
         (
             "pipeline",
             format!("{} (version {})", job.pipeline, job.pipeline_version),
@@ -307,6 +308,7 @@ mod tests {
     fn job() -> JobView {
         JobView {
             id: Uuid::nil(),
+            project: "default".into(),
             pipeline: "build".into(),
             pipeline_version: 2,
             state: JobState::Failed,
@@ -395,6 +397,7 @@ mod tests {
         assert_eq!(
             describe(&j, 73_000),
             "job       00000000-0000-0000-0000-000000000000\n\
+             project   default\n\
              pipeline  build (version 2)\n\
              state     failed\n\
              attempt   2\n\

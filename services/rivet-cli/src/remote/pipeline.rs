@@ -254,6 +254,7 @@ mod tests {
             line: None,
         };
         PipelineView {
+            project: "default".into(),
             name: "build-and-test".into(),
             version: 3,
             definition: PipelineSpec {

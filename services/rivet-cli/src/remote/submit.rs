@@ -124,6 +124,7 @@ mod tests {
 
     fn job(schedulability: Option<Schedulability>) -> JobView {
         JobView {
+            project: "default".into(),
             id: Uuid::nil(),
             pipeline: "deploy".into(),
             pipeline_version: 4,

@@ -148,6 +148,7 @@ pub async fn run(
     let runners = state.recent_runners().await?;
     let job = JobView {
         id: dispatch.job_id,
+        project: version.view.project.clone(),
         pipeline: dispatch.pipeline,
         pipeline_version: dispatch.pipeline_version,
         state: JobState::Queued,

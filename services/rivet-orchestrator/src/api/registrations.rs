@@ -13,8 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use rivet_core::requirement::Requirement;
 use rivet_protocol::http::{
-    BrokerCredentials, CreateRunnerRegistration, RegisterRunner, RunnerRegistrationView,
-    RunnerSession,
+    CreateRunnerRegistration, Credentials, RegisterRunner, RunnerRegistrationView, RunnerSession,
 };
 use rivet_protocol::identity::is_runner_name;
 use rivet_protocol::redis_keys::{RunnerPresence, PRESENCE_TTL_MS};
@@ -96,6 +95,9 @@ pub async fn revoke(
         )));
     };
     tracing::info!(runner = %view.name, registration = %view.id, "Runner registration revoked.");
+    if let Err(e) = crate::redis_users::retire_revoked(&state).await {
+        tracing::warn!(runner = %view.name, error = %format!("{e:#}"), "Deleting a revoked runner's Redis user failed; the reaper tries again.");
+    }
     let cut_off = match crate::broker_users::retire_revoked(&state).await {
         Ok(_) => state.broker_users.is_some(),
         Err(e) => {
@@ -234,8 +236,9 @@ pub async fn register(
         ));
     }
     let session_key = auth::generate_session_key()?;
-    let broker = match open_session(&state, &registration, &body, &session_key).await {
-        Ok(Some(broker)) => broker,
+    let (broker, redis_user) = match open_session(&state, &registration, &body, &session_key).await
+    {
+        Ok(Some(users)) => users,
         failed => {
             let _: redis::RedisResult<()> = redis::AsyncCommands::del(&mut redis, &key).await;
             failed?;
@@ -254,34 +257,44 @@ pub async fn register(
         labels: registration.labels.0,
         session_key,
         broker,
+        redis: redis_user,
     }))
 }
 
-/// Starts a session of `registration`: its broker user (with managed broker users: a new
-/// password, earlier connections closed), the session in the database, then the user's
-/// permissions (written from the database, so after the session is recorded). `None` when the
-/// registration was revoked meanwhile; `Some(None)` with shared broker users.
+/// The users a session gets on the broker and on Redis (each `None` when shared).
+type SessionUsers = (Option<Credentials>, Option<Credentials>);
+
+/// Starts a session of `registration`: its broker and Redis users (when managed: new
+/// passwords, the earlier session's connections closed), the session in the database, then the
+/// broker user's permissions (written from the database, so after the session is recorded).
+/// `None` when the registration was revoked meanwhile.
 async fn open_session(
     state: &AppState,
     registration: &db::ByToken,
     body: &RegisterRunner,
     session_key: &str,
-) -> anyhow::Result<Option<Option<BrokerCredentials>>> {
+) -> anyhow::Result<Option<SessionUsers>> {
     let broker = crate::broker_users::new_credentials(state, registration.id)?;
     if let Some(credentials) = &broker {
         crate::broker_users::create_user(state, credentials).await?;
+    }
+    let redis = crate::redis_users::credentials(state, registration.id, session_key);
+    if let Some(credentials) = &redis {
+        crate::redis_users::create_user(state, &registration.name, credentials).await?;
     }
     let joined = Joined {
         capabilities: &body.capabilities,
         slots: body.slots,
         version: &body.version,
         broker_user: broker.as_ref().map(|b| b.username.as_str()),
+        redis_user: redis.as_ref().map(|r| r.username.as_str()),
     };
     if !db::begin_session(&state.db, registration.id, session_key, &joined).await? {
-        // Revoked in between: the user just made goes with the others of revoked registrations.
+        // Revoked in between: the users just made go with the others of revoked registrations.
         crate::broker_users::retire_revoked(state).await?;
+        crate::redis_users::retire_revoked(state).await?;
         return Ok(None);
     }
     crate::broker_users::sync_permissions(state, Some(registration.id)).await?;
-    Ok(Some(broker))
+    Ok(Some((broker, redis)))
 }

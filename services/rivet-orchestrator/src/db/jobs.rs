@@ -56,6 +56,7 @@ pub async fn create(
 #[derive(sqlx::FromRow)]
 struct JobRow {
     id: Uuid,
+    project: String,
     pipeline: String,
     pipeline_version: i32,
     state: String,
@@ -70,16 +71,18 @@ struct JobRow {
     runner_id: Option<String>,
 }
 
-const SELECT_JOB: &str = "SELECT j.id, p.name AS pipeline, j.pipeline_version, j.state, j.attempt, j.inputs, j.class_key, \
+const SELECT_JOB: &str = "SELECT j.id, pr.name AS project, p.name AS pipeline, j.pipeline_version, j.state, j.attempt, j.inputs, j.class_key, \
      c.requires, (extract(epoch FROM j.created_at) * 1000)::bigint AS created_at_ms, \
      (extract(epoch FROM j.started_at) * 1000)::bigint AS started_at_ms, \
      (extract(epoch FROM j.finished_at) * 1000)::bigint AS finished_at_ms, j.outcome, j.runner_id \
-     FROM jobs j JOIN pipelines p ON p.id = j.pipeline_id JOIN classes c ON c.class_key = j.class_key";
+     FROM jobs j JOIN pipelines p ON p.id = j.pipeline_id JOIN projects pr ON pr.id = p.project_id \
+     JOIN classes c ON c.class_key = j.class_key";
 
 impl From<JobRow> for JobView {
     fn from(r: JobRow) -> Self {
         JobView {
             id: r.id,
+            project: r.project,
             pipeline: r.pipeline,
             pipeline_version: r.pipeline_version,
             state: JobState::parse(&r.state).unwrap_or(JobState::Queued),

@@ -21,6 +21,7 @@ pub struct Version {
 #[derive(sqlx::FromRow)]
 struct Row {
     pipeline_id: Uuid,
+    project: String,
     name: String,
     version: i32,
     file_name: String,
@@ -38,6 +39,7 @@ impl From<Row> for Version {
             file_name: r.file_name,
             source: r.source,
             view: PipelineView {
+                project: r.project,
                 name: r.name,
                 version: r.version,
                 definition: r.definition.0,
@@ -49,9 +51,10 @@ impl From<Row> for Version {
     }
 }
 
-const SELECT: &str = "SELECT p.id AS pipeline_id, p.name, v.version, v.file_name, v.source, v.definition, v.requires, \
+const SELECT: &str = "SELECT p.id AS pipeline_id, pr.name AS project, p.name, v.version, v.file_name, v.source, v.definition, v.requires, \
      v.class_key, (extract(epoch FROM v.created_at) * 1000)::bigint AS created_at_ms \
-     FROM pipelines p JOIN pipeline_versions v ON v.pipeline_id = p.id";
+     FROM pipelines p JOIN pipeline_versions v ON v.pipeline_id = p.id \
+     JOIN projects pr ON pr.id = p.project_id";
 
 /// Stores a new version of `name` in project `project_id` (creating the pipeline on first push)
 /// and returns it.

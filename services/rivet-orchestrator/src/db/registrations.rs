@@ -141,6 +141,8 @@ pub struct Joined<'a> {
     pub version: &'a str,
     /// The RabbitMQ user made for the session, if any.
     pub broker_user: Option<&'a str>,
+    /// The Redis user made for the session, if any.
+    pub redis_user: Option<&'a str>,
 }
 
 /// Starts a new session of a live registration with `session_key` (the previous one ends).
@@ -153,7 +155,8 @@ pub async fn begin_session(
 ) -> sqlx::Result<bool> {
     Ok(sqlx::query(
         "UPDATE runner_registrations SET session_key = $2, registered_at = now(), capabilities = $3, \
-         slots = $4, version = $5, broker_user = $6 WHERE id = $1 AND revoked_at IS NULL",
+         slots = $4, version = $5, broker_user = $6, redis_user = $7 \
+         WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(id)
     .bind(session_key)
@@ -161,6 +164,7 @@ pub async fn begin_session(
     .bind(joined.slots as i32)
     .bind(joined.version)
     .bind(joined.broker_user)
+    .bind(joined.redis_user)
     .execute(db)
     .await?
     .rows_affected()

@@ -621,6 +621,21 @@ async fn api_01_project_tokens_reach_only_their_project() {
     assert!(text.contains(&jb.id.to_string()), "{text}");
     let (status, _) = as_token(&app, &admin, "GET", &format!("/jobs/{}/logs", jb.id), None).await;
     assert_eq!(status, 200, "an admin reads any project's job by id");
+    // ... and is told which project it is in.
+    let (status, text) = as_token(&app, &admin, "GET", &format!("/jobs/{}", jb.id), None).await;
+    assert_eq!(status, 200);
+    let view: rivet_protocol::http::JobView = serde_json::from_str(&text).unwrap();
+    assert_eq!(view.project, "beta");
+    let (_, text) = as_token(
+        &app,
+        &admin,
+        "GET",
+        "/pipelines/beta-secret?project=beta",
+        None,
+    )
+    .await;
+    let pipeline: rivet_protocol::http::PipelineView = serde_json::from_str(&text).unwrap();
+    assert_eq!(pipeline.project, "beta");
     let r = as_token(&app, &admin, "GET", "/jobs?project=no-such", None).await;
     assert_not_found("admin", &r, "no project `no-such`");
     let (status, text) = as_token(&app, &admin, "GET", "/projects", None).await;

@@ -1,10 +1,10 @@
 //! The orchestrator's HTTP API and report handling against real PostgreSQL, Redis and RabbitMQ.
 
 mod auth;
-mod broker_users;
 mod dashboard;
 mod forgery;
 mod helpers;
+mod runner_users;
 mod sources;
 
 use helpers::*;

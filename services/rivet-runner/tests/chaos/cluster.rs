@@ -431,7 +431,8 @@ impl Cluster {
         v
     }
 
-    /// Stops everything and removes the database, queues and files.
+    /// Stops everything and removes the database, queues and files (the logs stay with
+    /// `RIVET_CHAOS_KEEP=1`).
     pub async fn stop(mut self) {
         for (_, mut child) in std::mem::take(&mut self.runners) {
             let _ = child.kill();
@@ -439,7 +440,9 @@ impl Cluster {
         }
         self.kill_orchestrator();
         rivet_orchestrator::testing::remove(&self.database, &self.namespace).await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("RIVET_CHAOS_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

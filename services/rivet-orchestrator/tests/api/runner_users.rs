@@ -205,3 +205,177 @@ async fn join(app: &TestApp, token: &str) -> RunnerSession {
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
+
+/// A Redis connection as `user`.
+async fn redis_as(
+    user: &rivet_protocol::http::Credentials,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let mut info = redis::IntoConnectionInfo::into_connection_info(REDIS).unwrap();
+    info.redis.username = Some(user.username.clone());
+    info.redis.password = Some(user.password.clone());
+    redis::Client::open(info)?
+        .get_multiplexed_async_connection()
+        .await
+}
+
+/// Runs `cmd` and returns Redis's error text, panicking when it succeeds.
+async fn noperm(conn: &mut redis::aio::MultiplexedConnection, cmd: &redis::Cmd, what: &str) {
+    let result: redis::RedisResult<redis::Value> = cmd.query_async(conn).await;
+    let err = result.expect_err(what);
+    assert!(err.to_string().contains("NOPERM"), "{what}: {err}");
+}
+
+#[tokio::test]
+async fn a_runners_redis_user_may_touch_only_what_a_runner_does() {
+    let app = spawn_app().await;
+    let (_, a) = app.register_runner("runner-a", json!({})).await;
+    let _ = app.register_runner("runner-b", json!({})).await;
+    let user = a.redis.clone().expect("managed Redis users");
+    assert!(user
+        .username
+        .starts_with(&rivet_protocol::redis_keys::Keys::new(&app.namespace).runner_user_prefix()));
+    let keys = rivet_protocol::redis_keys::Keys::new(&app.namespace);
+    let mut conn = redis_as(&user)
+        .await
+        .expect("the runner's Redis user logs in");
+    let job = uuid::Uuid::new_v4();
+
+    // What a runner does: leases, its own presence, fences and classes read, the lease scripts.
+    let _: () = redis::cmd("SET")
+        .arg(keys.lease(job))
+        .arg("runner-a:1:t")
+        .arg("PX")
+        .arg(5000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let held: Option<String> = redis::cmd("GET")
+        .arg(keys.lease(job))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(held.as_deref(), Some("runner-a:1:t"));
+    let _: () = redis::cmd("SET")
+        .arg(keys.runner("runner-a"))
+        .arg("{}")
+        .arg("PX")
+        .arg(5000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: Option<String> = redis::cmd("GET")
+        .arg(keys.fence(job))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.classes())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let renewed: i64 = redis::Script::new("return redis.call('PEXPIRE', KEYS[1], ARGV[1])")
+        .key(keys.lease(job))
+        .arg(5000)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(renewed, 1);
+
+    // What it may not: another runner's presence, fences, the epoch, another namespace, the
+    // server, and the same through a script.
+    noperm(
+        &mut conn,
+        redis::cmd("SET").arg(keys.runner("runner-b")).arg("{}"),
+        "another runner's presence",
+    )
+    .await;
+    noperm(
+        &mut conn,
+        redis::cmd("SET").arg(keys.fence(job)).arg("1"),
+        "a fence",
+    )
+    .await;
+    noperm(
+        &mut conn,
+        redis::cmd("HSET").arg(keys.classes()).arg("k").arg("[]"),
+        "the class table",
+    )
+    .await;
+    noperm(
+        &mut conn,
+        redis::cmd("SET").arg(keys.epoch()).arg("1"),
+        "the epoch",
+    )
+    .await;
+    noperm(
+        &mut conn,
+        redis::cmd("GET").arg(format!("other{}", keys.lease(job))),
+        "another namespace",
+    )
+    .await;
+    noperm(&mut conn, &redis::cmd("FLUSHALL"), "FLUSHALL").await;
+    noperm(&mut conn, redis::cmd("KEYS").arg("*"), "KEYS").await;
+    noperm(
+        &mut conn,
+        redis::cmd("CONFIG").arg("GET").arg("*"),
+        "CONFIG",
+    )
+    .await;
+    noperm(&mut conn, redis::cmd("EVAL").arg("return 1").arg(0), "EVAL").await;
+    let sneaky: redis::RedisResult<redis::Value> =
+        redis::Script::new("return redis.call('SET', KEYS[1], '1')")
+            .key(keys.fence(job))
+            .invoke_async(&mut conn)
+            .await;
+    let err = sneaky.expect_err("a script writes a fence");
+    assert!(
+        err.to_string().to_lowercase().contains("permission") || err.to_string().contains("NOPERM"),
+        "{err}"
+    );
+
+    // Redis lost the user (a restart without an ACL file): the reaper makes it again, with the
+    // same password.
+    let mut admin = redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user.username)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let back = async {
+        loop {
+            if redis_as(&user).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), back)
+        .await
+        .expect("the reaper makes a lost runner user again");
+
+    // Revoked: the user is deleted and can no longer log in.
+    let r = app
+        .http
+        .delete(app.url("/runners/registrations/runner-a"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let err = redis_as(&user)
+        .await
+        .map(|_| ())
+        .expect_err("a revoked runner's Redis user logs in");
+    assert!(
+        err.to_string()
+            .to_lowercase()
+            .contains("authentication failed"),
+        "{err}"
+    );
+    app.stop().await;
+}

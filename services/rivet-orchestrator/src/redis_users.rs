@@ -1,0 +1,150 @@
+//! Per-runner Redis users (ACL), so a runner can touch only what a runner needs.
+//!
+//! Each runner session gets the ACL user `NAMESPACE.runner.REGISTRATION` with the rules of
+//! [`Keys::runner_acl`](rivet_protocol::redis_keys::Keys::runner_acl): leases, its own presence
+//! record, fences and the class table read-only, and the few commands a runner sends. Its
+//! password is derived from the session key ([`rivet_protocol::identity::redis_password`]), so
+//! the reaper can make the user again, unchanged, when Redis lost it (a restart without an ACL
+//! file): every round it compares `ACL USERS` with the live registrations. Revoking deletes the
+//! user, and Redis closes its connections.
+
+use crate::config::RunnerUsersMode;
+use crate::AppState;
+use rivet_protocol::http::Credentials;
+use sha2::Digest;
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+/// Whether runners get Redis users of their own.
+pub fn managed(state: &AppState) -> bool {
+    state.redis_users == RunnerUsersMode::Managed
+}
+
+/// The Redis user of registration `id` for the session with `session_key`; `None` with shared
+/// Redis users.
+pub fn credentials(state: &AppState, id: Uuid, session_key: &str) -> Option<Credentials> {
+    managed(state).then(|| Credentials {
+        username: state.keys.runner_user(&id.to_string()),
+        password: rivet_protocol::identity::redis_password(session_key),
+    })
+}
+
+/// Creates (or resets) the user of runner `runner_id` and closes the connections of an earlier
+/// session of it (they hold the old password and must not go on).
+pub async fn create_user(
+    state: &AppState,
+    runner_id: &str,
+    credentials: &Credentials,
+) -> anyhow::Result<()> {
+    let mut redis = state.redis.clone();
+    set_user(&mut redis, state, runner_id, credentials).await?;
+    let _closed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg(&credentials.username)
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
+
+async fn set_user(
+    redis: &mut redis::aio::ConnectionManager,
+    state: &AppState,
+    runner_id: &str,
+    credentials: &Credentials,
+) -> anyhow::Result<()> {
+    let digest = sha2::Sha256::digest(credentials.password.as_bytes());
+    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(&credentials.username)
+        .arg("reset")
+        .arg("on")
+        .arg(format!("#{hash}"));
+    for rule in state.keys.runner_acl(runner_id) {
+        cmd.arg(rule);
+    }
+    let _: () = cmd.query_async(redis).await?;
+    Ok(())
+}
+
+/// Makes again the users of live registrations that Redis does not have (it restarted without
+/// an ACL file, or someone deleted them). Returns how many were made.
+pub async fn restore(state: &AppState) -> anyhow::Result<usize> {
+    if !managed(state) {
+        return Ok(0);
+    }
+    let live: Vec<(Uuid, String, String, String)> = sqlx::query_as(
+        "SELECT id, name, redis_user, session_key FROM runner_registrations \
+         WHERE revoked_at IS NULL AND redis_user IS NOT NULL AND session_key IS NOT NULL",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    if live.is_empty() {
+        return Ok(0);
+    }
+    let mut redis = state.redis.clone();
+    let users: BTreeSet<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query_async::<Vec<String>>(&mut redis)
+        .await?
+        .into_iter()
+        .collect();
+    let mut made = 0;
+    for (id, name, user, session_key) in live {
+        if users.contains(&user) {
+            continue;
+        }
+        let credentials = Credentials {
+            username: user,
+            password: rivet_protocol::identity::redis_password(&session_key),
+        };
+        set_user(&mut redis, state, &name, &credentials).await?;
+        tracing::info!(registration = %id, runner = %name, "Made a runner's Redis user again (Redis had lost it).");
+        made += 1;
+    }
+    Ok(made)
+}
+
+/// Deletes the Redis users of revoked registrations (Redis closes their connections) and
+/// forgets them; what fails is tried again on the reaper's next round.
+pub async fn retire_revoked(state: &AppState) -> anyhow::Result<usize> {
+    let revoked: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, redis_user FROM runner_registrations \
+         WHERE revoked_at IS NOT NULL AND redis_user IS NOT NULL",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let mut redis = state.redis.clone();
+    let mut deleted = 0;
+    for (id, user) in revoked {
+        let _: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(&mut redis)
+            .await?;
+        sqlx::query("UPDATE runner_registrations SET redis_user = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&state.db)
+            .await?;
+        tracing::info!(registration = %id, user = %user, "Deleted the Redis user of a revoked runner registration.");
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the Redis users whose names start with `prefix` (tests sweep their runners' users).
+pub async fn delete_users_with_prefix(
+    redis: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+) -> redis::RedisResult<()> {
+    let users: Vec<String> = redis::cmd("ACL").arg("USERS").query_async(redis).await?;
+    for user in users.into_iter().filter(|u| u.starts_with(prefix)) {
+        let _: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(redis)
+            .await?;
+    }
+    Ok(())
+}
