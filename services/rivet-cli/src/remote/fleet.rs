@@ -25,7 +25,8 @@ pub enum RunnerCommand {
     /// Needs an admin token.
     Registrations(ListArgs),
     /// Revoke a runner registration (by name or id): its token no longer registers, its
-    /// session ends (no job it claims is started any more) and its runner is told to drain.
+    /// session ends (no report of it is accepted any more) and its runner is cut off (its broker
+    /// and Redis users are deleted; with shared users it is told to drain).
     /// Needs an admin token.
     Revoke(RevokeArgs),
 }
@@ -152,7 +153,8 @@ pub fn runner(cmd: RunnerCommand) -> Result<i32> {
                     print_json(&reg)?;
                 } else {
                     println!(
-                        "revoked runner {} ({}): its starts are refused from now on and it was told to drain",
+                        "revoked runner {} ({}): nothing it reports is accepted from now on, and it \
+                         is cut off from the broker and Redis (or told to drain)",
                         reg.name, reg.id
                     );
                 }
