@@ -231,7 +231,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
     MIGRATOR.run(&db).await.context("applying migrations")?;
     let redis_client = redis::Client::open(config.redis_url.as_str())
         .with_context(|| format!("parsing the Redis URL {}", redact(&config.redis_url)))?;
-    let redis = redis::aio::ConnectionManager::new(redis_client)
+    // Bounded, as the runner's: a command sent while Redis restarts must fail (and be retried
+    // by its caller), never hang a request or the reaper. Longer than the runner's 5 s, for the
+    // reaper's pipelines of fence writes.
+    let redis_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(10))
+        .set_response_timeout(Duration::from_secs(10))
+        .set_max_delay(2_000);
+    let redis = redis::aio::ConnectionManager::new_with_config(redis_client, redis_config)
         .await
         .with_context(|| format!("connecting to Redis at {}", redact(&config.redis_url)))?;
     let broker = Broker::connect(
