@@ -201,8 +201,16 @@ impl BrokerUsers {
         Ok(())
     }
 
+    /// Whether RabbitMQ has user `name` (the management API answers).
+    async fn exists(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .call(reqwest::Method::GET, &["users", name], None)
+            .await?
+            != reqwest::StatusCode::NOT_FOUND)
+    }
+
     /// Deletes a user (gone already is fine); RabbitMQ closes its connections.
-    async fn delete_user(&self, name: &str) -> anyhow::Result<()> {
+    async fn delete(&self, name: &str) -> anyhow::Result<()> {
         self.call(reqwest::Method::DELETE, &["users", name], None)
             .await?;
         Ok(())
@@ -241,7 +249,7 @@ impl BrokerUsers {
     /// Deletes the users whose names start with `prefix`.
     pub async fn delete_users_with_prefix(&self, prefix: &str) -> anyhow::Result<()> {
         for name in self.users_with_prefix(prefix).await? {
-            self.delete_user(&name).await?;
+            self.delete(&name).await?;
         }
         Ok(())
     }
@@ -289,6 +297,14 @@ pub async fn create_user(state: &AppState, credentials: &Credentials) -> anyhow:
     users.close_connections(&credentials.username).await
 }
 
+/// Deletes one runner's broker user (gone already is fine); RabbitMQ closes its connections.
+pub async fn delete_user(state: &AppState, user: &str) -> anyhow::Result<()> {
+    match &state.broker_users {
+        Some(users) => users.delete(user).await,
+        None => Ok(()),
+    }
+}
+
 /// Writes the permissions of every live registration's broker user (or only `only`'s) from the
 /// classes and labels in the database, under the permissions lock.
 pub async fn sync_permissions(state: &AppState, only: Option<Uuid>) -> anyhow::Result<()> {
@@ -318,7 +334,15 @@ pub async fn sync_permissions(state: &AppState, only: Option<Uuid>) -> anyhow::R
             .filter(|(_, requires)| labels_cover(&labels.0, requires))
             .map(|(key, _)| key.as_str())
             .collect();
-        users.put_permissions(&user, &readable).await?;
+        if let Err(e) = users.put_permissions(&user, &readable).await {
+            // A user RabbitMQ lost (or one deleted at revocation meanwhile) must not hold up
+            // every other runner's permissions: its runner cannot log in until it joins again.
+            if !users.exists(&user).await? {
+                tracing::warn!(user = %user, error = %format!("{e:#}"), "A runner's broker user is missing; its permissions were not written (the runner must join again).");
+                continue;
+            }
+            return Err(e);
+        }
     }
     tx.commit().await?;
     Ok(())
@@ -349,7 +373,7 @@ pub async fn retire_revoked(state: &AppState) -> anyhow::Result<usize> {
     .await?;
     let mut deleted = 0;
     for (id, user) in revoked {
-        users.delete_user(&user).await?;
+        users.delete(&user).await?;
         sqlx::query("UPDATE runner_registrations SET broker_user = NULL WHERE id = $1")
             .bind(id)
             .execute(&state.db)

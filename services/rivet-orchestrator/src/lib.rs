@@ -227,6 +227,12 @@ pub struct Orchestrator {
 /// Connects PostgreSQL, Redis and RabbitMQ, applies migrations, creates the admin token if none
 /// exists and declares every known class. Errors here are start-up errors, reported at once.
 pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
+    if !Topology::is_namespace(&config.namespace) {
+        anyhow::bail!(
+            "--namespace `{}`: use 1-64 letters, digits, `-`, `_` and `.`",
+            config.namespace
+        );
+    }
     let db = connect_db(&config.database_url).await?;
     MIGRATOR.run(&db).await.context("applying migrations")?;
     let redis_client = redis::Client::open(config.redis_url.as_str())

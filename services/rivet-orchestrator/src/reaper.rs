@@ -49,9 +49,11 @@ pub async fn round(state: &AppState) -> anyhow::Result<()> {
     reap_lost(state).await?;
     expire_queued(state).await?;
     drain_unregistered(state).await?;
-    // A revoked registration's users that could not be deleted at revocation.
-    crate::broker_users::retire_revoked(state).await?;
+    // A revoked registration's users that could not be deleted at revocation (each service on
+    // its own: a broker that does not answer must not keep Redis users alive).
+    let broker = crate::broker_users::retire_revoked(state).await;
     crate::redis_users::retire_revoked(state).await?;
+    broker?;
     Ok(())
 }
 

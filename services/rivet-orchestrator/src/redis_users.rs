@@ -15,6 +15,36 @@ use sha2::Digest;
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
+/// Takes the registration's lock for the rest of `tx`: making, restoring and deleting a
+/// registration's Redis user, and starting its session, happen one at a time, each deciding from
+/// what the database says under the lock. (Without it, a restore that read a registration as live
+/// could recreate its user just after a revocation deleted it, or reset it to the previous
+/// session's password just after a new session began.)
+pub async fn lock_registration(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+) -> sqlx::Result<()> {
+    // A key of its own space: the registration id's high bits, with the top bit set (the
+    // permissions lock's key has it clear).
+    let key = ((id.as_u128() >> 64) as u64 | (1 << 63)) as i64;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Deletes one Redis user (gone already is fine); Redis closes its connections.
+pub async fn delete_user(state: &AppState, user: &str) -> anyhow::Result<()> {
+    let mut redis = state.redis.clone();
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(user)
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
+
 /// Whether runners get Redis users of their own.
 pub fn managed(state: &AppState) -> bool {
     state.redis_users == RunnerUsersMode::Managed
@@ -74,8 +104,8 @@ pub async fn restore(state: &AppState) -> anyhow::Result<usize> {
     if !managed(state) {
         return Ok(0);
     }
-    let live: Vec<(Uuid, String, String, String)> = sqlx::query_as(
-        "SELECT id, name, redis_user, session_key FROM runner_registrations \
+    let live: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, redis_user FROM runner_registrations \
          WHERE revoked_at IS NULL AND redis_user IS NOT NULL AND session_key IS NOT NULL",
     )
     .fetch_all(&state.db)
@@ -91,8 +121,29 @@ pub async fn restore(state: &AppState) -> anyhow::Result<usize> {
         .into_iter()
         .collect();
     let mut made = 0;
-    for (id, name, user, session_key) in live {
+    for (id, user) in live {
         if users.contains(&user) {
+            continue;
+        }
+        // Decided again under the registration's lock: still live, and with which session.
+        let mut tx = state.db.begin().await?;
+        lock_registration(&mut tx, id).await?;
+        let now: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT name, redis_user, session_key FROM runner_registrations \
+             WHERE id = $1 AND revoked_at IS NULL AND redis_user IS NOT NULL \
+             AND session_key IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((name, user, session_key)) = now else {
+            continue;
+        };
+        let exists: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query_async(&mut redis)
+            .await?;
+        if exists.contains(&user) {
             continue;
         }
         let credentials = Credentials {
@@ -100,6 +151,7 @@ pub async fn restore(state: &AppState) -> anyhow::Result<usize> {
             password: rivet_protocol::identity::redis_password(&session_key),
         };
         set_user(&mut redis, state, &name, &credentials).await?;
+        tx.commit().await?;
         tracing::info!(registration = %id, runner = %name, "Made a runner's Redis user again (Redis had lost it).");
         made += 1;
     }
@@ -115,18 +167,16 @@ pub async fn retire_revoked(state: &AppState) -> anyhow::Result<usize> {
     )
     .fetch_all(&state.db)
     .await?;
-    let mut redis = state.redis.clone();
     let mut deleted = 0;
     for (id, user) in revoked {
-        let _: i64 = redis::cmd("ACL")
-            .arg("DELUSER")
-            .arg(&user)
-            .query_async(&mut redis)
-            .await?;
+        let mut tx = state.db.begin().await?;
+        lock_registration(&mut tx, id).await?;
+        delete_user(state, &user).await?;
         sqlx::query("UPDATE runner_registrations SET redis_user = NULL WHERE id = $1")
             .bind(id)
-            .execute(&state.db)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         tracing::info!(registration = %id, user = %user, "Deleted the Redis user of a revoked runner registration.");
         deleted += 1;
     }

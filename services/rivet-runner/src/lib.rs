@@ -156,6 +156,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if config.slots == 0 {
         anyhow::bail!("--slots must be at least 1");
     }
+    if !Topology::is_namespace(&config.namespace) {
+        anyhow::bail!(
+            "--namespace `{}`: use 1-64 letters, digits, `-`, `_` and `.`",
+            config.namespace
+        );
+    }
     if !config.labels.is_empty() {
         anyhow::bail!(
             "policy violation [runner.labels]: a runner cannot declare its labels (--label, \

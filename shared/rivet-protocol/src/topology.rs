@@ -37,6 +37,16 @@ impl Topology {
         }
     }
 
+    /// Whether `namespace` can name a topology: 1-64 ASCII letters, digits, `-`, `_` and `.`,
+    /// so it is literal in queue names, in RabbitMQ permission patterns and in Redis ACL key
+    /// patterns (no `*`, `?`, `[` or `:`).
+    pub fn is_namespace(namespace: &str) -> bool {
+        (1..=64).contains(&namespace.len())
+            && namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
+
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -176,5 +186,9 @@ mod tests {
         let none = t.runner_permissions(&[]);
         assert!(!none.read.contains("class"), "{}", none.read);
         assert_eq!(t.runner_broker_user("0a"), "rivet-a.b.runner.0a");
+        assert!(Topology::is_namespace("rivet-test-0a.b_c"));
+        for bad in ["", "a*", "a:b", "a[b]", "a b", "é"] {
+            assert!(!Topology::is_namespace(bad), "{bad}");
+        }
     }
 }

@@ -274,6 +274,10 @@ async fn open_session(
     body: &RegisterRunner,
     session_key: &str,
 ) -> anyhow::Result<Option<SessionUsers>> {
+    // Under the registration's lock: the reaper's restore of a lost Redis user decides from the
+    // session recorded here, never from the one before it.
+    let mut tx = state.db.begin().await?;
+    crate::redis_users::lock_registration(&mut tx, registration.id).await?;
     let broker = crate::broker_users::new_credentials(state, registration.id)?;
     if let Some(credentials) = &broker {
         crate::broker_users::create_user(state, credentials).await?;
@@ -289,12 +293,18 @@ async fn open_session(
         broker_user: broker.as_ref().map(|b| b.username.as_str()),
         redis_user: redis.as_ref().map(|r| r.username.as_str()),
     };
-    if !db::begin_session(&state.db, registration.id, session_key, &joined).await? {
-        // Revoked in between: the users just made go with the others of revoked registrations.
-        crate::broker_users::retire_revoked(state).await?;
-        crate::redis_users::retire_revoked(state).await?;
+    if !db::begin_session(&mut tx, registration.id, session_key, &joined).await? {
+        // Revoked in between: nobody got these users' passwords; delete them here (the row
+        // does not name them).
+        if let Some(credentials) = &broker {
+            crate::broker_users::delete_user(state, &credentials.username).await?;
+        }
+        if let Some(credentials) = &redis {
+            crate::redis_users::delete_user(state, &credentials.username).await?;
+        }
         return Ok(None);
     }
+    tx.commit().await?;
     crate::broker_users::sync_permissions(state, Some(registration.id)).await?;
     Ok(Some((broker, redis)))
 }

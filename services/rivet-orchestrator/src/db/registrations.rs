@@ -148,7 +148,7 @@ pub struct Joined<'a> {
 /// Starts a new session of a live registration with `session_key` (the previous one ends).
 /// False when the registration was revoked in the meantime.
 pub async fn begin_session(
-    db: &PgPool,
+    db: &mut sqlx::PgConnection,
     id: Uuid,
     session_key: &str,
     joined: &Joined<'_>,
