@@ -139,11 +139,13 @@ pub async fn restore(state: &AppState) -> anyhow::Result<usize> {
         let Some((name, user, session_key)) = now else {
             continue;
         };
-        let exists: Vec<String> = redis::cmd("ACL")
-            .arg("USERS")
+        // Made meanwhile (a join under this lock) is made: only a user still missing is restored.
+        let exists: Option<redis::Value> = redis::cmd("ACL")
+            .arg("GETUSER")
+            .arg(&user)
             .query_async(&mut redis)
             .await?;
-        if exists.contains(&user) {
+        if exists.is_some() {
             continue;
         }
         let credentials = Credentials {

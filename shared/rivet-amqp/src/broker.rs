@@ -187,6 +187,24 @@ impl Broker {
         Ok(fresh)
     }
 
+    /// Resolves once the current connection is lost (the broker closed it, say because its user
+    /// was deleted, or it failed): a signal for whoever must react at once rather than at its
+    /// next call. Resolves at once when it is already lost.
+    pub async fn disconnected(&self) {
+        use futures_util::StreamExt;
+        let shared = self.current();
+        // Listen first, then look: a loss between the two is not missed.
+        let mut events = shared.connection.events_listener();
+        if !shared.connection.status().connected() {
+            return;
+        }
+        while let Some(event) = events.next().await {
+            if matches!(event, lapin::Event::Error(_)) {
+                return;
+            }
+        }
+    }
+
     /// Whether the broker refused to let this client connect again after its connection was
     /// lost: its user was deleted or its password changed (a runner whose registration was
     /// revoked, or whose registration another runner process joined with). Retrying cannot help.
