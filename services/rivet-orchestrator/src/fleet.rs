@@ -23,29 +23,21 @@ pub async fn live_runners(state: &AppState) -> anyhow::Result<Vec<RunnerPresence
         .collect())
 }
 
-/// Every presence record that has not expired, as written (labels included).
-pub async fn presences(state: &AppState) -> redis::RedisResult<Vec<RunnerPresence>> {
-    let mut conn = state.redis.clone();
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(state.keys.runner_pattern())
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    if keys.is_empty() {
+/// Every presence record that has not expired, as written (labels included), of every runner
+/// name ever registered, live or revoked.
+///
+/// Looked up by name, not by scanning Redis for presence keys: a scan walks the whole
+/// keyspace, which holds a fence for every job of the last day (tens of millions of keys at
+/// full speed). With per-runner Redis users only a registered name can have a presence record;
+/// with shared ones a record under a name never registered is not listed (its starts are
+/// refused all the same).
+pub async fn presences(state: &AppState) -> anyhow::Result<Vec<RunnerPresence>> {
+    let names = crate::db::registrations::names(&state.db).await?;
+    if names.is_empty() {
         return Ok(Vec::new());
     }
+    let keys: Vec<String> = names.iter().map(|n| state.keys.runner(n)).collect();
+    let mut conn = state.redis.clone();
     let values: Vec<Option<String>> = conn.mget(&keys).await?;
     let mut runners: Vec<RunnerPresence> = values
         .into_iter()

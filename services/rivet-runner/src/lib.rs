@@ -281,6 +281,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             program,
             cancel: None,
             host,
+            network: Default::default(),
         },
         running: Mutex::new(BTreeMap::new()),
         draining: AtomicBool::new(false),

@@ -78,11 +78,6 @@ impl Keys {
         format!("{}:runner:{id}", self.namespace)
     }
 
-    /// Pattern matching every runner presence key.
-    pub fn runner_pattern(&self) -> String {
-        format!("{}:runner:*", self.namespace)
-    }
-
     /// The lease of a job: value [`lease_value`], set with `NX PX`.
     pub fn lease(&self, job_id: Uuid) -> String {
         format!("{}:lease:{job_id}", self.namespace)

@@ -27,7 +27,7 @@ pub mod worker;
 
 pub use host::HostServices;
 pub use job::{JobRequest, Mode};
-pub use worker::{run_worker, WorkerOptions, WorkerReport};
+pub use worker::{run_worker, NetworkNamespaces, WorkerOptions, WorkerReport};
 
 use std::time::Duration;
 

@@ -227,6 +227,13 @@ pub async fn record_refusal(
 /// Labels by key.
 pub type Labels = BTreeMap<String, String>;
 
+/// Every registered runner name, live or revoked.
+pub async fn names(db: &PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT DISTINCT name FROM runner_registrations ORDER BY name")
+        .fetch_all(db)
+        .await
+}
+
 /// Live registrations: name → (id, labels).
 pub async fn live(db: &PgPool) -> sqlx::Result<BTreeMap<String, (Uuid, Labels)>> {
     let rows: Vec<(String, Uuid, Json<Labels>)> = sqlx::query_as(

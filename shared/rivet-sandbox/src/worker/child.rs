@@ -20,6 +20,8 @@ pub fn maybe_run_worker() {
         // Die with the parent. The parent passes its pid: if it is already gone (we were
         // re-parented before the signal was armed), stop now.
         let parent: Option<i32> = args.next().and_then(|p| p.to_str()?.parse().ok());
+        // Then, optionally, the number of a network namespace descriptor it lends.
+        let netns = parent.zip(args.next().and_then(|f| f.to_str()?.parse().ok()));
         // SAFETY: prctl and getppid on this process.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -27,7 +29,7 @@ pub fn maybe_run_worker() {
                 libc::_exit(EXIT_PARENT_GONE);
             }
         }
-        worker_main();
+        worker_main(netns.map(|(parent, fd)| isolation::LentNetns { parent, fd }));
     }
 }
 
@@ -54,7 +56,7 @@ fn apply_rlimits(policy: &rivet_core::policy::ProcessPolicy) -> std::io::Result<
     Ok(())
 }
 
-fn worker_main() -> ! {
+fn worker_main(netns: Option<isolation::LentNetns>) -> ! {
     // SAFETY: fd 0 and 1 are the pipes the parent set up; nothing else in this process owns them.
     let stdin = unsafe { File::from_raw_fd(0) };
     let stdout = unsafe { File::from_raw_fd(1) };
@@ -78,7 +80,7 @@ fn worker_main() -> ! {
     ));
     let isolated = apply_rlimits(&request.policy.process)
         .map_err(|e| format!("setting the worker's resource limits: {e}"))
-        .and_then(|()| isolation::enter(&request));
+        .and_then(|()| isolation::enter(&request, netns));
     let outcome = match isolated {
         Ok(iso) => {
             let cleanup = iso.cleanup.clone();

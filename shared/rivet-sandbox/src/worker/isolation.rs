@@ -1,6 +1,7 @@
-//! OS-level isolation of the worker: fresh user, pid, mount, IPC and (by policy) network
-//! namespaces where the kernel allows, with a private `/proc`, private temporary directories,
-//! the host filesystem read-only and only the workspace writable.
+//! OS-level isolation of the worker: fresh user, pid, mount and IPC namespaces where the kernel
+//! allows, and (by policy) a network namespace with only `lo` (one the parent lent, see
+//! `netns.rs`, or a fresh one), with a private `/proc` whose `/proc/sys` is read-only, private
+//! temporary directories, the host filesystem read-only and only the workspace writable.
 //!
 //! Everything here runs while the worker is still single-threaded (a requirement of
 //! `unshare(CLONE_NEWUSER)`).
@@ -12,8 +13,6 @@ use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Mount points that stay writable (or are virtual) inside the job.
-const KEEP_WRITABLE: [&str; 4] = ["/proc", "/sys", "/dev", "/tmp"];
 /// Directories that get a fresh, private tmpfs.
 const PRIVATE_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 /// Container engine API sockets, and directories holding them, hidden from the job (an empty
@@ -37,8 +36,17 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("paths used here contain no NUL byte")
 }
 
+/// A network namespace the parent lent (`/proc/PARENT/fd/N`), for `network = "none"`.
+#[derive(Debug, Clone, Copy)]
+pub struct LentNetns {
+    /// The parent's pid.
+    pub parent: i32,
+    /// The descriptor's number in the parent.
+    pub fd: i32,
+}
+
 /// Sets up isolation for `request`. Returns what was set up, or an error that fails the job.
-pub fn enter(request: &JobRequest) -> Result<Isolation, String> {
+pub fn enter(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolation, String> {
     if request.mode == Mode::Lint {
         // A definition's top level has no host access at all (no core modules): rlimits, the
         // process group and the hard deadline suffice, and linting stays fast.
@@ -46,7 +54,7 @@ pub fn enter(request: &JobRequest) -> Result<Isolation, String> {
     }
     match request.policy.sandbox.namespaces {
         NamespaceMode::Off => fallback(vec!["isolation: namespaces are disabled by policy (sandbox.namespaces = \"off\")".into()]),
-        mode => match namespaces(request) {
+        mode => match namespaces(request, netns) {
             Ok(iso) => Ok(iso),
             Err(Failure::Unavailable(why)) if mode == NamespaceMode::Auto => fallback(vec![format!(
                 "isolation: fresh namespaces are unavailable here ({why}); this job runs with rlimits and a process group only"
@@ -82,19 +90,48 @@ fn fallback(notes: Vec<String>) -> Result<Isolation, String> {
     })
 }
 
-fn namespaces(request: &JobRequest) -> Result<Isolation, Failure> {
+/// Joins the network namespace the parent lent. On success returns a descriptor of the
+/// namespace this process was in, to go back to if the rest of the isolation is unavailable.
+fn join_lent(lent: LentNetns) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let ns = super::netns::open_lent(lent.parent, lent.fd).ok()?;
+    let own = std::fs::File::open("/proc/self/ns/net").ok()?;
+    // SAFETY: setns with a descriptor we own, on this single-threaded process.
+    (unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0).then_some(own)
+}
+
+fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolation, Failure> {
+    let isolate_network = request.policy.sandbox.network == NetworkMode::None;
+    // The lent namespace is joined first, while this process is still privileged over it (it
+    // belongs to the parent's user namespace): after `unshare(CLONE_NEWUSER)` it could not, and
+    // for the same reason the job can change nothing in it. Without one, a fresh namespace.
+    let joined = match netns {
+        Some(lent) if isolate_network => join_lent(lent),
+        _ => None,
+    };
+    let fresh_network = isolate_network && joined.is_none();
     // SAFETY: plain syscalls on this process; arguments are constants or owned C strings.
     unsafe {
         let uid = libc::geteuid();
         let gid = libc::getegid();
         let mut flags =
             libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
-        if request.policy.sandbox.network == NetworkMode::None {
+        if fresh_network {
             flags |= libc::CLONE_NEWNET;
         }
         if libc::unshare(flags) != 0 {
-            return Err(Failure::Unavailable(errno("unshare")));
+            let why = errno("unshare");
+            if let Some(own) = &joined {
+                // Leave the lent namespace before running without namespaces: a job that is
+                // not in a pid namespace could leave processes behind in it.
+                use std::os::fd::AsRawFd;
+                if libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(Failure::Fatal(errno("leaving the lent network namespace")));
+                }
+            }
+            return Err(Failure::Unavailable(why));
         }
+        drop(joined);
         let write = |path: &str, text: String| {
             std::fs::write(path, text).map_err(|e| Failure::Fatal(format!("writing {path}: {e}")))
         };
@@ -116,7 +153,7 @@ fn namespaces(request: &JobRequest) -> Result<Isolation, Failure> {
     }
     let mut notes = Vec::new();
     let pid_namespace = mounts(&request.workspace, &mut notes).map_err(Failure::Fatal)?;
-    if request.policy.sandbox.network == NetworkMode::None {
+    if fresh_network {
         if let Err(e) = loopback_up() {
             notes.push(format!(
                 "isolation: could not bring up the loopback device: {e}"
@@ -163,8 +200,51 @@ unsafe fn relay_exit(child: libc::pid_t) -> ! {
     }
 }
 
-/// Private mounts: `/proc` for the new pid namespace, tmpfs on the temporary directories, the
-/// workspace bound writable, everything else read-only. Returns whether `/proc` is private.
+/// `mount_setattr(2)` (Linux 5.12): sets (`set`) or clears (`clear`) mount attributes of the
+/// mount at `path`, and with `recursive` of every mount below it, in one call.
+fn mount_setattr(path: &str, recursive: bool, set: u64, clear: u64) -> Result<(), String> {
+    /// `struct mount_attr` of `<linux/mount.h>`.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: the syscall reads `attr` (of the size passed) and the C string, both alive here.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            cstr(path).as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(errno(&format!(
+            "mount_setattr on {path} (Linux 5.12 or later is required)"
+        )));
+    }
+    Ok(())
+}
+
+/// `MOUNT_ATTR_RDONLY` of `<linux/mount.h>`.
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Private mounts: every inherited mount read-only (one recursive call), then, on top, `/proc`
+/// for the new pid namespace (with `/proc/sys` read-only), tmpfs on the temporary directories
+/// and the workspace bound writable. New mounts are writable; the inherited ones, `/dev` and
+/// `/sys` included, stay read-only (device nodes such as `/dev/null` still take writes).
+/// Returns whether `/proc` is private.
 fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
     let ws = workspace
         .to_str()
@@ -189,6 +269,7 @@ fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
         if ws_fd < 0 {
             return Err(errno(&format!("opening workspace {ws}")));
         }
+        mount_setattr("/", true, MOUNT_ATTR_RDONLY, 0)?;
         let proc_ok = libc::mount(
             cstr("proc").as_ptr(),
             cstr("/proc").as_ptr(),
@@ -196,7 +277,21 @@ fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         ) == 0;
-        if !proc_ok {
+        if proc_ok {
+            // The job's uid is the parent's, which may own the network namespace's sysctls
+            // (a lent namespace outlives the job): read-only, as every other host setting.
+            if libc::mount(
+                cstr("/proc/sys").as_ptr(),
+                cstr("/proc/sys").as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(errno("binding /proc/sys"));
+            }
+            mount_setattr("/proc/sys", false, MOUNT_ATTR_RDONLY, 0)?;
+        } else {
             notes.push(format!(
                 "isolation: {}; host processes stay visible in /proc",
                 errno("mounting a private /proc")
@@ -218,8 +313,8 @@ fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
             }
         }
         hide_engine_sockets()?;
-        // Bind the workspace onto its own path (recreated if a tmpfs now hides it), so it stays
-        // writable when everything else turns read-only.
+        // Bind the workspace onto its own path (recreated if a tmpfs now hides it); a bind
+        // copies its source's read-only flag, so it is cleared on the new mount.
         std::fs::create_dir_all(&ws)
             .map_err(|e| format!("recreating workspace mount point {ws}: {e}"))?;
         let src = format!("/proc/self/fd/{ws_fd}");
@@ -235,52 +330,7 @@ fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
             return Err(errno("binding the workspace"));
         }
         libc::close(ws_fd);
-        let mut readonly_failures = Vec::new();
-        for point in mount_points()? {
-            let keep = point == ws
-                || point.starts_with(&format!("{ws}/"))
-                || KEEP_WRITABLE
-                    .iter()
-                    .any(|k| point == *k || point.starts_with(&format!("{k}/")))
-                || PRIVATE_TMP.contains(&point.as_str());
-            if keep {
-                continue;
-            }
-            let c = cstr(&point);
-            let mut st: libc::statvfs = std::mem::zeroed();
-            if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-                continue;
-            }
-            let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-            for (st_flag, ms_flag) in [
-                (libc::ST_NOSUID, libc::MS_NOSUID),
-                (libc::ST_NODEV, libc::MS_NODEV),
-                (libc::ST_NOEXEC, libc::MS_NOEXEC),
-                (libc::ST_NOATIME, libc::MS_NOATIME),
-                (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-                (libc::ST_RELATIME, libc::MS_RELATIME),
-            ] {
-                if st.f_flag & st_flag != 0 {
-                    flags |= ms_flag;
-                }
-            }
-            if libc::mount(
-                std::ptr::null(),
-                c.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            ) != 0
-            {
-                readonly_failures.push(point);
-            }
-        }
-        if !readonly_failures.is_empty() {
-            notes.push(format!(
-                "isolation: could not make these mounts read-only: {}",
-                readonly_failures.join(", ")
-            ));
-        }
+        mount_setattr(&ws, false, 0, MOUNT_ATTR_RDONLY)?;
         if libc::chdir(cstr(&ws).as_ptr()) != 0 {
             return Err(errno("entering the workspace"));
         }
@@ -334,41 +384,9 @@ fn hide_engine_sockets() -> Result<(), String> {
     Ok(())
 }
 
-/// Mount points from `/proc/self/mountinfo` (field 5, with octal escapes decoded).
-fn mount_points() -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("reading mountinfo: {e}"))?;
-    let mut out: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .collect();
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Brings `lo` up in the fresh network namespace, so a job can talk to servers it starts.
-fn loopback_up() -> io::Result<()> {
+/// Brings `lo` up in this thread's network namespace (a fresh one), so a job can talk to
+/// servers it starts.
+pub(super) fn loopback_up() -> io::Result<()> {
     // SAFETY: an ioctl on a socket we own with a zeroed, correctly sized ifreq.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

@@ -12,9 +12,11 @@
 
 mod child;
 mod isolation;
+mod netns;
 mod parent;
 
 pub use child::maybe_run_worker;
+pub use netns::{NetnsLease, NetworkNamespaces};
 pub use parent::{run_worker, WorkerOptions, WorkerReport};
 
 /// The hidden first argument that turns a Rivet binary into a sandbox worker.

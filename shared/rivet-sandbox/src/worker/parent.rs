@@ -1,11 +1,13 @@
 //! The parent side: start a worker, feed it the request, relay its events, answer its host
 //! calls, enforce the hard deadline, kill it, and say how it ended.
 
+use super::netns::NetworkNamespaces;
 use super::WORKER_ARG;
 use crate::events::{read_frame, write_frame, Event, Reply};
 use crate::host::{CallError, HostServices, JobHost};
 use crate::job::{JobRequest, Mode};
 use rivet_core::input::InputError;
+use rivet_core::policy::{NamespaceMode, NetworkMode};
 use rivet_core::{JobOutcome, PipelineSpec, Problem, RequirementSet};
 use serde::Deserialize;
 use std::io::{self, Read};
@@ -34,6 +36,9 @@ pub struct WorkerOptions {
     /// What answers the worker's host calls; shared by every job of a runner (or CLI process)
     /// so runner-wide limits hold across jobs.
     pub host: Arc<HostServices>,
+    /// Network namespaces lent to `network = "none"` workers and reused (`netns.rs`); shared
+    /// like `host`.
+    pub network: Arc<NetworkNamespaces>,
 }
 
 impl WorkerOptions {
@@ -43,6 +48,7 @@ impl WorkerOptions {
             program,
             cancel: None,
             host: Arc::new(HostServices::default()),
+            network: Arc::new(NetworkNamespaces::default()),
         }
     }
 
@@ -158,6 +164,34 @@ impl Calls {
     }
 }
 
+/// Whether process `pid` (our child, not yet reaped) exits by `until`; it stays unreaped.
+fn exits_by(pid: i32, until: Instant) -> bool {
+    // SAFETY: pidfd_open on our own unreaped child; poll on the descriptor we own; close it.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if fd < 0 {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = until
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        let exited = loop {
+            match libc::poll(&mut pfd, 1, ms) {
+                -1 if *libc::__errno_location() == libc::EINTR => continue,
+                n => break n == 1,
+            }
+        };
+        libc::close(fd);
+        exited
+    }
+}
+
 fn kill_group(pgid: i32) {
     // SAFETY: signalling the worker's own process group.
     unsafe {
@@ -213,9 +247,18 @@ pub fn run_worker(
     // whole page table for every job. The worker applies its rlimits and parent-death signal
     // itself, first thing (`child.rs`).
     let mut cmd = Command::new(&options.program);
-    cmd.arg(WORKER_ARG)
-        .arg(std::process::id().to_string())
-        .env_clear()
+    cmd.arg(WORKER_ARG).arg(std::process::id().to_string());
+    // A network namespace to join instead of making one (the worker opens it through our
+    // /proc entry; the descriptor itself is not inherited).
+    let netns = (request.mode == Mode::Run
+        && policy.sandbox.namespaces != NamespaceMode::Off
+        && policy.sandbox.network == NetworkMode::None)
+        .then(|| options.network.take())
+        .flatten();
+    if let Some(lease) = &netns {
+        cmd.arg(lease.raw_fd().to_string());
+    }
+    cmd.env_clear()
         .current_dir("/")
         .process_group(0)
         .stdin(Stdio::piped())
@@ -418,21 +461,32 @@ pub fn run_worker(
     }
     drop(reply_tx);
 
+    let mut exited_alone = false;
     if killed.is_none() && finished.is_some() {
-        // The worker exits right after `Finished`; its stdout closing says it has. One that
-        // lingers gets a grace period before the kill below. (Answers of calls still running
-        // are dropped on the way.)
+        // The worker exits right after `Finished`; its stdout closing says it is exiting. One
+        // that lingers gets a grace period before the kill below. (Answers of calls still
+        // running are dropped on the way.)
         let until = Instant::now() + EXIT_GRACE;
         while let Ok(msg) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             if matches!(msg, Msg::End(_)) {
                 break;
             }
         }
+        // Its stdout closes before its pid namespace is emptied: wait (within the same grace)
+        // for the process we started, which exits only after its namespaced child and so
+        // after every process of the job.
+        exited_alone = netns.is_some() && exits_by(pgid, until);
     }
     // Kill the group before reaping its leader: until `wait`, the leader's pid keeps the group
     // id reserved, so the signal cannot reach an unrelated group that reused it.
     kill_group(pgid);
     let status = child.wait()?;
+    if let Some(lease) = netns {
+        // Reused only when nothing of the job can be left in it; otherwise freed.
+        if exited_alone && status.code().is_some() {
+            lease.give_back();
+        }
+    }
     // The worker is gone, however it ended: remove every container it had the parent create.
     host.finish();
     report.stderr = stderr_thread.join().unwrap_or_default();

@@ -2087,3 +2087,82 @@ fn net_09_child_processes_have_no_network() {
     canary.assert_intact("NET-09");
     assert_follow_up(&policy);
 }
+
+/// The network namespace of a `network = "none"` job is one the runner made and reuses
+/// (joining one is far cheaper than making and tearing down one per job). The job cannot
+/// change it (no interface flags, no sysctls), and a namespace something is left in (here a
+/// connection in `TIME_WAIT`, which keeps its port taken) is not handed to the next job.
+#[test]
+fn net_10_reused_network_namespaces_are_clean_and_unchangeable() {
+    let policy = policy(&["python3"]);
+    // One runner's options: its jobs share one pool of namespaces.
+    let options = shared_options(&policy);
+    let python = |code: &str| {
+        pipeline(&format!(
+            "local r = process.run{{ command = \"python3\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
+            lua_str(code)
+        ))
+    };
+    let run = |what: &str, code: &str| {
+        let ws = workspace("net10");
+        let job = run_job_with_options(&policy, &python(code), ws.path(), &options);
+        assert_succeeded(&job, what);
+        job.lines(Source::Script).join("\n")
+    };
+    let port = 47_123;
+
+    // A job tries to change its namespace, and leaves a connection behind in TIME_WAIT (the
+    // side that closes first keeps it).
+    let out = run(
+        "changing the namespace",
+        &format!(
+            r#"import errno, fcntl, socket, struct
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port})); s.listen()
+c = socket.create_connection(("127.0.0.1", {port})); a, _ = s.accept()
+a.close(); c.recv(1); c.close(); s.close()
+print("loopback works")
+try:
+    open("/proc/sys/net/ipv4/ip_forward", "w").write("1"); print("sysctl written")
+except OSError as e:
+    print("sysctl refused:", errno.errorcode[e.errno])
+try:
+    fcntl.ioctl(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), 0x8914, struct.pack("16sH14x", b"lo", 0))
+    print("lo taken down")
+except OSError as e:
+    print("lo refused:", errno.errorcode[e.errno])
+"#
+        ),
+    );
+    assert!(out.contains("loopback works"), "{out}");
+    assert!(
+        out.contains("sysctl refused: EROFS"),
+        "a job changed a sysctl of its namespace: {out}"
+    );
+    assert!(
+        out.contains("lo refused: EPERM"),
+        "a job changed its namespace's interfaces: {out}"
+    );
+    assert_eq!(
+        options.network.idle(),
+        0,
+        "a namespace with a TIME_WAIT connection in it must not be reused"
+    );
+
+    // The next job binds the same port without SO_REUSEADDR: a fresh namespace.
+    let bind = format!(
+        "import socket\ns = socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen(); print(\"bound\")"
+    );
+    let out = run("binding the port again", &bind);
+    assert!(out.contains("bound"), "{out}");
+    assert_eq!(
+        options.network.idle(),
+        1,
+        "a clean namespace goes back to the pool"
+    );
+    // And the one after reuses it (a new one would make two idle).
+    let out = run("reusing the namespace", &bind);
+    assert!(out.contains("bound"), "{out}");
+    assert_eq!(options.network.idle(), 1, "the idle namespace was reused");
+    assert_follow_up(&policy);
+}

@@ -1,0 +1,237 @@
+//! Network namespaces for `network = "none"` jobs, made once and reused.
+//!
+//! Making a network namespace and tearing it down again is the largest kernel cost of a
+//! worker (registering and later unregistering a loopback device and every per-namespace
+//! sysctl table). The parent therefore keeps a few: one per job running at once, each with
+//! nothing in it but `lo`, up. A worker joins the one it is given (`setns`) before it enters
+//! its user namespace, so the job is not privileged over it: it cannot add interfaces,
+//! routes or addresses, nor take `lo` down. The worker also mounts `/proc/sys` read-only, so
+//! a job cannot change the namespace's sysctls for the next one.
+//!
+//! A namespace goes back to the pool only when it is as it was made: the worker exited by
+//! itself (so every process of its pid namespace was gone first), and no TCP socket is left
+//! in it (a connection in `TIME_WAIT` outlives its process and would keep its port taken).
+//! Otherwise it is dropped and the kernel frees it. Where namespaces cannot be made here
+//! (not root in the initial user namespace), the pool stays empty and each worker makes its
+//! own, as before.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Namespaces kept while unused; more are made on demand when more jobs run at once.
+const KEEP: usize = 64;
+
+/// A pool of network namespaces; share one per runner (or CLI process).
+#[derive(Debug, Default)]
+pub struct NetworkNamespaces {
+    free: Mutex<Vec<OwnedFd>>,
+    /// Set once making a namespace failed: this process cannot, so it stops trying.
+    unavailable: AtomicBool,
+}
+
+/// A namespace lent to one worker. Dropped without [`NetnsLease::give_back`], it is freed.
+#[derive(Debug)]
+pub struct NetnsLease<'a> {
+    pool: &'a NetworkNamespaces,
+    fd: OwnedFd,
+}
+
+impl NetworkNamespaces {
+    /// A namespace for one job: a free one, else a new one; `None` where this process cannot
+    /// make them (the worker then makes its own).
+    pub fn take(&self) -> Option<NetnsLease<'_>> {
+        let reused = self
+            .free
+            .lock()
+            .expect("the namespace pool's lock is never poisoned")
+            .pop();
+        let fd = match reused {
+            Some(fd) => fd,
+            None if self.unavailable.load(Ordering::Relaxed) => return None,
+            None => match make() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    self.unavailable.store(true, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "Network namespaces cannot be made here; each worker makes its own.");
+                    return None;
+                }
+            },
+        };
+        Some(NetnsLease { pool: self, fd })
+    }
+
+    /// Namespaces waiting for a job.
+    pub fn idle(&self) -> usize {
+        self.free
+            .lock()
+            .expect("the namespace pool's lock is never poisoned")
+            .len()
+    }
+}
+
+impl NetnsLease<'_> {
+    /// The descriptor, open in this process (the worker opens `/proc/PARENT/fd/N`).
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Returns the namespace for the next job when nothing of this one is left in it: call only
+    /// once every process that was in it is gone.
+    pub fn give_back(self) {
+        match has_tcp_sockets(&self.fd) {
+            Ok(false) => {
+                let mut free = self
+                    .pool
+                    .free
+                    .lock()
+                    .expect("the namespace pool's lock is never poisoned");
+                if free.len() < KEEP {
+                    free.push(self.fd);
+                }
+            }
+            Ok(true) => {
+                tracing::debug!(
+                    "A job left TCP sockets in its network namespace; it is freed, not reused."
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Inspecting a job's network namespace failed; it is freed, not reused.")
+            }
+        }
+    }
+}
+
+/// Runs `f` on a new thread that first joins or makes a network namespace. Only that thread
+/// changes namespace (a network namespace is per thread), and it ends with `f`, so no other
+/// code ever runs in it.
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    std::thread::Builder::new()
+        .name("rivet-netns".into())
+        .spawn(f)?
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
+/// Makes a network namespace with `lo` up.
+fn make() -> io::Result<OwnedFd> {
+    on_thread(|| {
+        // SAFETY: unshare on this thread only (CLONE_NEWNET is per thread); open(2) with a
+        // constant C string; the descriptor is owned from here on.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            super::isolation::loopback_up()?;
+            let fd = libc::open(
+                c"/proc/thread-self/ns/net".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(OwnedFd::from_raw_fd(fd))
+        }
+    })
+}
+
+/// Whether any TCP socket (IPv4 or IPv6, any state, `TIME_WAIT` included) is left in the
+/// namespace, from its socket counters (`/proc/net/sockstat`; listing the sockets instead
+/// walks the kernel's whole connection table, shared by every namespace).
+fn has_tcp_sockets(ns: &OwnedFd) -> io::Result<bool> {
+    let fd = ns.try_clone()?;
+    on_thread(move || {
+        // SAFETY: setns on this thread only, with a network namespace descriptor we own.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
+        // No IPv6 in this kernel: no IPv6 sockets either.
+        let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
+        Ok(tcp_in_use(&v4, "TCP:") != Some(0) || tcp_in_use(&v6, "TCP6:").unwrap_or(0) != 0)
+    })
+}
+
+/// From a `sockstat` text, the TCP sockets of the `row` (`TCP:`, `TCP6:`) in use plus those in
+/// `TIME_WAIT` (`tw`, IPv4 only). `None` when the row is missing or unreadable.
+fn tcp_in_use(sockstat: &str, row: &str) -> Option<u64> {
+    let fields: Vec<&str> = sockstat
+        .lines()
+        .find(|l| l.starts_with(row))?
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    let value = |name: &str| -> Option<u64> {
+        let at = fields.iter().position(|f| *f == name)?;
+        fields.get(at + 1)?.parse().ok()
+    };
+    let tw = if row == "TCP:" { value("tw")? } else { 0 };
+    Some(value("inuse")? + tw)
+}
+
+/// Opens the namespace a parent lent, from the worker: `/proc/PARENT/fd/N`.
+pub(crate) fn open_lent(parent: i32, fd: i32) -> io::Result<File> {
+    File::open(format!("/proc/{parent}/fd/{fd}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn sockstat_rows_count_sockets_in_use_and_in_time_wait() {
+        let text =
+            "sockets: used 26\nTCP: inuse 12 orphan 0 tw 182 alloc 15 mem 0\nUDP: inuse 0 mem 0\n";
+        assert_eq!(tcp_in_use(text, "TCP:"), Some(194));
+        assert_eq!(
+            tcp_in_use("TCP: inuse 0 orphan 0 tw 0 alloc 9 mem 0", "TCP:"),
+            Some(0)
+        );
+        assert_eq!(tcp_in_use("TCP6: inuse 2\n", "TCP6:"), Some(2));
+        assert_eq!(
+            tcp_in_use("UDP: inuse 0", "TCP:"),
+            None,
+            "no row: not known clean"
+        );
+        assert_eq!(tcp_in_use("TCP: inuse x tw 0", "TCP:"), None);
+    }
+
+    #[test]
+    fn a_namespace_is_reused_only_while_no_tcp_socket_is_left_in_it() {
+        if !root() {
+            // Documented in docs/sandbox.md: without root the pool stays empty.
+            assert!(NetworkNamespaces::default().take().is_none());
+            return;
+        }
+        let pool = NetworkNamespaces::default();
+        let lease = pool.take().expect("root can make network namespaces");
+        let first = lease.raw_fd();
+        lease.give_back();
+        assert_eq!(pool.idle(), 1, "a clean namespace goes back");
+
+        // A listening socket left behind (as a TIME_WAIT connection would be): not reused.
+        let lease = pool.take().expect("the free namespace");
+        assert_eq!(lease.raw_fd(), first);
+        let ns = lease.fd.try_clone().unwrap();
+        let listener = on_thread(move || {
+            // SAFETY: setns on this thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            std::net::TcpListener::bind("127.0.0.1:0")
+        })
+        .expect("lo is up in the namespace");
+        lease.give_back();
+        assert_eq!(pool.idle(), 0, "a namespace with a socket left is freed");
+        drop(listener);
+    }
+}
