@@ -202,7 +202,12 @@ pub async fn apply(
 ) -> anyhow::Result<Applied> {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
     let token = report.token.as_str();
-    if let ReportBody::Started = report.body {
+    let bodies = match &report.body {
+        ReportBody::Batch { bodies } => bodies.as_slice(),
+        body => std::slice::from_ref(body),
+    };
+    // `Started` comes first in the attempt's first report, alone or with what followed it.
+    if let Some((ReportBody::Started, rest)) = bodies.split_first() {
         // The attempt starts on the runner holding its lease. A lease Redis lost (or Redis out
         // of reach) does not stop it: PostgreSQL lets only the first `Started` of an attempt in.
         let mut redis = state.redis.clone();
@@ -237,7 +242,7 @@ pub async fn apply(
             record_forged(state, job, attempt).await;
             return Ok(Applied::Forged("`Started` without a valid attempt token"));
         }
-        match identity_violation(state, report, publisher).await? {
+        match identity_violation(state, report, signed, publisher).await? {
             None => {}
             // Published by another broker user than the runner's: whoever sent it, it was not
             // that runner. Counted, and nothing changes.
@@ -268,23 +273,31 @@ pub async fn apply(
                 ));
             }
         }
-        return Ok(
-            match db::jobs::start(&state.db, job, attempt, runner, token).await? {
-                db::jobs::Start::Started => Applied::Stored,
-                db::jobs::Start::Duplicate { token: stored } => {
-                    if tokens_match(stored.as_deref(), token) {
-                        Applied::Stored
-                    } else {
-                        record_forged(state, job, attempt).await;
-                        Applied::Forged("`Started` again with another attempt token")
-                    }
-                }
-                db::jobs::Start::Refused => {
-                    crate::fence::order_cancel(state, runner, job, attempt, "the job is no longer waiting for this attempt (cancelled, timed out, or given to another runner)").await;
-                    Applied::Ignored("the job is not waiting for this attempt")
-                }
-            },
-        );
+        // The start and the rest of the report, in one transaction.
+        let mut tx = state.db.begin().await?;
+        match db::jobs::start(&mut tx, job, attempt, runner, token).await? {
+            db::jobs::Start::Started => {}
+            // Delivered again (the orchestrator stopped before acknowledging it): the rest is
+            // applied again, which changes nothing already stored.
+            db::jobs::Start::Duplicate { token: stored }
+                if tokens_match(stored.as_deref(), token) => {}
+            db::jobs::Start::Duplicate { .. } => {
+                drop(tx);
+                record_forged(state, job, attempt).await;
+                return Ok(Applied::Forged(
+                    "`Started` again with another attempt token",
+                ));
+            }
+            db::jobs::Start::Refused => {
+                drop(tx);
+                crate::fence::order_cancel(state, runner, job, attempt, "the job is no longer waiting for this attempt (cancelled, timed out, or given to another runner)").await;
+                return Ok(Applied::Ignored("the job is not waiting for this attempt"));
+            }
+        }
+        let ended = apply_bodies(&mut tx, report, rest).await?;
+        tx.commit().await?;
+        after_end(state, report, ended).await;
+        return Ok(Applied::Stored);
     }
     // One transaction per report, however many stage events and log lines it carries: every
     // commit waits for the disk.
@@ -340,31 +353,54 @@ pub async fn apply(
             "the report is not signed with the runner's current session",
         ));
     }
-    let bodies = match &report.body {
-        ReportBody::Batch { bodies } => bodies.as_slice(),
-        body => std::slice::from_ref(body),
-    };
+    let ended = apply_bodies(&mut tx, report, bodies).await?;
+    tx.commit().await?;
+    after_end(state, report, ended).await;
+    Ok(Applied::Stored)
+}
+
+/// Applies the bodies of a running attempt's report in `tx`, in order. A stage's start is
+/// skipped when the same report also carries its end (the end overwrites it anyway). Returns
+/// how the attempt ended, if it did.
+async fn apply_bodies(
+    tx: &mut sqlx::PgConnection,
+    report: &RunnerReport,
+    bodies: &[ReportBody],
+) -> anyhow::Result<Option<db::attempts::Ended>> {
+    let ends: std::collections::BTreeSet<u32> = bodies
+        .iter()
+        .filter_map(|b| match b {
+            ReportBody::StageFinished { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
     let mut ended = None;
     for body in bodies {
-        if let Some(e) = apply_body(&mut tx, report, body).await? {
+        if matches!(body, ReportBody::StageStarted { index, .. } if ends.contains(index)) {
+            continue;
+        }
+        if let Some(e) = apply_body(tx, report, body).await? {
             ended = Some(e);
         }
     }
-    tx.commit().await?;
-    if let Some(ended) = ended {
-        // The fence moves before the lease goes: a duplicate of this attempt's message claimed
-        // in between must find the attempt over, not a free lease.
-        match ended {
-            db::attempts::Ended::Final(_) => crate::fence::close(state, job, attempt).await,
-            db::attempts::Ended::Retrying { attempt } => {
-                crate::fence::open(state, job, attempt).await;
-                state.relay_wakeup.notify_one();
-            }
-            db::attempts::Ended::Stale => {}
+    Ok(ended)
+}
+
+/// After the transaction that ended an attempt: the fence moves, then the lease goes (a
+/// duplicate of this attempt's message claimed in between must find the attempt over, not a
+/// free lease).
+async fn after_end(state: &AppState, report: &RunnerReport, ended: Option<db::attempts::Ended>) {
+    let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
+    let Some(ended) = ended else { return };
+    match ended {
+        db::attempts::Ended::Final(_) => crate::fence::close(state, job, attempt).await,
+        db::attempts::Ended::Retrying { attempt } => {
+            crate::fence::open(state, job, attempt).await;
+            state.relay_wakeup.notify_one();
         }
-        crate::fence::release_lease(state, job, &lease_value(runner, attempt, token)).await;
+        db::attempts::Ended::Stale => {}
     }
-    Ok(Applied::Stored)
+    crate::fence::release_lease(state, job, &lease_value(runner, attempt, &report.token)).await;
 }
 
 /// Why the runner of a `Started` report may not start the attempt (API-02), if it may not: it
@@ -375,6 +411,7 @@ pub async fn apply(
 async fn identity_violation(
     state: &AppState,
     report: &RunnerReport,
+    signed: &ReportBody,
     publisher: Option<&str>,
 ) -> anyhow::Result<Option<Violation>> {
     let (job, runner) = (report.job_id, report.runner_id.as_str());
@@ -396,12 +433,13 @@ async fn identity_violation(
         ))));
     };
     let signed = check.session_key.as_deref().is_some_and(|key| {
-        rivet_protocol::identity::verify_started_mac(
+        rivet_protocol::identity::verify_session_mac(
             key,
             job,
             report.attempt,
             runner,
             &report.token,
+            signed,
             &report.session_mac,
         )
     });
@@ -488,7 +526,7 @@ async fn apply_body(
 ) -> anyhow::Result<Option<db::attempts::Ended>> {
     let (job, attempt) = (report.job_id, report.attempt);
     match body {
-        // `Started` comes alone, and batches do not nest: either inside a batch is ignored.
+        // `Started` is applied first (`apply`) and only there; batches do not nest.
         ReportBody::Started | ReportBody::Batch { .. } => {}
         ReportBody::StageStarted { index, name, .. } => {
             let update = db::jobs::StageUpdate {

@@ -125,8 +125,9 @@ fn source_word(s: Source) -> &'static str {
     }
 }
 
-/// Publishes reports of one attempt in order. Stage events and log lines are buffered and sent
-/// together, at 100 lines or 200 ms after the first buffered item, and with the result.
+/// Publishes reports of one attempt in order. `Started`, stage events and log lines are
+/// buffered and sent together, at 100 lines or 200 ms after the first buffered item, and with
+/// the result: a short job is one report.
 struct Reporter<'a> {
     runner: &'a Runner,
     job: &'a JobDispatch,
@@ -140,6 +141,9 @@ struct Reporter<'a> {
     next_seq: u64,
     /// When the attempt started here.
     started: Instant,
+    /// The job's delivery, acknowledged once the first report (which carries `Started`) is
+    /// confirmed.
+    delivery: Option<Incoming<JobDispatch>>,
 }
 
 impl Reporter<'_> {
@@ -212,6 +216,13 @@ impl Reporter<'_> {
             1 => self.send(bodies.remove(0)).await,
             _ => self.send(ReportBody::Batch { bodies }).await,
         }
+        // The job needs the message only: the delivery (and the consumer channel it keeps
+        // open) is released once `Started` is confirmed, not when the job ends.
+        if let Some(delivery) = self.delivery.take() {
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(job_id = %self.job.job_id, error = %e, "Acknowledging a job failed; its lease stops duplicates.");
+            }
+        }
     }
 
     async fn event(&mut self, ev: Event) {
@@ -282,10 +293,11 @@ impl Reporter<'_> {
 
 /// Runs one attempt to its end and reports it. Never fails: every trouble becomes the outcome.
 ///
-/// The delivery is acknowledged only once `Started` is confirmed by the broker: a runner that
-/// dies before that leaves the message to be delivered again (its lease expires, then another
-/// runner takes it), and one that dies after it leaves a running attempt whose lease the
-/// orchestrator sees vanish.
+/// `Started` goes with the first report batch (within 200 ms, or with the result of a shorter
+/// job), and the delivery is acknowledged only once that is confirmed by the broker: a runner
+/// that dies before that leaves the message to be delivered again (its lease expires, then
+/// another runner takes it), and one that dies after it leaves a running attempt whose lease
+/// the orchestrator sees vanish.
 ///
 /// `token` is the attempt token [`claim`] put into the lease.
 pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: String) {
@@ -312,7 +324,9 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
         oldest: None,
         next_seq: 0,
         started: Instant::now(),
+        delivery: None,
     };
+    reporter.push(ReportBody::Started);
     // The lease is renewed from the claim on: publishing `Started` may take longer than the
     // lease lives while the broker is away.
     let renew = tokio::spawn(renew_lease(
@@ -322,11 +336,8 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
         token.clone(),
         entry.clone(),
     ));
-    // The worker starts while `Started` is on its way (its events wait in the channel until
-    // `Started` is confirmed and sent first): starting a sandbox and the broker's confirm overlap
-    // instead of adding up. A runner that dies meanwhile takes its worker with it (parent-death
-    // signal) and the unacknowledged message is delivered again, as after a death just after
-    // `Started`.
+    // A runner that dies before `Started` is confirmed takes its worker with it (parent-death
+    // signal) and the unacknowledged message is delivered again.
     let workspace = runner
         .work_dir
         .join(format!("{}-{}", job.job_id, job.attempt));
@@ -369,13 +380,7 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
             }))
         }
     };
-    reporter.send(ReportBody::Started).await;
-    if let Err(e) = delivery.ack().await {
-        tracing::warn!(job_id = %job.job_id, error = %e, "Acknowledging a job failed; its lease stops duplicates.");
-    }
-    // The job needs the message only: the delivery (and the consumer channel it keeps open) is
-    // released now, not when the job ends.
-    drop(delivery);
+    reporter.delivery = Some(delivery);
     let outcome = match worker {
         Err(outcome) => outcome,
         Ok(worker) => {

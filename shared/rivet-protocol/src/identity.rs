@@ -155,6 +155,32 @@ pub fn verify_report_mac(
 
 /// The `session_mac` a runner puts on a report with `body`: [`started_mac`] for `Started`,
 /// [`report_mac`] for every other.
+/// Checks a report's `session_mac` against its session key, as [`session_mac`] made it.
+pub fn verify_session_mac(
+    session_key: &str,
+    job_id: Uuid,
+    attempt: u32,
+    runner_id: &str,
+    token: &str,
+    body: &ReportBody,
+    claimed: &str,
+) -> bool {
+    match body {
+        ReportBody::Started => {
+            verify_started_mac(session_key, job_id, attempt, runner_id, token, claimed)
+        }
+        body => verify_report_mac(
+            session_key,
+            job_id,
+            attempt,
+            runner_id,
+            token,
+            body,
+            claimed,
+        ),
+    }
+}
+
 pub fn session_mac(
     session_key: &str,
     job_id: Uuid,

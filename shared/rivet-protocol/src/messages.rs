@@ -64,9 +64,10 @@ pub struct RunnerReport {
     /// always refused.
     #[serde(default)]
     pub token: String,
-    /// On `Started` only: HMAC-SHA256 of the job, attempt, runner id and attempt token with the
-    /// runner's session key ([`crate::identity::started_mac`]), proving which registration
-    /// started the attempt. Empty elsewhere; a `Started` without a valid one is refused.
+    /// HMAC-SHA256 with the runner's session key ([`crate::identity::session_mac`]): of the
+    /// job, attempt, runner id and attempt token for a lone `Started`, of those and the body
+    /// for every other report. It proves which registration sent the report; one without a
+    /// valid MAC is refused.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session_mac: String,
     /// What happened.
@@ -81,7 +82,8 @@ impl Message for RunnerReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReportBody {
-    /// The runner took the lease and started the worker.
+    /// The runner took the lease and started the worker: the first body of the attempt's first
+    /// report (alone, or first in a batch with what followed within 200 ms).
     Started,
     /// A stage began.
     StageStarted {
@@ -117,7 +119,7 @@ pub enum ReportBody {
         outcome: JobOutcome,
     },
     /// Several of the above, in order (a runner flushes what happened in the last 200 ms as one
-    /// message). Batches do not nest.
+    /// message, the whole attempt when it is that short). Batches do not nest.
     Batch {
         /// The reports, oldest first.
         bodies: Vec<ReportBody>,

@@ -240,15 +240,15 @@ pub enum Start {
 }
 
 /// Marks the attempt running on `runner_id` with its attempt `token`, if the job is waiting for
-/// that attempt.
+/// that attempt, in the caller's transaction (the rest of the report goes in the same one).
+/// Locks the job's row.
 pub async fn start(
-    db: &PgPool,
+    tx: &mut sqlx::PgConnection,
     job_id: Uuid,
     attempt: u32,
     runner_id: &str,
     token: &str,
 ) -> sqlx::Result<Start> {
-    let mut tx = db.begin().await?;
     let done = sqlx::query(
         "UPDATE jobs SET state = 'running', runner_id = $3, started_at = now() \
          WHERE id = $1 AND attempt = $2 AND state = 'queued'",
@@ -285,7 +285,6 @@ pub async fn start(
     .bind(token)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(Start::Started)
 }
 

@@ -368,7 +368,9 @@ async fn api_01_project_tokens_reach_only_their_project() {
         .await
         .unwrap();
     }
-    // A runner running both jobs, as its presence record says.
+    // A registered runner running both jobs, as its presence record says (presence is looked up
+    // by registered name).
+    app.register_runner("scoped-runner", json!({})).await;
     let keys = rivet_protocol::redis_keys::Keys::new(&app.namespace);
     let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
         .await

@@ -353,3 +353,199 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     admin.close().await;
     app.stop().await;
 }
+
+/// A job taken as `runner-a` with lease token A: what a runner has between the delivery and its
+/// first report.
+struct Taken {
+    id: uuid::Uuid,
+    session_key: String,
+    broker: rivet_amqp::Broker,
+    reply_to: String,
+    /// The orders the orchestrator sends `runner-a`.
+    orders: rivet_amqp::Subscription<RunnerControl>,
+}
+
+impl Taken {
+    async fn new(app: &TestApp) -> Self {
+        assert_eq!(
+            app.post("/pipelines", json!({"source": PIPELINE}))
+                .await
+                .status(),
+            201
+        );
+        let submitted: JobView = app
+            .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let (_, session) = app.register_runner("runner-a", json!({})).await;
+        let broker = testing::runner_broker(&app.namespace, &session).await;
+        let orders = broker.subscribe_control("runner-a").await.unwrap();
+        let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
+        let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a job arrives")
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.message.job_id, submitted.id);
+        sub.cancel().await.ok();
+        let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
+        delivery.ack().await.unwrap();
+        let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
+            .await
+            .unwrap();
+        let _: () = redis
+            .set(
+                Keys::new(&app.namespace).lease(submitted.id),
+                lease_value("runner-a", 1, TOKEN_A),
+            )
+            .await
+            .unwrap();
+        Taken {
+            id: submitted.id,
+            session_key: session.session_key,
+            broker,
+            reply_to,
+            orders,
+        }
+    }
+
+    /// A report of attempt 1 with token A, signed over `signed_body` (normally `body`).
+    fn report(&self, body: ReportBody, signed_body: &ReportBody) -> RunnerReport {
+        RunnerReport {
+            schema: SCHEMA_VERSION,
+            job_id: self.id,
+            attempt: 1,
+            runner_id: "runner-a".into(),
+            token: TOKEN_A.into(),
+            session_mac: rivet_protocol::identity::session_mac(
+                &self.session_key,
+                self.id,
+                1,
+                "runner-a",
+                TOKEN_A,
+                signed_body,
+            ),
+            body,
+        }
+    }
+
+    async fn publish(&self, report: &RunnerReport) {
+        self.broker
+            .publish_report(&self.reply_to, report)
+            .await
+            .unwrap();
+    }
+}
+
+/// The whole attempt of a short job in one report, as a runner sends it: `Started`, the stage,
+/// its lines and the result.
+fn whole_attempt(lines: &[&str]) -> ReportBody {
+    ReportBody::Batch {
+        bodies: vec![
+            ReportBody::Started,
+            ReportBody::StageStarted {
+                index: 0,
+                name: "greet".into(),
+                timeout_ms: 60_000,
+            },
+            ReportBody::Logs {
+                lines: lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| line(i as u64, l))
+                    .collect(),
+            },
+            ReportBody::StageFinished {
+                index: 0,
+                name: "greet".into(),
+                outcome: StageOutcome::Succeeded,
+                duration_ms: 3,
+                error: None,
+            },
+            ReportBody::Finished {
+                outcome: JobOutcome::Succeeded,
+            },
+        ],
+    }
+}
+
+#[tokio::test]
+async fn a_whole_attempt_in_one_report_is_applied_once() {
+    let app = spawn_app().await;
+    let taken = Taken::new(&app).await;
+    let body = whole_attempt(&["one", "two"]);
+    let report = taken.report(body.clone(), &body);
+    taken.publish(&report).await;
+    let done = wait_for("the job to succeed", || async {
+        let j = job(&app, taken.id).await;
+        (j.state == JobState::Succeeded).then_some(j)
+    })
+    .await;
+    assert_eq!(done.runner_id.as_deref(), Some("runner-a"));
+    assert!(done.started_at_ms.is_some() && done.finished_at_ms.is_some());
+    assert_eq!(log_lines(&app, taken.id).await, ["one", "two"]);
+    assert_eq!(done.attempts.len(), 1, "{:?}", done.attempts);
+    let stages = &done.attempts[0].stages;
+    assert_eq!(stages.len(), 1);
+    assert_eq!(
+        stages[0].outcome,
+        Some(StageOutcome::Succeeded),
+        "{stages:?}"
+    );
+
+    // Delivered again (an orchestrator that stopped before acknowledging it): the attempt is
+    // over, so the runner is told to stop it (which is the signal that it was handled), and
+    // nothing changes; it is no forgery.
+    let mut taken = taken;
+    taken.publish(&report).await;
+    let order = tokio::time::timeout(Duration::from_secs(10), taken.orders.next())
+        .await
+        .expect("an order about the redelivered report")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&order.message.command, ControlCommand::Cancel { job_id, attempt: 1, .. } if *job_id == taken.id),
+        "{:?}",
+        order.message.command
+    );
+    order.ack().await.ok();
+    let again = job(&app, taken.id).await;
+    assert_eq!(again.state, JobState::Succeeded);
+    assert_eq!(again.finished_at_ms, done.finished_at_ms);
+    assert_eq!(log_lines(&app, taken.id).await, ["one", "two"]);
+    assert_eq!(forged_count(&app, taken.id).await, 0);
+}
+
+/// The MAC of a report that starts an attempt covers everything in it: a batch signed for other
+/// contents is refused as unsigned, and nothing of it is stored.
+#[tokio::test]
+async fn a_first_report_signed_for_other_contents_is_refused_whole() {
+    let app = spawn_app().await;
+    let taken = Taken::new(&app).await;
+    let report = taken.report(whole_attempt(&["forged"]), &whole_attempt(&["real"]));
+    taken.publish(&report).await;
+    let seen = wait_for("attempt 1 to be refused", || async {
+        let j = job(&app, taken.id).await;
+        (j.attempt == 2).then_some(j)
+    })
+    .await;
+    let first = seen
+        .attempts
+        .iter()
+        .find(|a| a.attempt == 1)
+        .expect("attempt 1 is shown");
+    let reason = match &first.outcome {
+        Some(JobOutcome::Lost { reason }) => reason.clone(),
+        other => panic!("attempt 1 should be lost: {other:?}"),
+    };
+    assert!(
+        reason.contains("is not signed with its registration's current session"),
+        "{reason}"
+    );
+    assert!(
+        log_lines(&app, taken.id).await.is_empty(),
+        "nothing of a refused report is stored"
+    );
+}
