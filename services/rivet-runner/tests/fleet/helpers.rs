@@ -176,11 +176,20 @@ impl Fleet {
         let stop = CancellationToken::new();
         let task = tokio::spawn(rivet_runner::run(config, stop.clone()));
         self.runners.push((id.clone(), stop, task));
+        // Online, and joined: the orchestrator writes the presence record first (one token, one
+        // runner) and commits the session after it.
         let online = async {
             loop {
                 let runners: Vec<rivet_protocol::http::RunnerView> = self.get("/runners").await;
                 if runners.iter().any(|r| r.id == id && r.status == "online") {
-                    return;
+                    let registrations: Vec<rivet_protocol::http::RunnerRegistrationView> =
+                        self.get("/runners/registrations").await;
+                    if registrations
+                        .iter()
+                        .any(|r| r.name == id && r.registered_at_ms.is_some())
+                    {
+                        return;
+                    }
                 }
                 tokio::task::yield_now().await;
             }
