@@ -68,40 +68,17 @@ async fn forged_count(app: &TestApp, id: uuid::Uuid) -> i32 {
 #[tokio::test]
 async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.post("/pipelines", json!({"source": PIPELINE}))
-            .await
-            .status(),
-        201
-    );
-    let submitted: JobView = app
-        .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = submitted.id;
-
-    let (_, session) = app.register_runner("runner-a", json!({})).await;
     // Play the real runner `runner-a`: take the job, its lease with token A, and listen to the
     // orders the orchestrator sends it.
-    let broker = testing::runner_broker(&app.namespace, &session).await;
-    let mut orders = broker.subscribe_control("runner-a").await.unwrap();
-    let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
-    let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("a job arrives")
-        .unwrap()
-        .unwrap();
-    assert_eq!(delivery.message.job_id, id);
-    let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
-    delivery.ack().await.unwrap();
+    let Taken {
+        id,
+        session_key,
+        broker,
+        reply_to,
+        mut orders,
+    } = Taken::new(&app).await;
     let keys = Keys::new(&app.namespace);
     let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
-        .await
-        .unwrap();
-    let _: () = redis
-        .set(keys.lease(id), lease_value("runner-a", 1, TOKEN_A))
         .await
         .unwrap();
 
@@ -115,7 +92,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
         // `runner-a` is registered, and signs its `Started` with its session (API-02); the
         // forger's problem here is the attempt token.
         session_mac: rivet_protocol::identity::session_mac(
-            &session.session_key,
+            &session_key,
             id,
             1,
             "runner-a",
@@ -348,7 +325,6 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     assert_eq!(stored.as_deref(), Some(TOKEN_A), "stored at `Started`");
 
     orders.cancel().await.ok();
-    sub.cancel().await.ok();
     broker.close().await;
     admin.close().await;
     app.stop().await;
