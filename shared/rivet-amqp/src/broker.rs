@@ -534,8 +534,15 @@ impl Broker {
     /// queues). Errors are logged: there is nothing left to do about them.
     pub async fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Err(err) = self.current().connection.close(200, "OK".into()).await {
-            debug!(error = %err, "Closing the RabbitMQ connection failed.");
+        // Bounded: a process that stops must not wait on the broker's goodbye for ever.
+        let current = self.current();
+        let close = current.connection.close(200, "OK".into());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), close).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => debug!(error = %err, "Closing the RabbitMQ connection failed."),
+            Err(_) => {
+                warn!("RabbitMQ did not confirm closing the connection within 5 s; going on.")
+            }
         }
     }
 }

@@ -308,17 +308,23 @@ async fn cancel_consumer(
     consumer_tag: String,
     queue: String,
 ) -> Result<(), AmqpError> {
-    channel
-        .basic_cancel(
-            short("consumer tag", &consumer_tag)?,
-            BasicCancelOptions::default(),
-        )
-        .await
-        .map_err(|source| AmqpError::Cancel {
+    // Bounded like the drain below: whoever cancels (a pausing or draining runner) must not wait
+    // on the broker's answer for ever. Without it, the channel's end returns what it holds.
+    let cancel = channel.basic_cancel(
+        short("consumer tag", &consumer_tag)?,
+        BasicCancelOptions::default(),
+    );
+    match tokio::time::timeout(DRAIN_LIMIT, cancel).await {
+        Ok(done) => done.map_err(|source| AmqpError::Cancel {
             queue: queue.clone(),
             consumer_tag: consumer_tag.clone(),
             source: Box::new(source),
-        })?;
+        })?,
+        Err(_) => {
+            warn!(queue = %queue, consumer_tag = %consumer_tag, "The broker did not confirm a consumer's cancel in time; going on without it.");
+            return Ok(());
+        }
+    }
     // Once the broker confirmed the cancel, lapin has queued the consumer's end behind the
     // deliveries it buffered (prefetch). Cancelling does not return them to the queue (they stay
     // unacknowledged on the channel), so reject each.
