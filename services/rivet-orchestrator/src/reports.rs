@@ -106,6 +106,10 @@ async fn lane(
         // Applied as received; only a report the database refuses as data is cleaned (and tried
         // once more), so the common case pays nothing for it.
         let mut cleaned: Option<RunnerReport> = None;
+        // Set when even the cleaned report was refused as data: only its `Started` and
+        // `Finished` are applied (the attempt must not be lost for a log line), the rest is
+        // dead-lettered.
+        let mut essential_only = false;
         loop {
             let report = cleaned.as_ref().unwrap_or(&incoming.message);
             let publisher = incoming.user_id.as_deref();
@@ -127,7 +131,10 @@ async fn lane(
                                 runner = %m.runner_id, "{violation}");
                         }
                     }
-                    if let Err(e) = incoming.ack().await {
+                    if essential_only {
+                        // The rest of it, refused as data, goes to the dead-letter queue.
+                        let _ = incoming.reject(false).await;
+                    } else if let Err(e) = incoming.ack().await {
                         tracing::warn!(error = %e, "Acknowledging a report failed.");
                     }
                     break;
@@ -135,6 +142,12 @@ async fn lane(
                 Err(e) if is_data_error(&e) && cleaned.is_none() => {
                     // PostgreSQL refuses NUL in text and JSONB: replace it in every string.
                     cleaned = Some(without_nul(&incoming.message));
+                }
+                Err(e) if is_data_error(&e) && !essential_only && has_essentials(report) => {
+                    tracing::error!(job_id = %report.job_id, attempt = report.attempt, runner = %report.runner_id,
+                        error = %format!("{e:#}"), "The database refused a report's data; applying its start and result only.");
+                    cleaned = Some(essentials(report));
+                    essential_only = true;
                 }
                 Err(e) if is_data_error(&e) => {
                     // Retrying cannot help a report the database refuses as data: it goes to the
@@ -577,6 +590,21 @@ async fn apply_body(
     Ok(None)
 }
 
+/// Whether the report carries `Started` or `Finished` among other bodies.
+fn has_essentials(report: &RunnerReport) -> bool {
+    matches!(&report.body, ReportBody::Batch { bodies } if bodies.iter().any(|b| matches!(b, ReportBody::Started | ReportBody::Finished { .. })))
+}
+
+/// The report with only its `Started` and `Finished`, in order (the MAC is still checked
+/// against the body as received).
+fn essentials(report: &RunnerReport) -> RunnerReport {
+    let mut out = report.clone();
+    if let ReportBody::Batch { bodies } = &mut out.body {
+        bodies.retain(|b| matches!(b, ReportBody::Started | ReportBody::Finished { .. }));
+    }
+    out
+}
+
 /// The report with every NUL character in its strings replaced by U+FFFD.
 fn without_nul(report: &RunnerReport) -> RunnerReport {
     fn clean(v: &mut serde_json::Value) {
@@ -648,6 +676,47 @@ mod tests {
             text.contains("a\u{FFFD}b") && text.contains("e\u{FFFD}"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_refused_batch_keeps_its_start_and_result() {
+        use rivet_core::JobOutcome;
+        use rivet_protocol::messages::{ReportBody, RunnerReport};
+        let report = |body| RunnerReport {
+            schema: rivet_protocol::SCHEMA_VERSION,
+            job_id: uuid::Uuid::new_v4(),
+            attempt: 1,
+            runner_id: "r".into(),
+            token: String::new(),
+            session_mac: "mac".into(),
+            body,
+        };
+        let finished = ReportBody::Finished {
+            outcome: JobOutcome::Succeeded,
+        };
+        let full = report(ReportBody::Batch {
+            bodies: vec![
+                ReportBody::Started,
+                ReportBody::Logs { lines: Vec::new() },
+                finished.clone(),
+            ],
+        });
+        assert!(super::has_essentials(&full));
+        let kept = super::essentials(&full);
+        assert_eq!(
+            kept.body,
+            ReportBody::Batch {
+                bodies: vec![ReportBody::Started, finished]
+            }
+        );
+        assert_eq!(
+            kept.session_mac, "mac",
+            "checked against the body as received"
+        );
+        assert!(!super::has_essentials(&report(ReportBody::Started)));
+        assert!(!super::has_essentials(&report(ReportBody::Batch {
+            bodies: vec![ReportBody::Logs { lines: Vec::new() }]
+        })));
     }
 
     use super::tokens_match;

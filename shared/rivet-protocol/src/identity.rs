@@ -153,8 +153,6 @@ pub fn verify_report_mac(
     )
 }
 
-/// The `session_mac` a runner puts on a report with `body`: [`started_mac`] for `Started`,
-/// [`report_mac`] for every other.
 /// Checks a report's `session_mac` against its session key, as [`session_mac`] made it.
 pub fn verify_session_mac(
     session_key: &str,
@@ -181,6 +179,8 @@ pub fn verify_session_mac(
     }
 }
 
+/// The `session_mac` a runner puts on a report with `body`: [`started_mac`] for `Started`,
+/// [`report_mac`] for every other.
 pub fn session_mac(
     session_key: &str,
     job_id: Uuid,

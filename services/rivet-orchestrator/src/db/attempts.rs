@@ -79,11 +79,7 @@ pub async fn end(
     {
         return Ok(Ended::Stale);
     }
-    // A queued attempt's message may not be published yet: it never will be. A running one's
-    // was (a runner got it): the relay marks it once confirmed, and its row may be locked by the
-    // relay's transaction right now, which this need not wait for.
-    let unpublished = ending.from.contains(&"queued");
-    close_attempt(tx, job_id, attempt, outcome, unpublished).await?;
+    close_attempt(tx, job_id, attempt, outcome).await?;
     let retry = ending.may_retry && !cur.cancel_requested && cur.retry.0.retries(attempt, outcome);
     if retry {
         let next = attempt + 1;
@@ -93,14 +89,13 @@ pub async fn end(
     Ok(Ended::Final(finish_job(tx, job_id, outcome).await?))
 }
 
-/// Ends attempt `attempt` with `outcome`. With `unpublished`, outbox rows of the attempt not
-/// published yet (a queued job cancelled, timed out or refused) are never published.
+/// Ends attempt `attempt` with `outcome`. Outbox rows of the attempt not published yet (a
+/// queued job cancelled, timed out or refused) are never published.
 async fn close_attempt(
     tx: &mut PgConnection,
     job_id: Uuid,
     attempt: u32,
     outcome: &JobOutcome,
-    unpublished: bool,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE attempts SET state = $3, outcome = $4, finished_at = now(), lease_missing_since = NULL \
@@ -112,15 +107,13 @@ async fn close_attempt(
     .bind(Json(outcome))
     .execute(&mut *tx)
     .await?;
-    if unpublished {
-        sqlx::query(
-            "UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL",
-        )
-        .bind(job_id)
-        .bind(attempt as i32)
-        .execute(&mut *tx)
-        .await?;
-    }
+    sqlx::query(
+        "UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
@@ -217,7 +210,7 @@ pub async fn refuse_start(
     let outcome = JobOutcome::Lost {
         reason: reason.to_owned(),
     };
-    close_attempt(&mut tx, job_id, attempt, &outcome, true).await?;
+    close_attempt(&mut tx, job_id, attempt, &outcome).await?;
     if refused >= MAX_REFUSED_STARTS {
         let outcome = JobOutcome::Lost {
             reason: format!(

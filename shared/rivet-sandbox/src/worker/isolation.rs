@@ -101,6 +101,13 @@ fn join_lent(lent: LentNetns) -> Option<std::fs::File> {
 }
 
 fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolation, Failure> {
+    // The mounts need mount_setattr (Linux 5.12). Where it is missing, say so before anything
+    // changed, so `auto` can still fall back.
+    if !has_mount_setattr() {
+        return Err(Failure::Unavailable(
+            "mount_setattr(2) is missing (Linux 5.12 or later is required)".into(),
+        ));
+    }
     let isolate_network = request.policy.sandbox.network == NetworkMode::None;
     // The lent namespace is joined first, while this process is still privileged over it (it
     // belongs to the parent's user namespace): after `unshare(CLONE_NEWUSER)` it could not, and
@@ -152,6 +159,10 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     let mut notes = Vec::new();
+    // No nested user namespaces: their root would hold capabilities again (over nothing of
+    // ours, but over a large kernel surface). Written before `/proc` turns read-only.
+    std::fs::write("/proc/sys/user/max_user_namespaces", "0")
+        .map_err(|e| Failure::Fatal(format!("forbidding nested user namespaces: {e}")))?;
     let pid_namespace = mounts(&request.workspace, &mut notes).map_err(Failure::Fatal)?;
     if fresh_network {
         if let Err(e) = loopback_up() {
@@ -163,6 +174,7 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
     let home = PathBuf::from("/tmp/home");
     std::fs::create_dir_all(&home)
         .map_err(|e| Failure::Fatal(format!("creating {}: {e}", home.display())))?;
+    drop_capabilities().map_err(Failure::Fatal)?;
     Ok(Isolation {
         home,
         tmp: PathBuf::from("/tmp"),
@@ -170,6 +182,73 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
         notes,
         cleanup: None,
     })
+}
+
+/// Gives up every capability, for good: the worker is root in its user namespace, and a root
+/// with capabilities there could undo every mount made above (unmount `/proc/sys` or the
+/// engine socket covers, remount the host read-write). The securebits stop a later `execve` of
+/// a uid-0 process from regaining any, the empty bounding set caps what a file could grant, and
+/// `no_new_privs` stops set-uid binaries. (Nested user namespaces, which would give a job a
+/// fresh set of capabilities to attack the kernel with, are forbidden before the mounts.)
+fn drop_capabilities() -> Result<(), String> {
+    // SECBIT_NOROOT, _LOCKED, SECBIT_NO_SETUID_FIXUP, _LOCKED, SECBIT_KEEP_CAPS_LOCKED,
+    // SECBIT_NO_CAP_AMBIENT_RAISE, _LOCKED (<linux/securebits.h>).
+    const SECUREBITS: libc::c_ulong = 0b1110_1111;
+    /// `_LINUX_CAPABILITY_VERSION_3`.
+    const CAP_V3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // SAFETY: prctl and capset on this process with constant arguments and structs that live
+    // across the calls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) != 0 {
+            return Err(errno("setting securebits"));
+        }
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                if *libc::__errno_location() == libc::EINVAL {
+                    break; // past the kernel's last capability
+                }
+                return Err(errno("dropping the capability bounding set"));
+            }
+        }
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(errno("clearing ambient capabilities"));
+        }
+        let header = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) != 0 {
+            return Err(errno("dropping capabilities"));
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(errno("setting no_new_privs"));
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the namespaced child and exits with its status. Never returns.
@@ -235,6 +314,23 @@ fn mount_setattr(path: &str, recursive: bool, set: u64, clear: u64) -> Result<()
         )));
     }
     Ok(())
+}
+
+/// Whether the kernel has `mount_setattr(2)`: called with no flags on an invalid descriptor, it
+/// fails with `EBADF`/`EINVAL` where it exists, `ENOSYS` where not.
+fn has_mount_setattr() -> bool {
+    // SAFETY: a syscall with an invalid descriptor and null pointers: it fails without effect.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    !(r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
 }
 
 /// `MOUNT_ATTR_RDONLY` of `<linux/mount.h>`.
@@ -330,7 +426,11 @@ fn mounts(workspace: &Path, notes: &mut Vec<String>) -> Result<bool, String> {
             return Err(errno("binding the workspace"));
         }
         libc::close(ws_fd);
-        mount_setattr(&ws, false, 0, MOUNT_ATTR_RDONLY)?;
+        // Mounts inside the workspace too; one that was read-only on the host stays so (the
+        // kernel locked it), and then the workspace mount alone is made writable.
+        if mount_setattr(&ws, true, 0, MOUNT_ATTR_RDONLY).is_err() {
+            mount_setattr(&ws, false, 0, MOUNT_ATTR_RDONLY)?;
+        }
         if libc::chdir(cstr(&ws).as_ptr()) != 0 {
             return Err(errno("entering the workspace"));
         }

@@ -53,9 +53,14 @@ impl NetworkNamespaces {
             None if self.unavailable.load(Ordering::Relaxed) => return None,
             None => match make() {
                 Ok(fd) => fd,
-                Err(e) => {
+                // Not allowed here (not root): stop trying.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     self.unavailable.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "Network namespaces cannot be made here; each worker makes its own.");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Making a network namespace failed; this worker makes its own.");
                     return None;
                 }
             },
@@ -117,7 +122,9 @@ fn on_thread<T: Send + 'static>(
         .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
-/// Makes a network namespace with `lo` up.
+/// Makes a network namespace with `lo` up. Jobs hold no capability over it (nor over any), so
+/// two things they could do in a namespace of their own are allowed to everyone in this one:
+/// binding ports below 1024 and `ping` (ICMP echo sockets).
 fn make() -> io::Result<OwnedFd> {
     on_thread(|| {
         // SAFETY: unshare on this thread only (CLONE_NEWNET is per thread); open(2) with a
@@ -127,6 +134,9 @@ fn make() -> io::Result<OwnedFd> {
                 return Err(io::Error::last_os_error());
             }
             super::isolation::loopback_up()?;
+            // `/proc/thread-self/net` and `/proc/sys/net` show the opening thread's namespace.
+            std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
+            std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
             let fd = libc::open(
                 c"/proc/thread-self/ns/net".as_ptr(),
                 libc::O_RDONLY | libc::O_CLOEXEC,
@@ -139,9 +149,10 @@ fn make() -> io::Result<OwnedFd> {
     })
 }
 
-/// Whether any TCP socket (IPv4 or IPv6, any state, `TIME_WAIT` included) is left in the
-/// namespace, from its socket counters (`/proc/net/sockstat`; listing the sockets instead
-/// walks the kernel's whole connection table, shared by every namespace).
+/// Whether any socket is left in the namespace (of any kind: one a process passed to another
+/// can outlive both; and TCP connections in `TIME_WAIT`, which outlive every process), from its
+/// socket counters (`/proc/net/sockstat`; listing the sockets instead walks the kernel's whole
+/// connection table, shared by every namespace).
 fn has_tcp_sockets(ns: &OwnedFd) -> io::Result<bool> {
     let fd = ns.try_clone()?;
     on_thread(move || {
@@ -152,8 +163,20 @@ fn has_tcp_sockets(ns: &OwnedFd) -> io::Result<bool> {
         let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
         // No IPv6 in this kernel: no IPv6 sockets either.
         let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
-        Ok(tcp_in_use(&v4, "TCP:") != Some(0) || tcp_in_use(&v6, "TCP6:").unwrap_or(0) != 0)
+        Ok(sockets_used(&v4) != Some(0)
+            || tcp_in_use(&v4, "TCP:") != Some(0)
+            || tcp_in_use(&v6, "TCP6:").unwrap_or(0) != 0)
     })
+}
+
+/// From a `sockstat` text, the sockets of every kind in use (`sockets: used N`).
+fn sockets_used(sockstat: &str) -> Option<u64> {
+    sockstat
+        .lines()
+        .find_map(|l| l.strip_prefix("sockets: used "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// From a `sockstat` text, the TCP sockets of the `row` (`TCP:`, `TCP6:`) in use plus those in
@@ -203,6 +226,8 @@ mod tests {
             "no row: not known clean"
         );
         assert_eq!(tcp_in_use("TCP: inuse x tw 0", "TCP:"), None);
+        assert_eq!(sockets_used(text), Some(26));
+        assert_eq!(sockets_used("TCP: inuse 0"), None);
     }
 
     #[test]

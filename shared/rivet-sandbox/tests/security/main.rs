@@ -2149,12 +2149,16 @@ except OSError as e:
         "a namespace with a TIME_WAIT connection in it must not be reused"
     );
 
-    // The next job binds the same port without SO_REUSEADDR: a fresh namespace.
+    // The next job binds the same port without SO_REUSEADDR: a fresh namespace. (And a port
+    // below 1024: jobs hold no capability, so the namespace allows that to everyone.)
     let bind = format!(
-        "import socket\ns = socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen(); print(\"bound\")"
+        "import socket\ns = socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen(); print(\"bound\")\nt = socket.socket(); t.bind((\"127.0.0.1\", 80)); print(\"low port bound\")"
     );
     let out = run("binding the port again", &bind);
-    assert!(out.contains("bound"), "{out}");
+    assert!(
+        out.contains("bound") && out.contains("low port bound"),
+        "{out}"
+    );
     assert_eq!(
         options.network.idle(),
         1,
@@ -2165,4 +2169,38 @@ except OSError as e:
     assert!(out.contains("bound"), "{out}");
     assert_eq!(options.network.idle(), 1, "the idle namespace was reused");
     assert_follow_up(&policy);
+}
+
+/// A job's processes are root in their user namespace only by name: they hold no capability
+/// there, so they cannot undo the worker's mounts (unmount `/proc/sys` or the engine socket
+/// covers, remount the host read-write), nor make new namespaces to gain some.
+#[test]
+fn proc_07_job_processes_hold_no_capabilities() {
+    let policy = policy(&["bash"]);
+    let script = r#"grep -E '^Cap(Eff|Prm|Bnd|Amb):' /proc/self/status
+umount /proc/sys 2>&1 && echo "UNDONE umount /proc/sys"
+mount -o remount,bind,rw / 2>&1 && echo "UNDONE remount / rw"
+mount -t tmpfs none /mnt 2>&1 && echo "UNDONE mount tmpfs"
+unshare -rm true 2>&1 && echo "UNDONE unshare"
+echo checked"#;
+    let ws = workspace("proc07");
+    let job = run_job(
+        &policy,
+        &pipeline(&format!(
+            "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
+            lua_str(script)
+        )),
+        ws.path(),
+    );
+    assert_succeeded(&job, "probing capabilities");
+    let out = job.lines(Source::Script).join("\n");
+    assert!(out.contains("checked"), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("Cap")) {
+        assert!(
+            line.ends_with("0000000000000000"),
+            "a job process holds capabilities: {line}\n{out}"
+        );
+    }
+    assert!(out.matches("Cap").count() >= 4, "{out}");
+    assert!(!out.contains("UNDONE"), "a job undid its sandbox: {out}");
 }
