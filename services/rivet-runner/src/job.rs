@@ -342,7 +342,15 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
         .work_dir
         .join(format!("{}-{}", job.job_id, job.attempt));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let worker = match std::fs::create_dir_all(&workspace) {
+    // The job's uid (a root runner's jobs are not root) owns its workspace.
+    let created =
+        std::fs::create_dir_all(&workspace).and_then(|()| match runner.policy.sandbox.job_uid {
+            Some(uid) if unsafe { libc::geteuid() } == 0 => {
+                std::os::unix::fs::chown(&workspace, Some(uid), Some(uid))
+            }
+            _ => Ok(()),
+        });
+    let worker = match created {
         Err(e) => Err(JobOutcome::Crashed {
             reason: format!("creating the workspace {}: {e}", workspace.display()),
         }),

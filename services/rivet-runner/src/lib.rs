@@ -151,8 +151,14 @@ impl Runner {
 /// then drains: stops consuming, lets running jobs finish within the drain grace period (then
 /// cancels them, saying why), flushes their reports and removes its presence.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let policy =
+    let mut policy =
         rivet_sandbox::read_policy(config.policy.as_deref()).map_err(anyhow::Error::msg)?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && policy.sandbox.job_uid.is_none() {
+        // Jobs of a root runner run as `nobody` on the host, not as root (docs/security.md).
+        policy.sandbox.job_uid = Some(JOB_UID);
+    }
     if config.slots == 0 {
         anyhow::bail!("--slots must be at least 1");
     }
@@ -177,6 +183,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("creating the work directory {}", config.work_dir.display()))?;
+    if root && policy.sandbox.job_uid.is_some() {
+        // A job's uid must reach its workspace inside; listing the others stays the runner's.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.work_dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("opening {} to jobs' uid", config.work_dir.display()))?;
+    }
     let binaries = rivet_sandbox::job::resolve_binaries(&policy.process);
     let plugins =
         rivet_sandbox::plugins::catalog(config.plugin_dir.as_deref()).context("reading plugins")?;
@@ -306,6 +318,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     runner.broker.close().await;
     result
 }
+
+/// The host uid of a root runner's jobs by default: `nobody`.
+pub const JOB_UID: u32 = 65534;
 
 /// How the runner's Redis connection behaves: no command or connection attempt waits more than
 /// 5 s (without a bound, a command sent while Redis restarts could hang the consume loop for

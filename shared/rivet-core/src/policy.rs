@@ -404,6 +404,12 @@ pub struct SandboxPolicy {
     pub namespaces: NamespaceMode,
     /// Network access.
     pub network: NetworkMode,
+    /// The host uid (and gid) a job's processes run as: uid 0 inside its user namespace is this
+    /// uid outside. Unset: the uid of the process starting the worker. A runner running as root
+    /// sets 65534 (`nobody`) unless told otherwise, and gives each job's workspace to it;
+    /// otherwise a job would be host root for every file and socket permission. Applies only
+    /// when the worker starts as root.
+    pub job_uid: Option<u32>,
 }
 
 impl Default for SandboxPolicy {
@@ -411,6 +417,7 @@ impl Default for SandboxPolicy {
         Self {
             namespaces: NamespaceMode::Auto,
             network: NetworkMode::None,
+            job_uid: None,
         }
     }
 }

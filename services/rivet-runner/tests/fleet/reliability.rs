@@ -337,3 +337,36 @@ async fn a_report_with_nul_bytes_is_stored_and_jams_nothing() {
     }
     fleet.stop().await;
 }
+
+/// A runner running as root runs its jobs as `nobody` on the host (`sandbox.job_uid`): root's
+/// files are closed to them, and the workspace is theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_runners_jobs_are_not_root_on_the_host() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the fleet tests run as root");
+    let mut fleet = helpers::start().await;
+    fleet.runner("r", &[], "").await;
+    fleet
+        .push(&pipeline(
+            "peek",
+            "",
+            "local shadow = process.run{command = 'python3', args = {'-c', 'open(\"/etc/shadow\").read(1)'}, check = false}\n\
+             log.info('shadow exit ' .. shadow.code)\n\
+             local mine = process.run{command = 'python3', args = {'-c', 'open(\"mine\", \"w\").write(\"x\"); import os; print(os.stat(\"mine\").st_uid, os.getuid())'}}\n\
+             log.info('inside ' .. mine.stdout)",
+        ))
+        .await;
+    let job = fleet.submit("peek", json!({})).await;
+    let done = fleet.wait_final(job.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
+    let logs = fleet.logs(job.id, 1).await;
+    let lines = script_lines(&logs);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("shadow exit ") && *l != "shadow exit 0"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.trim() == "inside 0 0"), "{lines:?}");
+    fleet.stop().await;
+}

@@ -126,8 +126,20 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
         if fresh_network {
             flags |= libc::CLONE_NEWNET;
         }
-        if libc::unshare(flags) != 0 {
-            let why = errno("unshare");
+        // Another host uid for the job (only root may map one): the namespaces are made in a
+        // child, whose maps this process writes while it is still root here.
+        let remap = request
+            .policy
+            .sandbox
+            .job_uid
+            .filter(|&u| uid == 0 && u != 0);
+        let entered = match remap {
+            Some(job_uid) => enter_as(flags, job_uid)?,
+            None => (libc::unshare(flags) == 0)
+                .then_some(())
+                .ok_or_else(|| errno("unshare")),
+        };
+        if let Err(why) = entered {
             if let Some(own) = &joined {
                 // Leave the lent namespace before running without namespaces: a job that is
                 // not in a pid namespace could leave processes behind in it.
@@ -139,12 +151,20 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
             return Err(Failure::Unavailable(why));
         }
         drop(joined);
-        let write = |path: &str, text: String| {
-            std::fs::write(path, text).map_err(|e| Failure::Fatal(format!("writing {path}: {e}")))
-        };
-        write("/proc/self/setgroups", "deny".into())?;
-        write("/proc/self/uid_map", format!("0 {uid} 1"))?;
-        write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+        if remap.is_some() {
+            // Our maps are written: become uid and gid 0 inside, the job's uid outside.
+            if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+                return Err(Failure::Fatal(errno("taking the job's uid")));
+            }
+        } else {
+            let write = |path: &str, text: String| {
+                std::fs::write(path, text)
+                    .map_err(|e| Failure::Fatal(format!("writing {path}: {e}")))
+            };
+            write("/proc/self/setgroups", "deny".into())?;
+            write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+            write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+        }
 
         // The new pid namespace applies to children: fork, and let the child be its pid 1. The
         // parent only relays the child's exit status. When pid 1 dies, the kernel kills every
@@ -249,6 +269,94 @@ fn drop_capabilities() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Enters namespaces `flags` in a child whose uid and gid 0 map to `job_uid` outside: this
+/// process (root in its namespace) drops its supplementary groups, forks, the child
+/// `unshare`s, this process writes the child's maps (which only a process privileged in the
+/// parent namespace may do for another uid) and then only relays the child's exit status.
+/// Returns in the child, or here with why `unshare` failed there (nothing changed here).
+///
+/// # Safety
+/// Single-threaded process only (fork, then `unshare(CLONE_NEWUSER)`).
+unsafe fn enter_as(flags: libc::c_int, job_uid: u32) -> Result<Result<(), String>, Failure> {
+    // SAFETY: the caller guarantees a single-threaded process; every buffer lives across its
+    // call; descriptors are ours.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(Failure::Fatal(errno("dropping supplementary groups")));
+        }
+        let (mut up, mut down) = ([0; 2], [0; 2]);
+        if libc::pipe2(up.as_mut_ptr(), libc::O_CLOEXEC) != 0
+            || libc::pipe2(down.as_mut_ptr(), libc::O_CLOEXEC) != 0
+        {
+            return Err(Failure::Fatal(errno("making the namespace pipes")));
+        }
+        match libc::fork() {
+            -1 => Err(Failure::Fatal(errno("fork"))),
+            0 => {
+                libc::close(up[0]);
+                libc::close(down[1]);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Report 0, or the errno of a failed unshare, then wait for the maps.
+                let code: i32 = if libc::unshare(flags) == 0 {
+                    0
+                } else {
+                    *libc::__errno_location()
+                };
+                libc::write(up[1], (&code as *const i32).cast(), 4);
+                libc::close(up[1]);
+                if code != 0 {
+                    libc::_exit(0);
+                }
+                let mut ok = 0u8;
+                if libc::read(down[0], (&mut ok as *mut u8).cast(), 1) != 1 || ok != 1 {
+                    libc::_exit(1);
+                }
+                libc::close(down[0]);
+                Ok(Ok(()))
+            }
+            child => {
+                libc::close(up[1]);
+                libc::close(down[0]);
+                let mut code: i32 = -1;
+                let got = libc::read(up[0], (&mut code as *mut i32).cast(), 4);
+                libc::close(up[0]);
+                if got != 4 || code != 0 {
+                    libc::close(down[1]);
+                    let mut status = 0;
+                    libc::waitpid(child, &mut status, 0);
+                    let why = if got == 4 {
+                        format!("unshare: {}", io::Error::from_raw_os_error(code))
+                    } else {
+                        "unshare: the child died".to_owned()
+                    };
+                    return Ok(Err(why));
+                }
+                let written = ["setgroups", "uid_map", "gid_map"]
+                    .iter()
+                    .zip([
+                        "deny".to_owned(),
+                        format!("0 {job_uid} 1"),
+                        format!("0 {job_uid} 1"),
+                    ])
+                    .try_for_each(|(file, text)| {
+                        std::fs::write(format!("/proc/{child}/{file}"), text)
+                            .map_err(|e| format!("writing the job's {file}: {e}"))
+                    });
+                if let Err(e) = written {
+                    libc::kill(child, libc::SIGKILL);
+                    let mut status = 0;
+                    libc::waitpid(child, &mut status, 0);
+                    return Err(Failure::Fatal(e));
+                }
+                let ok = 1u8;
+                libc::write(down[1], (&ok as *const u8).cast(), 1);
+                libc::close(down[1]);
+                relay_exit(child)
+            }
+        }
+    }
 }
 
 /// Waits for the namespaced child and exits with its status. Never returns.

@@ -2204,3 +2204,52 @@ echo checked"#;
     assert!(out.matches("Cap").count() >= 4, "{out}");
     assert!(!out.contains("UNDONE"), "a job undid its sandbox: {out}");
 }
+
+/// With `sandbox.job_uid` (a root runner sets 65534), a job is root only inside its user
+/// namespace: on the host it is that uid, so root's files (`/etc/shadow`) are closed to it and
+/// what it writes belongs to that uid.
+#[test]
+fn proc_08_a_root_runners_jobs_are_not_root_on_the_host() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root, as the namespace tests do"
+    );
+    let mut policy = policy(&["bash"]);
+    policy.sandbox.job_uid = Some(65534);
+    // As a runner does: a workspace owned by the job's uid, under directories it may traverse.
+    let dir = workspace("proc08");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let ws = dir.path().join("job");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(65534), Some(65534)).unwrap();
+    let script = r#"echo "inside uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+head -c 5 /etc/shadow 2>&1 && echo "READ SHADOW"
+echo made > made-here && echo "wrote the workspace"
+echo checked"#;
+    let job = run_job(
+        &policy,
+        &pipeline(&format!(
+            "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
+            lua_str(script)
+        )),
+        &ws,
+    );
+    assert_succeeded(&job, "running as the job's uid");
+    let out = job.lines(Source::Script).join("\n");
+    assert!(out.contains("checked"), "{out}");
+    assert!(out.contains("inside uid=0 gid=0 groups=0"), "{out}");
+    assert!(
+        !out.contains("READ SHADOW"),
+        "a job read /etc/shadow: {out}"
+    );
+    assert!(out.contains("wrote the workspace"), "{out}");
+    let made = std::fs::metadata(ws.join("made-here")).expect("the job's file");
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (65534, 65534),
+        "owned by the job's uid on the host"
+    );
+}
