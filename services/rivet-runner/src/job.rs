@@ -345,10 +345,9 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
     // The job's uid (a root runner's jobs are not root) owns its workspace.
     let created =
         std::fs::create_dir_all(&workspace).and_then(|()| match runner.policy.sandbox.job_uid {
-            Some(uid) if unsafe { libc::geteuid() } == 0 => {
-                std::os::unix::fs::chown(&workspace, Some(uid), Some(uid))
-            }
-            _ => Ok(()),
+            // Set only for a runner running as root (`run`).
+            Some(uid) => std::os::unix::fs::chown(&workspace, Some(uid), Some(uid)),
+            None => Ok(()),
         });
     let worker = match created {
         Err(e) => Err(JobOutcome::Crashed {

@@ -155,9 +155,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         rivet_sandbox::read_policy(config.policy.as_deref()).map_err(anyhow::Error::msg)?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if root && policy.sandbox.job_uid.is_none() {
+    match (root, policy.sandbox.job_uid) {
         // Jobs of a root runner run as `nobody` on the host, not as root (docs/security.md).
-        policy.sandbox.job_uid = Some(JOB_UID);
+        (true, None) => policy.sandbox.job_uid = Some(JOB_UID),
+        // Only root may map another uid: jobs run as this runner's uid.
+        (false, Some(uid)) => {
+            tracing::warn!(job_uid = uid, "sandbox.job_uid applies only to a runner running as root; jobs run as the runner's uid.");
+            policy.sandbox.job_uid = None;
+        }
+        _ => {}
     }
     if config.slots == 0 {
         anyhow::bail!("--slots must be at least 1");
@@ -183,7 +189,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("creating the work directory {}", config.work_dir.display()))?;
-    if root && policy.sandbox.job_uid.is_some() {
+    if policy.sandbox.job_uid.is_some() {
         // A job's uid must reach its workspace inside; listing the others stays the runner's.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config.work_dir, std::fs::Permissions::from_mode(0o711))

@@ -2,7 +2,7 @@
 //! runner's id and the attempt number still cannot change the job without the attempt token.
 
 use crate::helpers::*;
-use crate::{PIPELINE, TOKEN_A, TOKEN_B};
+use crate::{TOKEN_A, TOKEN_B};
 use redis::AsyncCommands;
 use rivet_core::{JobOutcome, StageOutcome};
 use rivet_protocol::http::{JobState, JobView, LogPage};
@@ -328,91 +328,6 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     broker.close().await;
     admin.close().await;
     app.stop().await;
-}
-
-/// A job taken as `runner-a` with lease token A: what a runner has between the delivery and its
-/// first report.
-struct Taken {
-    id: uuid::Uuid,
-    session_key: String,
-    broker: rivet_amqp::Broker,
-    reply_to: String,
-    /// The orders the orchestrator sends `runner-a`.
-    orders: rivet_amqp::Subscription<RunnerControl>,
-}
-
-impl Taken {
-    async fn new(app: &TestApp) -> Self {
-        assert_eq!(
-            app.post("/pipelines", json!({"source": PIPELINE}))
-                .await
-                .status(),
-            201
-        );
-        let submitted: JobView = app
-            .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
-            .await
-            .json()
-            .await
-            .unwrap();
-        let (_, session) = app.register_runner("runner-a", json!({})).await;
-        let broker = testing::runner_broker(&app.namespace, &session).await;
-        let orders = broker.subscribe_control("runner-a").await.unwrap();
-        let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
-        let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("a job arrives")
-            .unwrap()
-            .unwrap();
-        assert_eq!(delivery.message.job_id, submitted.id);
-        sub.cancel().await.ok();
-        let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
-        delivery.ack().await.unwrap();
-        let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
-            .await
-            .unwrap();
-        let _: () = redis
-            .set(
-                Keys::new(&app.namespace).lease(submitted.id),
-                lease_value("runner-a", 1, TOKEN_A),
-            )
-            .await
-            .unwrap();
-        Taken {
-            id: submitted.id,
-            session_key: session.session_key,
-            broker,
-            reply_to,
-            orders,
-        }
-    }
-
-    /// A report of attempt 1 with token A, signed over `signed_body` (normally `body`).
-    fn report(&self, body: ReportBody, signed_body: &ReportBody) -> RunnerReport {
-        RunnerReport {
-            schema: SCHEMA_VERSION,
-            job_id: self.id,
-            attempt: 1,
-            runner_id: "runner-a".into(),
-            token: TOKEN_A.into(),
-            session_mac: rivet_protocol::identity::session_mac(
-                &self.session_key,
-                self.id,
-                1,
-                "runner-a",
-                TOKEN_A,
-                signed_body,
-            ),
-            body,
-        }
-    }
-
-    async fn publish(&self, report: &RunnerReport) {
-        self.broker
-            .publish_report(&self.reply_to, report)
-            .await
-            .unwrap();
-    }
 }
 
 /// The whole attempt of a short job in one report, as a runner sends it: `Started`, the stage,

@@ -1,7 +1,15 @@
 //! The shared harness (`rivet_orchestrator::testing`) plus an HTTP client.
 
+use crate::{PIPELINE, TOKEN_A};
+use redis::AsyncCommands;
 use rivet_orchestrator::testing::TestOrchestrator;
 pub use rivet_orchestrator::testing::{self, AMQP, REDIS};
+use rivet_protocol::http::JobView;
+use rivet_protocol::messages::{ReportBody, RunnerControl, RunnerReport};
+use rivet_protocol::redis_keys::{lease_value, Keys};
+use rivet_protocol::SCHEMA_VERSION;
+use serde_json::json;
+use std::time::Duration;
 
 pub struct TestApp {
     pub base: String,
@@ -88,5 +96,92 @@ impl TestApp {
 
     pub async fn stop(self) {
         self.orchestrator.stop().await;
+    }
+}
+
+/// A job taken as `runner-a` with lease token A: what a runner has between the delivery and its
+/// first report.
+pub struct Taken {
+    pub id: uuid::Uuid,
+    pub session_key: String,
+    pub broker: rivet_amqp::Broker,
+    pub reply_to: String,
+    /// The orders the orchestrator sends `runner-a`.
+    pub orders: rivet_amqp::Subscription<RunnerControl>,
+}
+
+impl Taken {
+    /// Pushes the test pipeline, submits a run with `n = 1` and takes its job as `runner-a`.
+    pub async fn new(app: &TestApp) -> Self {
+        assert_eq!(
+            app.post("/pipelines", json!({"source": PIPELINE}))
+                .await
+                .status(),
+            201
+        );
+        let submitted: JobView = app
+            .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let (_, session) = app.register_runner("runner-a", json!({})).await;
+        let broker = testing::runner_broker(&app.namespace, &session).await;
+        let orders = broker.subscribe_control("runner-a").await.unwrap();
+        let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
+        let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a job arrives")
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.message.job_id, submitted.id);
+        assert_eq!(delivery.message.inputs["n"], "1");
+        sub.cancel().await.ok();
+        let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
+        delivery.ack().await.unwrap();
+        let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
+            .await
+            .unwrap();
+        let _: () = redis
+            .set(
+                Keys::new(&app.namespace).lease(submitted.id),
+                lease_value("runner-a", 1, TOKEN_A),
+            )
+            .await
+            .unwrap();
+        Taken {
+            id: submitted.id,
+            session_key: session.session_key,
+            broker,
+            reply_to,
+            orders,
+        }
+    }
+
+    /// A report of attempt 1 with token A, signed over `signed_body` (normally `body`).
+    pub fn report(&self, body: ReportBody, signed_body: &ReportBody) -> RunnerReport {
+        RunnerReport {
+            schema: SCHEMA_VERSION,
+            job_id: self.id,
+            attempt: 1,
+            runner_id: "runner-a".into(),
+            token: TOKEN_A.into(),
+            session_mac: rivet_protocol::identity::session_mac(
+                &self.session_key,
+                self.id,
+                1,
+                "runner-a",
+                TOKEN_A,
+                signed_body,
+            ),
+            body,
+        }
+    }
+
+    pub async fn publish(&self, report: &RunnerReport) {
+        self.broker
+            .publish_report(&self.reply_to, report)
+            .await
+            .unwrap();
     }
 }

@@ -14,7 +14,6 @@ use rivet_protocol::http::{
     ApiError, JobState, JobView, LogPage, PipelineView, QueueView, TokenView,
 };
 use rivet_protocol::messages::{LogLine, ReportBody, RunnerReport};
-use rivet_protocol::redis_keys::lease_value;
 use rivet_protocol::SCHEMA_VERSION;
 use serde_json::json;
 use std::time::Duration;
@@ -232,34 +231,16 @@ async fn runs_check_inputs_and_queue_an_unschedulable_job_visibly() {
 #[tokio::test]
 async fn reports_are_fenced_by_lease_and_attempt() {
     let app = spawn_app().await;
-    app.post("/pipelines", json!({"source": PIPELINE})).await;
-    let job: JobView = app
-        .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
-        .await
-        .json()
-        .await
-        .unwrap();
-
     // Play the runner: join, take the job from its queue, take the lease, report.
-    let (_, session) = app.register_runner("runner-a", json!({})).await;
-    let broker = testing::runner_broker(&app.namespace, &session).await;
-    let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
-    let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("a job arrives")
-        .unwrap()
-        .unwrap();
-    assert_eq!(delivery.message.job_id, job.id);
-    assert_eq!(delivery.message.inputs["n"], "1");
-    let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
-    delivery.ack().await.unwrap();
-
+    let Taken {
+        id,
+        session_key,
+        broker,
+        reply_to,
+        orders,
+    } = Taken::new(&app).await;
     let keys = rivet_protocol::redis_keys::Keys::new(&app.namespace);
     let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
-        .await
-        .unwrap();
-    let _: () = redis
-        .set(keys.lease(job.id), lease_value("runner-a", 1, TOKEN_A))
         .await
         .unwrap();
     let report = |runner: &str, attempt: u32, body: ReportBody| {
@@ -270,13 +251,13 @@ async fn reports_are_fenced_by_lease_and_attempt() {
         };
         RunnerReport {
             schema: SCHEMA_VERSION,
-            job_id: job.id,
+            job_id: id,
             attempt,
             runner_id: runner.into(),
             token: token.into(),
             session_mac: rivet_protocol::identity::session_mac(
-                &session.session_key,
-                job.id,
+                &session_key,
+                id,
                 attempt,
                 runner,
                 token,
@@ -362,7 +343,7 @@ async fn reports_are_fenced_by_lease_and_attempt() {
     let finished = async {
         loop {
             let j: JobView = app
-                .get(&format!("/jobs/{}", job.id))
+                .get(&format!("/jobs/{}", id))
                 .await
                 .json()
                 .await
@@ -381,7 +362,7 @@ async fn reports_are_fenced_by_lease_and_attempt() {
     assert_eq!(done.attempts.len(), 1);
     assert_eq!(done.attempts[0].stages[0].state, "succeeded");
     let page: LogPage = app
-        .get(&format!("/jobs/{}/logs", job.id))
+        .get(&format!("/jobs/{}/logs", id))
         .await
         .json()
         .await
@@ -393,7 +374,7 @@ async fn reports_are_fenced_by_lease_and_attempt() {
     // releases the lease: once the lease is gone, the fence must already say the job is over.
     let released = async {
         loop {
-            let lease: Option<String> = redis.get(keys.lease(job.id)).await.unwrap();
+            let lease: Option<String> = redis.get(keys.lease(id)).await.unwrap();
             if lease.is_none() {
                 return;
             }
@@ -403,13 +384,13 @@ async fn reports_are_fenced_by_lease_and_attempt() {
     tokio::time::timeout(Duration::from_secs(5), released)
         .await
         .expect("the lease is released when the attempt finishes");
-    let fence: Option<String> = redis.get(keys.fence(job.id)).await.unwrap();
+    let fence: Option<String> = redis.get(keys.fence(id)).await.unwrap();
     assert_eq!(
         fence.as_deref(),
         Some("-1"),
         "the fence closed at attempt 1"
     );
-    sub.cancel().await.ok();
+    orders.cancel().await.ok();
     broker.close().await;
     app.stop().await;
 }
