@@ -220,7 +220,7 @@ pub async fn apply(
         body => std::slice::from_ref(body),
     };
     // `Started` comes first in the attempt's first report, alone or with what followed it.
-    if let Some((ReportBody::Started, rest)) = bodies.split_first() {
+    if let Some((ReportBody::Started { ago_ms }, rest)) = bodies.split_first() {
         // The attempt starts on the runner holding its lease. A lease Redis lost (or Redis out
         // of reach) does not stop it: PostgreSQL lets only the first `Started` of an attempt in.
         let mut redis = state.redis.clone();
@@ -288,7 +288,7 @@ pub async fn apply(
         }
         // The start and the rest of the report, in one transaction.
         let mut tx = state.db.begin().await?;
-        match db::jobs::start(&mut tx, job, attempt, runner, token).await? {
+        match db::jobs::start(&mut tx, job, attempt, runner, token, *ago_ms).await? {
             db::jobs::Start::Started => {}
             // Delivered again (the orchestrator stopped before acknowledging it): the rest is
             // applied again, which changes nothing already stored.
@@ -540,7 +540,7 @@ async fn apply_body(
     let (job, attempt) = (report.job_id, report.attempt);
     match body {
         // `Started` is applied first (`apply`) and only there; batches do not nest.
-        ReportBody::Started | ReportBody::Batch { .. } => {}
+        ReportBody::Started { .. } | ReportBody::Batch { .. } => {}
         ReportBody::StageStarted { index, name, .. } => {
             let update = db::jobs::StageUpdate {
                 job_id: job,
@@ -592,7 +592,7 @@ async fn apply_body(
 
 /// Whether the report carries `Started` or `Finished` among other bodies.
 fn has_essentials(report: &RunnerReport) -> bool {
-    matches!(&report.body, ReportBody::Batch { bodies } if bodies.iter().any(|b| matches!(b, ReportBody::Started | ReportBody::Finished { .. })))
+    matches!(&report.body, ReportBody::Batch { bodies } if bodies.iter().any(|b| matches!(b, ReportBody::Started { .. } | ReportBody::Finished { .. })))
 }
 
 /// The report with only its `Started` and `Finished`, in order (the MAC is still checked
@@ -600,7 +600,7 @@ fn has_essentials(report: &RunnerReport) -> bool {
 fn essentials(report: &RunnerReport) -> RunnerReport {
     let mut out = report.clone();
     if let ReportBody::Batch { bodies } = &mut out.body {
-        bodies.retain(|b| matches!(b, ReportBody::Started | ReportBody::Finished { .. }));
+        bodies.retain(|b| matches!(b, ReportBody::Started { .. } | ReportBody::Finished { .. }));
     }
     out
 }
@@ -696,7 +696,7 @@ mod tests {
         };
         let full = report(ReportBody::Batch {
             bodies: vec![
-                ReportBody::Started,
+                ReportBody::Started { ago_ms: 0 },
                 ReportBody::Logs { lines: Vec::new() },
                 finished.clone(),
             ],
@@ -706,14 +706,16 @@ mod tests {
         assert_eq!(
             kept.body,
             ReportBody::Batch {
-                bodies: vec![ReportBody::Started, finished]
+                bodies: vec![ReportBody::Started { ago_ms: 0 }, finished]
             }
         );
         assert_eq!(
             kept.session_mac, "mac",
             "checked against the body as received"
         );
-        assert!(!super::has_essentials(&report(ReportBody::Started)));
+        assert!(!super::has_essentials(&report(ReportBody::Started {
+            ago_ms: 0
+        })));
         assert!(!super::has_essentials(&report(ReportBody::Batch {
             bodies: vec![ReportBody::Logs { lines: Vec::new() }]
         })));

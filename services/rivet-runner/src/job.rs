@@ -209,6 +209,9 @@ impl Reporter<'_> {
 
     async fn flush(&mut self) {
         let mut bodies = std::mem::take(&mut self.pending);
+        if let Some(ReportBody::Started { ago_ms }) = bodies.first_mut() {
+            *ago_ms = self.started.elapsed().as_millis() as u64;
+        }
         self.lines = 0;
         self.oldest = None;
         match bodies.len() {
@@ -326,7 +329,8 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
         started: Instant::now(),
         delivery: None,
     };
-    reporter.push(ReportBody::Started);
+    // Its `ago_ms` is set when it is sent (`flush`).
+    reporter.push(ReportBody::Started { ago_ms: 0 });
     // The lease is renewed from the claim on: publishing `Started` may take longer than the
     // lease lives while the broker is away.
     let renew = tokio::spawn(renew_lease(

@@ -164,7 +164,7 @@ pub fn verify_session_mac(
     claimed: &str,
 ) -> bool {
     match body {
-        ReportBody::Started => {
+        ReportBody::Started { .. } => {
             verify_started_mac(session_key, job_id, attempt, runner_id, token, claimed)
         }
         body => verify_report_mac(
@@ -190,7 +190,7 @@ pub fn session_mac(
     body: &ReportBody,
 ) -> String {
     match body {
-        ReportBody::Started => started_mac(session_key, job_id, attempt, runner_id, token),
+        ReportBody::Started { .. } => started_mac(session_key, job_id, attempt, runner_id, token),
         body => report_mac(session_key, job_id, attempt, runner_id, token, body),
     }
 }
@@ -267,7 +267,7 @@ mod tests {
             1,
             "r1",
             TOKEN,
-            &ReportBody::Started,
+            &ReportBody::Started { ago_ms: 0 },
             &started
         ));
     }

@@ -84,7 +84,13 @@ impl Message for RunnerReport {
 pub enum ReportBody {
     /// The runner took the lease and started the worker: the first body of the attempt's first
     /// report (alone, or first in a batch with what followed within 200 ms).
-    Started,
+    Started {
+        /// How long before the report was sent the attempt started, by the runner's clock: the
+        /// orchestrator dates the start back by it (never before the job was created), so a
+        /// job's times do not depend on when its first report left.
+        #[serde(default)]
+        ago_ms: u64,
+    },
     /// A stage began.
     StageStarted {
         /// 0-based position.
@@ -197,4 +203,15 @@ pub enum ControlCommand {
         /// Why, for the runner's log.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReportBody;
+
+    #[test]
+    fn a_started_without_ago_ms_still_decodes() {
+        let body: ReportBody = serde_json::from_str(r#"{"kind":"started"}"#).unwrap();
+        assert_eq!(body, ReportBody::Started { ago_ms: 0 });
+    }
 }

@@ -201,7 +201,7 @@ impl FakeRunner {
             })
             .collect();
         let bodies = [
-            ReportBody::Started,
+            ReportBody::Started { ago_ms: 0 },
             ReportBody::StageStarted {
                 index: 0,
                 name: stage.into(),

@@ -241,26 +241,29 @@ pub enum Start {
 
 /// Marks the attempt running on `runner_id` with its attempt `token`, if the job is waiting for
 /// that attempt, in the caller's transaction (the rest of the report goes in the same one).
-/// Locks the job's row.
+/// Locks the job's row. The start is dated `ago_ms` back (the runner's word, so never before
+/// the attempt was queued).
 pub async fn start(
     tx: &mut sqlx::PgConnection,
     job_id: Uuid,
     attempt: u32,
     runner_id: &str,
     token: &str,
+    ago_ms: u64,
 ) -> sqlx::Result<Start> {
-    let done = sqlx::query(
-        "UPDATE jobs SET state = 'running', runner_id = $3, started_at = now() \
-         WHERE id = $1 AND attempt = $2 AND state = 'queued'",
+    let started: Option<i32> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'running', runner_id = $3, \
+         started_at = GREATEST(created_at, now() - $4 * interval '1 millisecond', \
+           (SELECT queued_at FROM attempts WHERE job_id = $1 AND attempt = $2)) \
+         WHERE id = $1 AND attempt = $2 AND state = 'queued' RETURNING 1",
     )
     .bind(job_id)
     .bind(attempt as i32)
     .bind(runner_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !done {
+    .bind(ago_ms.min(i64::MAX as u64) as f64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if started.is_none() {
         let again: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT a.token FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
              WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3",
@@ -276,7 +279,8 @@ pub async fn start(
         });
     }
     sqlx::query(
-        "UPDATE attempts SET state = 'running', runner_id = $3, token = $4, started_at = now() \
+        "UPDATE attempts SET state = 'running', runner_id = $3, token = $4, \
+         started_at = (SELECT started_at FROM jobs WHERE id = $1) \
          WHERE job_id = $1 AND attempt = $2",
     )
     .bind(job_id)

@@ -107,8 +107,8 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     };
 
     // A forged `Started` before the real one: the lease holds another token.
-    publish(report(TOKEN_B, ReportBody::Started)).await;
-    publish(report(TOKEN_A, ReportBody::Started)).await;
+    publish(report(TOKEN_B, ReportBody::Started { ago_ms: 0 })).await;
+    publish(report(TOKEN_A, ReportBody::Started { ago_ms: 0 })).await;
     publish(report(
         TOKEN_A,
         ReportBody::StageStarted {
@@ -146,7 +146,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     };
     let forged_finish = |outcome: JobOutcome| ReportBody::Finished { outcome };
     let forgeries = [
-        report(TOKEN_B, ReportBody::Started),
+        report(TOKEN_B, ReportBody::Started { ago_ms: 0 }),
         report(TOKEN_B, forged_line()),
         report("", forged_line()),
         report(&TOKEN_A.to_uppercase(), forged_line()),
@@ -197,7 +197,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
     let (_, session_b) = app.register_runner("runner-b", json!({})).await;
     let broker_b = testing::runner_broker(&app.namespace, &session_b).await;
     for r in [
-        report(TOKEN_A, ReportBody::Started),
+        report(TOKEN_A, ReportBody::Started { ago_ms: 0 }),
         report(TOKEN_A, forged_line()),
         report(TOKEN_A, forged_finish(JobOutcome::Succeeded)),
     ] {
@@ -335,7 +335,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
 fn whole_attempt(lines: &[&str]) -> ReportBody {
     ReportBody::Batch {
         bodies: vec![
-            ReportBody::Started,
+            ReportBody::Started { ago_ms: 30 },
             ReportBody::StageStarted {
                 index: 0,
                 name: "greet".into(),
@@ -375,7 +375,12 @@ async fn a_whole_attempt_in_one_report_is_applied_once() {
     })
     .await;
     assert_eq!(done.runner_id.as_deref(), Some("runner-a"));
-    assert!(done.started_at_ms.is_some() && done.finished_at_ms.is_some());
+    // Dated back by the runner's `ago_ms` (30 ms; applied in the same transaction as the end).
+    let ran = done.finished_at_ms.unwrap() - done.started_at_ms.unwrap();
+    assert!(
+        (29..=31).contains(&ran),
+        "started {ran} ms before it finished"
+    );
     assert_eq!(log_lines(&app, taken.id).await, ["one", "two"]);
     assert_eq!(done.attempts.len(), 1, "{:?}", done.attempts);
     let stages = &done.attempts[0].stages;

@@ -275,9 +275,9 @@ async fn reports_are_fenced_by_lease_and_attempt() {
         line: format!("line {seq}"),
     };
     let sends = [
-        report("runner-b", 1, ReportBody::Started), // not the lease holder: ignored
-        report("runner-a", 2, ReportBody::Started), // wrong attempt: ignored
-        report("runner-a", 1, ReportBody::Started),
+        report("runner-b", 1, ReportBody::Started { ago_ms: 0 }), // not the lease holder: ignored
+        report("runner-a", 2, ReportBody::Started { ago_ms: 0 }), // wrong attempt: ignored
+        report("runner-a", 1, ReportBody::Started { ago_ms: 0 }),
         report(
             "runner-a",
             1,

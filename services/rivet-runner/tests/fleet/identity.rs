@@ -185,7 +185,7 @@ impl Liar {
                     )
                 })
                 .unwrap_or_default(),
-            body: ReportBody::Started,
+            body: ReportBody::Started { ago_ms: 0 },
         };
         let publisher = if self.publish_stolen {
             &self.stolen
