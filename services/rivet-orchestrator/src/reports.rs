@@ -288,12 +288,15 @@ pub async fn apply(
         }
         // The start and the rest of the report, in one transaction.
         let mut tx = state.db.begin().await?;
-        match db::jobs::start(&mut tx, job, attempt, runner, token, *ago_ms).await? {
-            db::jobs::Start::Started => {}
+        let locked = match db::jobs::start(&mut tx, job, attempt, runner, token, *ago_ms).await? {
+            db::jobs::Start::Started(locked) => Some(locked),
             // Delivered again (the orchestrator stopped before acknowledging it): the rest is
             // applied again, which changes nothing already stored.
             db::jobs::Start::Duplicate { token: stored }
-                if tokens_match(stored.as_deref(), token) => {}
+                if tokens_match(stored.as_deref(), token) =>
+            {
+                None
+            }
             db::jobs::Start::Duplicate { .. } => {
                 drop(tx);
                 record_forged(state, job, attempt).await;
@@ -306,8 +309,8 @@ pub async fn apply(
                 crate::fence::order_cancel(state, runner, job, attempt, "the job is no longer waiting for this attempt (cancelled, timed out, or given to another runner)").await;
                 return Ok(Applied::Ignored("the job is not waiting for this attempt"));
             }
-        }
-        let ended = apply_bodies(&mut tx, report, rest).await?;
+        };
+        let ended = apply_bodies(&mut tx, report, rest, locked).await?;
         tx.commit().await?;
         after_end(state, report, ended).await;
         return Ok(Applied::Stored);
@@ -366,19 +369,22 @@ pub async fn apply(
             "the report is not signed with the runner's current session",
         ));
     }
-    let ended = apply_bodies(&mut tx, report, bodies).await?;
+    let locked = running.locked(attempt, runner);
+    let ended = apply_bodies(&mut tx, report, bodies, Some(locked)).await?;
     tx.commit().await?;
     after_end(state, report, ended).await;
     Ok(Applied::Stored)
 }
 
 /// Applies the bodies of a running attempt's report in `tx`, in order. A stage's start is
-/// skipped when the same report also carries its end (the end overwrites it anyway). Returns
-/// how the attempt ended, if it did.
+/// skipped when the same report also carries its end (the end overwrites it anyway). `locked`
+/// is the job's row as this transaction locked it, when it did. Returns how the attempt ended,
+/// if it did.
 async fn apply_bodies(
     tx: &mut sqlx::PgConnection,
     report: &RunnerReport,
     bodies: &[ReportBody],
+    mut locked: Option<db::attempts::Locked>,
 ) -> anyhow::Result<Option<db::attempts::Ended>> {
     let ends: std::collections::BTreeSet<u32> = bodies
         .iter()
@@ -392,7 +398,7 @@ async fn apply_bodies(
         if matches!(body, ReportBody::StageStarted { index, .. } if ends.contains(index)) {
             continue;
         }
-        if let Some(e) = apply_body(tx, report, body).await? {
+        if let Some(e) = apply_body(tx, report, body, &mut locked).await? {
             ended = Some(e);
         }
     }
@@ -531,11 +537,14 @@ async fn refuse_start(
     Ok(Applied::Refused(violation))
 }
 
-/// Applies one report body of a running attempt in `tx`. Returns how the attempt ended, if it did.
+/// Applies one report body of a running attempt in `tx`. Returns how the attempt ended, if it
+/// did. `locked` is the job's row as `tx` locked it; ending the attempt uses it up (a second
+/// `Finished` in one report reads the row again, and finds the attempt over).
 async fn apply_body(
     tx: &mut sqlx::PgConnection,
     report: &RunnerReport,
     body: &ReportBody,
+    locked: &mut Option<db::attempts::Locked>,
 ) -> anyhow::Result<Option<db::attempts::Ended>> {
     let (job, attempt) = (report.job_id, report.attempt);
     match body {
@@ -582,9 +591,13 @@ async fn apply_body(
                 runner: Some(&report.runner_id),
                 may_retry: true,
             };
-            return Ok(Some(
-                db::attempts::end(tx, job, attempt, outcome, ending).await?,
-            ));
+            let ended = match locked.take() {
+                Some(cur) => {
+                    db::attempts::end_locked(tx, job, attempt, outcome, ending, cur).await?
+                }
+                None => db::attempts::end(tx, job, attempt, outcome, ending).await?,
+            };
+            return Ok(Some(ended));
         }
     }
     Ok(None)

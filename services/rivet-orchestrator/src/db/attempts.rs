@@ -26,17 +26,23 @@ pub enum Ended {
     Stale,
 }
 
-/// The job row's fields that decide an attempt's end.
-#[derive(sqlx::FromRow)]
-struct Current {
-    state: String,
-    attempt: i32,
-    runner_id: Option<String>,
-    retry: Json<RetrySpec>,
-    cancel_requested: bool,
+/// The job row's fields that decide an attempt's end, as read (or written) by a transaction
+/// that holds the row's lock: they cannot change before it ends, except by its own statements.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Locked {
+    /// The job's state.
+    pub state: String,
+    /// Its current attempt.
+    pub attempt: i32,
+    /// The runner of its current attempt.
+    pub runner_id: Option<String>,
+    /// Its retry rule.
+    pub retry: Json<RetrySpec>,
+    /// Whether someone asked to cancel it.
+    pub cancel_requested: bool,
 }
 
-async fn lock(tx: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option<Current>> {
+async fn lock(tx: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option<Locked>> {
     sqlx::query_as(
         "SELECT state, attempt, runner_id, retry, cancel_requested_at IS NOT NULL AS cancel_requested \
          FROM jobs WHERE id = $1 FOR UPDATE",
@@ -71,6 +77,20 @@ pub async fn end(
     let Some(cur) = lock(tx, job_id).await? else {
         return Ok(Ended::Stale);
     };
+    end_locked(tx, job_id, attempt, outcome, ending, cur).await
+}
+
+/// [`end`], for a transaction that already holds the job's row lock and read (or wrote) `cur`
+/// under it: a report's `Started` or its check that the attempt is running took the lock, so
+/// ending the attempt in the same transaction need not read the row again.
+pub async fn end_locked(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    attempt: u32,
+    outcome: &JobOutcome,
+    ending: Ending<'_>,
+    cur: Locked,
+) -> sqlx::Result<Ended> {
     if cur.attempt as u32 != attempt
         || !ending.from.contains(&cur.state.as_str())
         || ending
@@ -86,7 +106,7 @@ pub async fn end(
         queue_attempt(tx, job_id, next, cur.retry.0.backoff).await?;
         return Ok(Ended::Retrying { attempt: next });
     }
-    Ok(Ended::Final(finish_job(tx, job_id, outcome).await?))
+    Ok(Ended::Final(close_job(tx, job_id, attempt, outcome).await?))
 }
 
 /// Ends attempt `attempt` with `outcome`. Outbox rows of the attempt not published yet (a
@@ -130,6 +150,32 @@ async fn finish_job(
         .bind(Json(outcome))
         .execute(&mut *tx)
         .await?;
+    Ok(state)
+}
+
+/// Ends attempt `attempt` as [`close_attempt`] does and gives the job its final state, from
+/// `outcome`: one statement, as this is the end of nearly every job.
+async fn close_job(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    attempt: u32,
+    outcome: &JobOutcome,
+) -> sqlx::Result<JobState> {
+    let state = JobState::from_outcome(outcome);
+    sqlx::query(
+        "WITH attempt AS (\
+           UPDATE attempts SET state = $3, outcome = $4, finished_at = now(), lease_missing_since = NULL \
+           WHERE job_id = $1 AND attempt = $2), \
+         outbox AS (\
+           UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL) \
+         UPDATE jobs SET state = $3, outcome = $4, finished_at = now() WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(attempt as i32)
+    .bind(state.as_str())
+    .bind(Json(outcome))
+    .execute(&mut *tx)
+    .await?;
     Ok(state)
 }
 

@@ -4,12 +4,16 @@ use rivet_core::{JobOutcome, StageOutcome};
 use rivet_protocol::http::{AttemptView, JobState, JobView, StageView};
 use rivet_protocol::messages::JobDispatch;
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// Creates a queued job, its first attempt, its class (if new) and its outbox row, in one
-/// transaction: once this commits, the relay will publish it. Returns its creation time (ms).
+/// Creates a queued job, its first attempt, its class (if new) and its outbox row, atomically:
+/// once this returns, the relay will publish it. Returns its creation time (ms).
+///
+/// One statement (data-modifying `WITH` clauses), not a transaction of five: one round trip
+/// instead of six on the path of every submit. The foreign keys of the attempt and outbox rows
+/// are checked at the end of the statement, when the job row exists.
 pub async fn create(
     db: &PgPool,
     pipeline_id: Uuid,
@@ -17,16 +21,17 @@ pub async fn create(
     retry: &rivet_core::definition::RetrySpec,
     queue_timeout: std::time::Duration,
 ) -> sqlx::Result<i64> {
-    let mut tx: Transaction<'_, Postgres> = db.begin().await?;
-    sqlx::query("INSERT INTO classes (class_key, requires) VALUES ($1, $2) ON CONFLICT (class_key) DO NOTHING")
-        .bind(&dispatch.class_key)
-        .bind(&dispatch.requires)
-        .execute(&mut *tx)
-        .await?;
-    let created_at_ms: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt, retry, queue_timeout_ms) \
-         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) \
-         RETURNING (extract(epoch FROM created_at) * 1000)::bigint",
+    sqlx::query_scalar(
+        "WITH class AS (\
+           INSERT INTO classes (class_key, requires) VALUES ($5, $9) ON CONFLICT (class_key) DO NOTHING), \
+         job AS (\
+           INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt, retry, queue_timeout_ms) \
+           VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING created_at), \
+         attempt AS (\
+           INSERT INTO attempts (job_id, attempt, state) VALUES ($1, $6, 'queued')), \
+         outbox AS (\
+           INSERT INTO outbox (job_id, attempt, payload) VALUES ($1, $6, $10)) \
+         SELECT (extract(epoch FROM created_at) * 1000)::bigint FROM job",
     )
     .bind(dispatch.job_id)
     .bind(pipeline_id)
@@ -36,21 +41,10 @@ pub async fn create(
     .bind(dispatch.attempt as i32)
     .bind(Json(retry))
     .bind(i64::try_from(queue_timeout.as_millis()).unwrap_or(i64::MAX))
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO attempts (job_id, attempt, state) VALUES ($1, $2, 'queued')")
-        .bind(dispatch.job_id)
-        .bind(dispatch.attempt as i32)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO outbox (job_id, attempt, payload) VALUES ($1, $2, $3)")
-        .bind(dispatch.job_id)
-        .bind(dispatch.attempt as i32)
-        .bind(Json(dispatch))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(created_at_ms)
+    .bind(&dispatch.requires)
+    .bind(Json(dispatch))
+    .fetch_one(db)
+    .await
 }
 
 #[derive(sqlx::FromRow)]
@@ -227,8 +221,9 @@ fn stage_outcome(state: &str) -> Option<StageOutcome> {
 /// What a `Started` report did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// The attempt is now running on the runner, with the report's token.
-    Started,
+    /// The attempt is now running on the runner, with the report's token; the job's row as
+    /// this transaction left it (locked until it ends).
+    Started(crate::db::attempts::Locked),
     /// It already was on this runner (the same report delivered again, or a forgery naming the
     /// runner): the caller compares `token`, the one stored at the first `Started`.
     Duplicate {
@@ -251,45 +246,43 @@ pub async fn start(
     token: &str,
     ago_ms: u64,
 ) -> sqlx::Result<Start> {
-    let started: Option<i32> = sqlx::query_scalar(
-        "UPDATE jobs SET state = 'running', runner_id = $3, \
-         started_at = GREATEST(created_at, now() - $4 * interval '1 millisecond', \
-           (SELECT queued_at FROM attempts WHERE job_id = $1 AND attempt = $2)) \
-         WHERE id = $1 AND attempt = $2 AND state = 'queued' RETURNING 1",
+    // The job and its attempt in one statement; the attempt is dated like the job.
+    let started: Option<crate::db::attempts::Locked> = sqlx::query_as(
+        "WITH job AS (\
+           UPDATE jobs SET state = 'running', runner_id = $3, \
+           started_at = GREATEST(created_at, now() - $4 * interval '1 millisecond', \
+             (SELECT queued_at FROM attempts WHERE job_id = $1 AND attempt = $2)) \
+           WHERE id = $1 AND attempt = $2 AND state = 'queued' \
+           RETURNING started_at, attempt, retry, cancel_requested_at IS NOT NULL AS cancel_requested), \
+         attempt AS (\
+           UPDATE attempts SET state = 'running', runner_id = $3, token = $5, \
+           started_at = (SELECT started_at FROM job) \
+           WHERE job_id = $1 AND attempt = $2 AND EXISTS (SELECT 1 FROM job)) \
+         SELECT 'running'::text AS state, attempt, $3::text AS runner_id, retry, cancel_requested FROM job",
     )
     .bind(job_id)
     .bind(attempt as i32)
     .bind(runner_id)
     .bind(ago_ms.min(i64::MAX as u64) as f64)
+    .bind(token)
     .fetch_optional(&mut *tx)
     .await?;
-    if started.is_none() {
-        let again: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT a.token FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
-             WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3",
-        )
-        .bind(job_id)
-        .bind(attempt as i32)
-        .bind(runner_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        return Ok(match again {
-            Some((token,)) => Start::Duplicate { token },
-            None => Start::Refused,
-        });
+    if let Some(locked) = started {
+        return Ok(Start::Started(locked));
     }
-    sqlx::query(
-        "UPDATE attempts SET state = 'running', runner_id = $3, token = $4, \
-         started_at = (SELECT started_at FROM jobs WHERE id = $1) \
-         WHERE job_id = $1 AND attempt = $2",
+    let again: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT a.token FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
+         WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3",
     )
     .bind(job_id)
     .bind(attempt as i32)
     .bind(runner_id)
-    .bind(token)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(Start::Started)
+    Ok(match again {
+        Some((token,)) => Start::Duplicate { token },
+        None => Start::Refused,
+    })
 }
 
 /// When `attempt` is the job's current, running attempt held by `runner_id`: the attempt token
@@ -303,7 +296,8 @@ pub async fn running_token(
     runner_id: &str,
 ) -> sqlx::Result<Option<RunningAttempt>> {
     sqlx::query_as(
-        "SELECT a.token, r.session_key, r.broker_user FROM jobs j \
+        "SELECT a.token, r.session_key, r.broker_user, j.retry, \
+         j.cancel_requested_at IS NOT NULL AS cancel_requested FROM jobs j \
          JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
          LEFT JOIN runner_registrations r ON r.name = j.runner_id AND r.revoked_at IS NULL \
          WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND j.runner_id = $3 FOR UPDATE OF j",
@@ -324,6 +318,23 @@ pub struct RunningAttempt {
     pub session_key: Option<String>,
     /// Its RabbitMQ user (none: shared broker users, or no live registration).
     pub broker_user: Option<String>,
+    /// The job's retry rule.
+    pub retry: sqlx::types::Json<rivet_core::definition::RetrySpec>,
+    /// Whether someone asked to cancel the job.
+    pub cancel_requested: bool,
+}
+
+impl RunningAttempt {
+    /// The job's row as locked by [`running_token`]: running `attempt` on `runner_id`.
+    pub fn locked(&self, attempt: u32, runner_id: &str) -> crate::db::attempts::Locked {
+        crate::db::attempts::Locked {
+            state: "running".into(),
+            attempt: attempt as i32,
+            runner_id: Some(runner_id.to_owned()),
+            retry: self.retry.clone(),
+            cancel_requested: self.cancel_requested,
+        }
+    }
 }
 
 /// A stage's start or end, as a report says it.

@@ -414,6 +414,44 @@ async fn a_whole_attempt_in_one_report_is_applied_once() {
     assert_eq!(forged_count(&app, taken.id).await, 0);
 }
 
+/// A report that ends its attempt twice is applied up to the first end: the second finds the
+/// attempt over (here a retry already queued), even though the report's start locked the job
+/// row and read it once.
+#[tokio::test]
+async fn a_second_end_in_one_report_changes_nothing() {
+    let app = spawn_app().await;
+    let taken = Taken::new(&app).await;
+    let body = ReportBody::Batch {
+        bodies: vec![
+            ReportBody::Started { ago_ms: 0 },
+            // Lost is retried by default: attempt 2 is queued by this end.
+            ReportBody::Finished {
+                outcome: JobOutcome::Lost {
+                    reason: "the first end".into(),
+                },
+            },
+            ReportBody::Finished {
+                outcome: JobOutcome::Succeeded,
+            },
+        ],
+    };
+    let report = taken.report(body.clone(), &body);
+    taken.publish(&report).await;
+    let seen = wait_for("attempt 2 to be queued", || async {
+        let j = job(&app, taken.id).await;
+        (j.attempt == 2).then_some(j)
+    })
+    .await;
+    assert_eq!(seen.state, JobState::Queued, "{seen:?}");
+    assert_eq!(seen.attempts.len(), 2, "{:?}", seen.attempts);
+    let first = seen.attempts.iter().find(|a| a.attempt == 1).unwrap();
+    assert!(
+        matches!(&first.outcome, Some(JobOutcome::Lost { reason }) if reason == "the first end"),
+        "{first:?}"
+    );
+    assert_eq!(forged_count(&app, taken.id).await, 0);
+}
+
 /// The MAC of a report that starts an attempt covers everything in it: a batch signed for other
 /// contents is refused as unsigned, and nothing of it is stored.
 #[tokio::test]
