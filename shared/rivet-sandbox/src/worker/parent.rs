@@ -11,9 +11,10 @@ use rivet_core::policy::{NamespaceMode, NetworkMode};
 use rivet_core::{JobOutcome, PipelineSpec, Problem, RequirementSet};
 use serde::Deserialize;
 use std::io::{self, Read};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -224,6 +225,108 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
+/// The worker's stdin after the request: replies to host calls go through a writer thread, so
+/// a worker that stops reading can block only that thread, never the watchdog in
+/// [`run_worker`]; the kill closes the pipe and ends the thread. The thread starts with the
+/// first reply; until then (and for a job that makes no host call, for good) the pipe is just
+/// held open.
+struct Replies {
+    stdin: Option<ChildStdin>,
+    tx: Option<mpsc::Sender<Reply>>,
+}
+
+impl Replies {
+    fn new(stdin: ChildStdin) -> Self {
+        Self {
+            stdin: Some(stdin),
+            tx: None,
+        }
+    }
+
+    /// A sender to the writer thread, started now if it was not yet.
+    fn sender(&mut self) -> mpsc::Sender<Reply> {
+        if let Some(tx) = &self.tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel::<Reply>();
+        if let Some(mut stdin) = self.stdin.take() {
+            std::thread::spawn(move || {
+                while let Ok(reply) = rx.recv() {
+                    if write_frame(&mut stdin, &reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        self.tx = Some(tx.clone());
+        tx
+    }
+
+    fn send(&mut self, reply: Reply) {
+        let _ = self.sender().send(reply);
+    }
+}
+
+/// Reads the worker's stdout (frames, sent to `tx` as they come) and its stderr (its last
+/// [`STDERR_TAIL`] bytes kept) until both are closed, and returns that tail. Both pipes are
+/// drained as they fill: a worker writing to one never waits on our reading the other, except
+/// in the middle of a frame, which the worker writes whole.
+fn read_output(
+    stdout: &mut (impl Read + AsRawFd),
+    stderr: &mut (impl Read + AsRawFd),
+    tx: &mpsc::Sender<Msg>,
+) -> String {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    // A closed pipe's slot gets fd -1, which poll ignores.
+    let mut fds = [
+        libc::pollfd {
+            fd: stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stderr.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    while fds.iter().any(|p| p.fd >= 0) {
+        // SAFETY: poll on two pollfd structs we own; the descriptors stay open meanwhile.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        let ready = |p: &libc::pollfd| {
+            p.fd >= 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+        };
+        if ready(&fds[1]) {
+            match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => fds[1].fd = -1,
+                Ok(n) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    if tail.len() > STDERR_TAIL * 2 {
+                        tail.drain(..tail.len() - STDERR_TAIL);
+                    }
+                }
+            }
+        }
+        if ready(&fds[0]) {
+            let msg = read_message(stdout);
+            let end = matches!(msg, Msg::End(_));
+            // Nobody listening any more: the run is over and the worker is being killed.
+            if tx.send(msg).is_err() || end {
+                fds[0].fd = -1;
+            }
+        }
+    }
+    let start = tail.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&tail[start..]).into_owned()
+}
+
 /// Runs `request` in a fresh worker process. `on_event` sees every event as it arrives.
 /// `Err` means the worker could not be started or fed; every job outcome is `Ok`.
 pub fn run_worker(
@@ -275,44 +378,18 @@ pub fn run_worker(
         let _ = child.wait();
         return Err(e);
     }
-    // Stdin stays open for replies to host calls. A writer thread owns it, so a worker that
-    // stops reading can block only that thread, never the watchdog below; the kill closes the
-    // pipe and ends the thread.
-    let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
-    std::thread::spawn(move || {
-        while let Ok(reply) = reply_rx.recv() {
-            if write_frame(&mut stdin, &reply).is_err() {
-                return;
-            }
-        }
-    });
+    // Stdin stays open for replies to host calls, written by a thread of their own (started at
+    // the first reply: most jobs make no host call).
+    let mut replies = Replies::new(stdin);
     let host = JobHost::new(options.host.clone(), request);
     let mut calls = Calls::default();
 
+    // One thread reads both of the worker's output pipes; this one keeps the deadlines.
     let (tx, rx) = mpsc::channel::<Msg>();
-    let reader_tx = tx.clone();
-    std::thread::spawn(move || loop {
-        let msg = read_message(&mut stdout);
-        let end = matches!(msg, Msg::End(_));
-        if reader_tx.send(msg).is_err() || end {
-            return;
-        }
-    });
-    let stderr_thread = std::thread::spawn(move || {
-        let mut tail: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            tail.extend_from_slice(&buf[..n]);
-            if tail.len() > STDERR_TAIL * 2 {
-                tail.drain(..tail.len() - STDERR_TAIL);
-            }
-        }
-        let start = tail.len().saturating_sub(STDERR_TAIL);
-        String::from_utf8_lossy(&tail[start..]).into_owned()
-    });
+    let reader = {
+        let tx = tx.clone();
+        std::thread::spawn(move || read_output(&mut stdout, &mut stderr, &tx))
+    };
 
     let mut report = WorkerReport {
         outcome: JobOutcome::Crashed {
@@ -372,7 +449,7 @@ pub fn run_worker(
                     unreachable!("matched as a call above");
                 };
                 if let Err(error) = calls.accept(id, Some(call.module())) {
-                    let _ = reply_tx.send(Reply {
+                    replies.send(Reply {
                         id,
                         result: Err(error),
                     });
@@ -388,7 +465,7 @@ pub fn run_worker(
                 let answer_tx = tx.clone();
                 // Output lines go straight to the writer, ahead of the answer, which the loop
                 // forwards only after this thread sent them.
-                let progress_tx = reply_tx.clone();
+                let progress_tx = replies.sender();
                 std::thread::spawn(move || {
                     let mut progress = |response| {
                         let _ = progress_tx.send(Reply {
@@ -403,11 +480,11 @@ pub fn run_worker(
             Ok(Msg::BadCall { id, error }) => {
                 let result = calls.accept(id, None).and(Err(CallError::protocol(error)));
                 calls.answered(id);
-                let _ = reply_tx.send(Reply { id, result });
+                replies.send(Reply { id, result });
             }
             Ok(Msg::Answer(reply)) => {
                 calls.answered(reply.id);
-                let _ = reply_tx.send(reply);
+                replies.send(reply);
             }
             Ok(Msg::Event(ev)) => {
                 let ev = *ev;
@@ -459,7 +536,7 @@ pub fn run_worker(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    drop(reply_tx);
+    drop(replies);
 
     let mut exited_alone = false;
     if killed.is_none() && finished.is_some() {
@@ -489,7 +566,7 @@ pub fn run_worker(
     }
     // The worker is gone, however it ended: remove every container it had the parent create.
     host.finish();
-    report.stderr = stderr_thread.join().unwrap_or_default();
+    report.stderr = reader.join().unwrap_or_default();
     report.outcome = match (finished, killed) {
         (_, Some(outcome)) => outcome,
         (Some(outcome), None) => outcome,
@@ -558,5 +635,43 @@ mod tests {
             _ => panic!("expected a BadCall"),
         }
         assert!(matches!(read_message(&mut r), Msg::End(Some(_))));
+    }
+
+    #[test]
+    fn one_thread_drains_both_pipes_and_keeps_the_tail_of_stderr() {
+        let (mut out_r, mut out_w) = io::pipe().unwrap();
+        let (mut err_r, mut err_w) = io::pipe().unwrap();
+        // More than a pipe holds on stderr before the first frame: with nobody draining stderr
+        // while waiting for stdout, this writer (and the test) would block for good.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let noise = vec![b'x'; 200 << 10];
+            err_w.write_all(&noise).unwrap();
+            err_w.write_all(b"\nthe last words").unwrap();
+            drop(err_w);
+            write_frame(
+                &mut out_w,
+                &Event::Finished {
+                    outcome: JobOutcome::Succeeded,
+                },
+            )
+            .unwrap();
+        });
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(read_output(&mut out_r, &mut err_r, &tx));
+        });
+        let tail = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the reader did not finish: a pipe was left undrained");
+        writer.join().unwrap();
+        assert_eq!(tail.len(), STDERR_TAIL);
+        assert!(tail.ends_with("xx\nthe last words"), "{tail:?}");
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Msg::Event(ev)) if matches!(*ev, Event::Finished { outcome: JobOutcome::Succeeded })
+        ));
+        assert!(matches!(rx.try_recv(), Ok(Msg::End(None))));
     }
 }
