@@ -26,6 +26,69 @@ fn env_num(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The machine's busy CPU time so far, in clock ticks (all CPUs: user, nice, system, irq,
+/// softirq, steal), from `/proc/stat`.
+fn busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum()
+}
+
+/// CPU time (user + system, ms) used so far by: this process (the orchestrator, the runners and
+/// the HTTP client), its reaped children (the sandbox workers), and the PostgreSQL, RabbitMQ
+/// and Redis processes (those alive now; PostgreSQL's pooled backends live through the run).
+fn cpu_split() -> [f64; 5] {
+    fn rusage(who: i32) -> f64 {
+        // SAFETY: getrusage fills the struct we own.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut r) };
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        ms(r.ru_utime) + ms(r.ru_stime)
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut services = [0.0f64; 3];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let slot = match &stat[open + 1..close] {
+            "postgres" => 0,
+            "beam.smp" => 1,
+            "redis-server" => 2,
+            _ => continue,
+        };
+        // After the name: state is field 3; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+            .sum();
+        services[slot] += ticks / hz * 1000.0;
+    }
+    [
+        rusage(libc::RUSAGE_SELF),
+        rusage(libc::RUSAGE_CHILDREN),
+        services[0],
+        services[1],
+        services[2],
+    ]
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
@@ -91,6 +154,8 @@ async fn main() {
     );
 
     // Throughput.
+    let ticks0 = busy_ticks();
+    let split0 = cpu_split();
     let t0 = Instant::now();
     let submitted: Vec<uuid::Uuid> = futures_util::stream::iter(0..throughput_jobs)
         .map(|_| {
@@ -119,6 +184,10 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let busy = busy_ticks() - ticks0;
+    let split1 = cpu_split();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let (ok, attempts, span): (i64, i64, f64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'succeeded'), (SELECT count(*) FROM attempts WHERE job_id = ANY($1)), \
          extract(epoch FROM max(finished_at) - min(created_at))::float8 FROM jobs WHERE id = ANY($1)",
@@ -146,6 +215,19 @@ async fn main() {
         throughput_jobs as f64 / span,
         throughput_jobs as i64 - ok,
         attempts - throughput_jobs as i64
+    );
+    println!(
+        "machine CPU per job (every process, both cores, during the throughput run): {:.2} ms",
+        busy as f64 / hz * 1000.0 / throughput_jobs as f64
+    );
+    let per_job: Vec<f64> = split0
+        .iter()
+        .zip(split1)
+        .map(|(a, b)| (b - a) / throughput_jobs as f64)
+        .collect();
+    println!(
+        "CPU per job by part: orchestrator + runners + client {:.2} ms, sandbox workers {:.2} ms, PostgreSQL {:.2} ms, RabbitMQ {:.2} ms, Redis {:.2} ms",
+        per_job[0], per_job[1], per_job[2], per_job[3], per_job[4]
     );
     println!("load average after: {}", load.trim());
     fleet.stop().await;
