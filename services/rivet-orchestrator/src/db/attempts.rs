@@ -99,9 +99,9 @@ pub async fn end_locked(
     {
         return Ok(Ended::Stale);
     }
-    close_attempt(tx, job_id, attempt, outcome).await?;
     let retry = ending.may_retry && !cur.cancel_requested && cur.retry.0.retries(attempt, outcome);
     if retry {
+        close_attempt(tx, job_id, attempt, outcome).await?;
         let next = attempt + 1;
         queue_attempt(tx, job_id, next, cur.retry.0.backoff).await?;
         return Ok(Ended::Retrying { attempt: next });
