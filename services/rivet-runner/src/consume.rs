@@ -1,8 +1,13 @@
 //! Consuming class queues: one subscription per class the runner covers, fed into one loop that
-//! takes a slot and the job's lease and starts the job. While every slot is busy the
-//! subscriptions are cancelled (deliveries in flight go back to their queue), and they resume
-//! with prefetch equal to the free slots: the broker never holds jobs for a runner that cannot
-//! start them.
+//! takes a slot and the job's lease and starts the job. Subscriptions are made with prefetch
+//! equal to the free slots, and a job's message stays unacknowledged until its start is
+//! reported, so the broker sends a runner busy with short jobs its next job only as a slot
+//! frees. A delivery that finds every slot busy (a long job's message was acknowledged while it
+//! still runs) waits up to [`SLOT_WAIT`] for one, then goes back to its queue, and the
+//! subscriptions are cancelled (deliveries in flight go back too) until a slot frees: a job
+//! never waits longer than that behind a busy runner while another could start it. Pausing
+//! only then, not whenever the last slot is taken, spares a saturated runner a cancel and a
+//! consume per job.
 //!
 //! The same loop follows class announcements and this runner's control queue (cancel, drain),
 //! and subscribes again to everything after the broker connection came back. When the runner
@@ -26,14 +31,18 @@ type Delivery = Incoming<JobDispatch>;
 
 /// How long a message whose lease another runner holds waits before it goes back to its queue.
 const HELD_RETRY: Duration = Duration::from_secs(2);
+/// How long a delivery that found every slot busy waits for one before it goes back to its
+/// queue.
+const SLOT_WAIT: Duration = Duration::from_millis(50);
 /// How often the loop checks that the broker connection and its subscriptions are alive.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
-/// Active class subscriptions: class key → the token that stops its forwarding task. They share
-/// one channel, kept while the runner pauses and resumes (a consume is then one round trip).
+/// Active class subscriptions: class key → the token that stops its forwarding task, and the
+/// subscription's prefetch. They share one channel, kept while the runner pauses and resumes (a
+/// consume is then one round trip).
 #[derive(Default)]
 struct Subscriptions {
-    active: BTreeMap<String, CancellationToken>,
+    active: BTreeMap<String, (CancellationToken, u16)>,
     tasks: JoinSet<()>,
     channel: Option<ConsumerChannel>,
 }
@@ -68,7 +77,7 @@ impl Subscriptions {
             Ok(sub) => {
                 let stop = CancellationToken::new();
                 self.tasks.spawn(forward(sub, tx.clone(), stop.clone()));
-                self.active.insert(class_key.to_owned(), stop);
+                self.active.insert(class_key.to_owned(), (stop, prefetch));
                 tracing::debug!(class = %class_key, prefetch, "Consuming class queue.");
                 true
             }
@@ -80,10 +89,15 @@ impl Subscriptions {
     }
 
     async fn stop_all(&mut self) {
-        for (_, stop) in std::mem::take(&mut self.active) {
+        for (_, (stop, _)) in std::mem::take(&mut self.active) {
             stop.cancel();
         }
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// The smallest prefetch of the active subscriptions (none: nothing is consumed).
+    fn prefetch(&self) -> Option<u16> {
+        self.active.values().map(|(_, p)| *p).min()
     }
 
     /// Stops everything and forgets the channel (its connection died).
@@ -255,10 +269,25 @@ impl Loop {
     }
 
     async fn on_delivery(&mut self, delivery: Delivery) {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            // Arrived while pausing: back to its queue.
-            let _ = delivery.reject(true).await;
-            return;
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Every slot is busy. A job's message is acknowledged a moment before its slot is
+            // given back, so the broker's next delivery may arrive just ahead of its slot: it
+            // waits that moment. Otherwise it goes back to its queue (another runner may be
+            // idle) and the subscriptions stop until a slot frees.
+            Err(_) => {
+                match tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        let _ = delivery.reject(true).await;
+                        if !self.paused {
+                            self.paused = true;
+                            self.subs.stop_all().await;
+                        }
+                        return;
+                    }
+                }
+            }
         };
         let claim = job::claim(&self.runner, &delivery.message).await;
         // Only a job that runs keeps its slot.
@@ -305,10 +334,6 @@ impl Loop {
                 tokio::time::sleep(wait).await;
                 let _ = delivery.reject(true).await;
             }
-        }
-        if self.slots.available_permits() == 0 && !self.paused {
-            self.paused = true;
-            self.subs.stop_all().await;
         }
     }
 
@@ -361,9 +386,14 @@ pub async fn run(runner: Arc<Runner>, drain: CancellationToken) -> anyhow::Resul
             _ = drain.cancelled() => break,
             Some(delivery) = rx.recv() => l.on_delivery(delivery).await,
             _ = l.freed.notified() => {
-                if l.paused && l.slots.available_permits() > 0 {
+                let free = l.slots.available_permits();
+                if l.paused && free > 0 {
                     l.paused = false;
-                    let free = l.slots.available_permits();
+                    healthy &= resume(&mut l.subs, &l.runner, &l.classes, free, &l.tx).await;
+                } else if !l.paused && l.subs.prefetch().is_some_and(|p| usize::from(p) < free) {
+                    // Subscribed while fewer slots were free: the broker would send no more than
+                    // that many jobs at a time. Subscribe again with the slots free now.
+                    l.subs.stop_all().await;
                     healthy &= resume(&mut l.subs, &l.runner, &l.classes, free, &l.tx).await;
                 }
             }

@@ -24,8 +24,12 @@ pub struct Fleet {
     work: PathBuf,
 }
 
+/// The runner's own executable, or `RIVET_TEST_WORKER_PROGRAM` (the fleet bench compares the
+/// bare `rivet-sandbox-worker` with it).
 fn worker_program() -> PathBuf {
-    env!("CARGO_BIN_EXE_rivet-runner").into()
+    std::env::var_os("RIVET_TEST_WORKER_PROGRAM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_rivet-runner").into())
 }
 
 pub async fn start() -> Fleet {

@@ -241,6 +241,53 @@ async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
     fleet.stop().await;
 }
 
+/// A job the broker hands to a runner whose every slot is busy (its long job's message was
+/// acknowledged at the start) goes back to its queue within moments: an idle runner runs it,
+/// instead of it waiting for the long job to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_handed_to_a_full_runner_goes_to_an_idle_one() {
+    let mut fleet = helpers::start().await;
+    fleet
+        .push(&pipeline(
+            "long",
+            "'process'",
+            "process.run{command = 'sleep', args = {'6'}}",
+        ))
+        .await;
+    fleet
+        .push(&pipeline("short", "", "log.info('quick')"))
+        .await;
+    let busy = fleet.runner_with_slots("busy", &[], "", 1).await;
+    let long = fleet.submit("long", json!({})).await;
+    fleet
+        .wait_job(long.id, Duration::from_secs(30), "running", |j| {
+            j.state == JobState::Running
+        })
+        .await;
+    let idle = fleet.runner_with_slots("idle", &[], "", 1).await;
+    // The broker offers the busy runner's consumer (prefetch 1, nothing unacknowledged) some
+    // of these; each must come back and run on the idle runner.
+    let mut short = Vec::new();
+    for _ in 0..6 {
+        short.push(fleet.submit("short", json!({})).await);
+    }
+    let mut last_short = 0;
+    for job in &short {
+        let done = fleet.wait_final(job.id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(done.runner_id.as_deref(), Some(idle.as_str()), "{done:?}");
+        last_short = last_short.max(done.finished_at_ms.unwrap());
+    }
+    let long_done = fleet.wait_final(long.id, Duration::from_secs(60)).await;
+    assert_eq!(long_done.runner_id.as_deref(), Some(busy.as_str()));
+    assert!(
+        last_short < long_done.finished_at_ms.unwrap(),
+        "a short job ({last_short}) finished after the long job ({:?}) it should not have waited for",
+        long_done.finished_at_ms
+    );
+    fleet.stop().await;
+}
+
 /// `container` jobs land only on a runner whose engine answered at start; there they run in
 /// the engine (Podman's API, `scripts/podman-setup.sh`), their output reaches the job's log,
 /// and nothing of theirs is left on the engine.
