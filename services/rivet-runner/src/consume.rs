@@ -271,6 +271,11 @@ impl Loop {
     async fn on_delivery(&mut self, delivery: Delivery) {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
+            // Forwarded before the pause: back to its queue at once.
+            Err(_) if self.paused => {
+                let _ = delivery.reject(true).await;
+                return;
+            }
             // Every slot is busy. A job's message is acknowledged a moment before its slot is
             // given back, so the broker's next delivery may arrive just ahead of its slot: it
             // waits that moment. Otherwise it goes back to its queue (another runner may be
