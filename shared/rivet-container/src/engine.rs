@@ -444,6 +444,9 @@ struct Capture<'a> {
     err: Vec<u8>,
     partial: [Vec<u8>; 2],
     max: usize,
+    /// Bytes of stdout and stderr already captured, to pass over when the output is read again
+    /// from its start (see [`Capture::read_again`]).
+    skip: [usize; 2],
 }
 
 impl Capture<'_> {
@@ -456,10 +459,13 @@ impl Capture<'_> {
             LogOutput::StdErr { message } => (OutputStream::Stderr, message),
             LogOutput::StdIn { .. } => return true,
         };
+        let idx = usize::from(stream == OutputStream::Stderr);
+        let passed = self.skip[idx].min(bytes.len());
+        self.skip[idx] -= passed;
+        let bytes = bytes.slice(passed..);
         if self.out.len() + self.err.len() + bytes.len() > self.max {
             return false;
         }
-        let idx = usize::from(stream == OutputStream::Stderr);
         if idx == 0 {
             self.out.extend_from_slice(&bytes);
         } else {
@@ -484,6 +490,12 @@ impl Capture<'_> {
         ));
     }
 
+    /// Prepares to read the output again from its start: what was captured so far is passed
+    /// over, so no line reaches the caller twice.
+    fn read_again(&mut self) {
+        self.skip = [self.out.len(), self.err.len()];
+    }
+
     fn finish(&mut self) {
         for (idx, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
             let line = std::mem::take(&mut self.partial[idx]);
@@ -495,16 +507,37 @@ impl Capture<'_> {
 }
 
 /// How streaming a command's output ended.
+#[derive(Debug, PartialEq, Eq)]
 enum Streamed {
     Ended,
     Overflow,
     TimedOut,
+    /// A container's log stream failed: an error item, or text outside the stdout/stderr
+    /// framing of a container without a terminal, which is the engine's own words (Podman
+    /// writes an error into a log stream it has begun when the container's process is already
+    /// gone). What came before it is kept; the output can be read again once the container
+    /// has exited.
+    Broken(String),
+}
+
+/// What a stream of output is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A container's logs: stored by the engine, so they can be read again.
+    Logs,
+    /// An exec's attached output: read once, as it comes.
+    Exec,
 }
 
 /// How long a finished container's followed output may take to drain.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
-async fn stream_output<S>(stream: S, capture: &mut Capture<'_>, deadline: Instant) -> Streamed
+async fn stream_output<S>(
+    stream: S,
+    capture: &mut Capture<'_>,
+    deadline: Instant,
+    source: Source,
+) -> Streamed
 where
     S: Stream<Item = Result<LogOutput, bollard::errors::Error>>,
 {
@@ -512,11 +545,15 @@ where
     let read = async {
         while let Some(item) = stream.next().await {
             match item {
+                Ok(LogOutput::Console { message }) if source == Source::Logs => {
+                    return Streamed::Broken(String::from_utf8_lossy(&message).trim().to_owned());
+                }
                 Ok(chunk) => {
                     if !capture.feed(chunk) {
                         return Streamed::Overflow;
                     }
                 }
+                Err(e) if source == Source::Logs => return Streamed::Broken(e.to_string()),
                 Err(_) => break,
             }
         }
@@ -751,7 +788,8 @@ impl Inner {
             let mut streaming = std::pin::pin!(stream_output(
                 docker.logs(id, Some(logs)),
                 &mut capture,
-                deadline
+                deadline,
+                Source::Logs
             ));
             let mut waiting = std::pin::pin!(self.wait(id, deadline, &what, spec.command.timeout));
             tokio::select! {
@@ -769,9 +807,31 @@ impl Inner {
                 }
             }
         };
+        let code = code?;
+        // The followed stream failed (Podman, when a short-lived container exits before its
+        // log stream reads it): the container has exited now, so its stored logs are read
+        // again, past what was already captured.
+        let streamed = match streamed {
+            Streamed::Broken(words) => {
+                tracing::debug!(container = %id, engine = %words, "The followed output failed; reading it again.");
+                capture.read_again();
+                let stored = LogsOptionsBuilder::default()
+                    .follow(false)
+                    .stdout(true)
+                    .stderr(true)
+                    .build();
+                stream_output(
+                    docker.logs(id, Some(stored)),
+                    &mut capture,
+                    deadline,
+                    Source::Logs,
+                )
+                .await
+            }
+            other => other,
+        };
         capture.finish();
         self.check_streamed(streamed, &what, spec.command.timeout)?;
-        let code = code?;
         Ok(ContainerReply::Exited {
             code,
             stdout: String::from_utf8_lossy(&capture.out).into_owned(),
@@ -787,6 +847,7 @@ impl Inner {
             err: Vec::new(),
             partial: [Vec::new(), Vec::new()],
             max: usize::try_from(self.policy.max_output).unwrap_or(usize::MAX),
+            skip: [0, 0],
         }
     }
 
@@ -809,6 +870,9 @@ impl Inner {
                 what: what.to_owned(),
                 secs: limit.as_secs().max(1),
             }),
+            Streamed::Broken(words) => Err(ContainerError::Output(format!(
+                "the container engine did not return the output of {what}: {words}"
+            ))),
         }
     }
 
@@ -880,7 +944,7 @@ impl Inner {
             }
         };
         let mut capture = self.capture(tx);
-        let streamed = stream_output(output, &mut capture, deadline).await;
+        let streamed = stream_output(output, &mut capture, deadline, Source::Exec).await;
         capture.finish();
         if let Err(e) = self.check_streamed(streamed, &what, command.timeout) {
             // An exec cannot be killed on its own through the API: the container goes.
@@ -908,5 +972,88 @@ impl Inner {
             stderr: String::from_utf8_lossy(&capture.err).into_owned(),
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(s: &str) -> Result<LogOutput, bollard::errors::Error> {
+        Ok(LogOutput::StdOut {
+            message: s.as_bytes().to_vec().into(),
+        })
+    }
+
+    fn err(s: &str) -> Result<LogOutput, bollard::errors::Error> {
+        Ok(LogOutput::StdErr {
+            message: s.as_bytes().to_vec().into(),
+        })
+    }
+
+    fn console(s: &str) -> Result<LogOutput, bollard::errors::Error> {
+        Ok(LogOutput::Console {
+            message: s.as_bytes().to_vec().into(),
+        })
+    }
+
+    fn lines(rx: &mpsc::Receiver<Progress>) -> Vec<String> {
+        rx.try_iter()
+            .filter_map(|p| match p {
+                Progress::Line(_, l) => Some(l),
+                Progress::Done(_) => None,
+            })
+            .collect()
+    }
+
+    /// Podman writes an error into a container's log stream when the container is gone before
+    /// the stream reads it: that text is not the container's output. Read again from the start,
+    /// the stored output is captured once, every line passed on once.
+    #[tokio::test]
+    async fn a_broken_log_stream_is_read_again_without_repeating_a_line() {
+        let (tx, rx) = mpsc::channel();
+        let mut capture = Capture {
+            tx: &tx,
+            out: Vec::new(),
+            err: Vec::new(),
+            partial: [Vec::new(), Vec::new()],
+            max: 1 << 20,
+            skip: [0, 0],
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let engine_words = r#"{"cause":"no such process","response":500}"#;
+        let followed = futures_util::stream::iter(vec![out("one\ntw"), console(engine_words)]);
+        let streamed = stream_output(followed, &mut capture, deadline, Source::Logs).await;
+        assert_eq!(streamed, Streamed::Broken(engine_words.into()));
+        assert_eq!(lines(&rx), ["one"]);
+
+        capture.read_again();
+        let stored = futures_util::stream::iter(vec![out("one\n"), err("oops\n"), out("two\n")]);
+        let streamed = stream_output(stored, &mut capture, deadline, Source::Logs).await;
+        capture.finish();
+        assert_eq!(streamed, Streamed::Ended);
+        assert_eq!(capture.out, b"one\ntwo\n");
+        assert_eq!(capture.err, b"oops\n");
+        assert_eq!(lines(&rx), ["oops", "two"]);
+    }
+
+    /// An exec's attached output cannot be read again: there, text outside the framing is kept
+    /// as stdout, as before.
+    #[tokio::test]
+    async fn an_exec_keeps_unframed_text_as_stdout() {
+        let (tx, rx) = mpsc::channel();
+        let mut capture = Capture {
+            tx: &tx,
+            out: Vec::new(),
+            err: Vec::new(),
+            partial: [Vec::new(), Vec::new()],
+            max: 1 << 20,
+            skip: [0, 0],
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let attached = futures_util::stream::iter(vec![console("raw\n")]);
+        let streamed = stream_output(attached, &mut capture, deadline, Source::Exec).await;
+        assert_eq!(streamed, Streamed::Ended);
+        assert_eq!(lines(&rx), ["raw"]);
     }
 }

@@ -126,6 +126,9 @@ pub enum ContainerError {
         #[source]
         err: bollard::errors::Error,
     },
+    /// The engine ran the command but did not return its output.
+    #[error("{0}")]
+    Output(String),
     /// The job has ended; its containers are being removed.
     #[error("the job has ended; no more containers can be started for it")]
     Closed,
