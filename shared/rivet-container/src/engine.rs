@@ -795,7 +795,8 @@ impl Inner {
             tokio::select! {
                 // Overflow or timeout: the container is removed at once, not waited for.
                 streamed = &mut streaming => match streamed {
-                    Streamed::Ended => (streamed, waiting.await),
+                    // A broken stream is read again once the container has exited (below).
+                    Streamed::Ended | Streamed::Broken(_) => (streamed, waiting.await),
                     other => (other, Ok(-1)),
                 },
                 code = &mut waiting => {
@@ -807,12 +808,13 @@ impl Inner {
                 }
             }
         };
-        let code = code?;
         // The followed stream failed (Podman, when a short-lived container exits before its
         // log stream reads it): the container has exited now, so its stored logs are read
-        // again, past what was already captured.
-        let streamed = match streamed {
-            Streamed::Broken(words) => {
+        // again, past what was already captured. (When waiting for the exit failed, that error
+        // is the answer, as it was before.)
+        let streamed = match (streamed, &code) {
+            (Streamed::Broken(_), Err(_)) => Streamed::Ended,
+            (Streamed::Broken(words), Ok(_)) => {
                 tracing::debug!(container = %id, engine = %words, "The followed output failed; reading it again.");
                 capture.read_again();
                 let stored = LogsOptionsBuilder::default()
@@ -828,10 +830,11 @@ impl Inner {
                 )
                 .await
             }
-            other => other,
+            (other, _) => other,
         };
         capture.finish();
         self.check_streamed(streamed, &what, spec.command.timeout)?;
+        let code = code?;
         Ok(ContainerReply::Exited {
             code,
             stdout: String::from_utf8_lossy(&capture.out).into_owned(),
@@ -997,6 +1000,17 @@ mod tests {
         })
     }
 
+    fn capture(tx: &mpsc::Sender<Progress>) -> Capture<'_> {
+        Capture {
+            tx,
+            out: Vec::new(),
+            err: Vec::new(),
+            partial: [Vec::new(), Vec::new()],
+            max: 1 << 20,
+            skip: [0, 0],
+        }
+    }
+
     fn lines(rx: &mpsc::Receiver<Progress>) -> Vec<String> {
         rx.try_iter()
             .filter_map(|p| match p {
@@ -1012,14 +1026,7 @@ mod tests {
     #[tokio::test]
     async fn a_broken_log_stream_is_read_again_without_repeating_a_line() {
         let (tx, rx) = mpsc::channel();
-        let mut capture = Capture {
-            tx: &tx,
-            out: Vec::new(),
-            err: Vec::new(),
-            partial: [Vec::new(), Vec::new()],
-            max: 1 << 20,
-            skip: [0, 0],
-        };
+        let mut capture = capture(&tx);
         let deadline = Instant::now() + Duration::from_secs(10);
         let engine_words = r#"{"cause":"no such process","response":500}"#;
         let followed = futures_util::stream::iter(vec![out("one\ntw"), console(engine_words)]);
@@ -1042,14 +1049,7 @@ mod tests {
     #[tokio::test]
     async fn an_exec_keeps_unframed_text_as_stdout() {
         let (tx, rx) = mpsc::channel();
-        let mut capture = Capture {
-            tx: &tx,
-            out: Vec::new(),
-            err: Vec::new(),
-            partial: [Vec::new(), Vec::new()],
-            max: 1 << 20,
-            skip: [0, 0],
-        };
+        let mut capture = capture(&tx);
         let deadline = Instant::now() + Duration::from_secs(10);
         let attached = futures_util::stream::iter(vec![console("raw\n")]);
         let streamed = stream_output(attached, &mut capture, deadline, Source::Exec).await;
