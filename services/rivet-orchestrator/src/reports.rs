@@ -369,8 +369,7 @@ pub async fn apply(
             "the report is not signed with the runner's current session",
         ));
     }
-    let locked = running.locked(attempt, runner);
-    let ended = apply_bodies(&mut tx, report, bodies, Some(locked)).await?;
+    let ended = apply_bodies(&mut tx, report, bodies, Some(running.job)).await?;
     tx.commit().await?;
     after_end(state, report, ended).await;
     Ok(Applied::Stored)

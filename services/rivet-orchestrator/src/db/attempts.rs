@@ -101,82 +101,51 @@ pub async fn end_locked(
     }
     let retry = ending.may_retry && !cur.cancel_requested && cur.retry.0.retries(attempt, outcome);
     if retry {
-        close_attempt(tx, job_id, attempt, outcome).await?;
+        close(tx, job_id, attempt, outcome, None).await?;
         let next = attempt + 1;
         queue_attempt(tx, job_id, next, cur.retry.0.backoff).await?;
         return Ok(Ended::Retrying { attempt: next });
     }
-    Ok(Ended::Final(close_job(tx, job_id, attempt, outcome).await?))
+    close(tx, job_id, attempt, outcome, Some(outcome)).await?;
+    Ok(Ended::Final(JobState::from_outcome(outcome)))
 }
 
-/// Ends attempt `attempt` with `outcome`. Outbox rows of the attempt not published yet (a
-/// queued job cancelled, timed out or refused) are never published.
-async fn close_attempt(
+/// Ends attempt `$2` of job `$1` with state `$3` and outcome `$4`. Outbox rows of the attempt
+/// not published yet (a queued job cancelled, timed out or refused) are never published.
+const CLOSE_ATTEMPT: &str = "attempt AS (\
+       UPDATE attempts SET state = $3, outcome = $4, finished_at = now(), lease_missing_since = NULL \
+       WHERE job_id = $1 AND attempt = $2), \
+     outbox AS (\
+       UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL)";
+
+/// Ends attempt `attempt` with `outcome` and, when `job` is given, gives the job that final
+/// outcome (its state: `JobState::from_outcome`), in one statement: the end of nearly every
+/// job.
+async fn close(
     tx: &mut PgConnection,
     job_id: Uuid,
     attempt: u32,
     outcome: &JobOutcome,
+    job: Option<&JobOutcome>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE attempts SET state = $3, outcome = $4, finished_at = now(), lease_missing_since = NULL \
-         WHERE job_id = $1 AND attempt = $2",
-    )
-    .bind(job_id)
-    .bind(attempt as i32)
-    .bind(JobState::from_outcome(outcome).as_str())
-    .bind(Json(outcome))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL",
-    )
-    .bind(job_id)
-    .bind(attempt as i32)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Gives the job its final state, from `outcome`.
-async fn finish_job(
-    tx: &mut PgConnection,
-    job_id: Uuid,
-    outcome: &JobOutcome,
-) -> sqlx::Result<JobState> {
-    let state = JobState::from_outcome(outcome);
-    sqlx::query("UPDATE jobs SET state = $2, outcome = $3, finished_at = now() WHERE id = $1")
+    let sql = match job {
+        None => format!("WITH {CLOSE_ATTEMPT} SELECT 1"),
+        Some(_) => format!(
+            "WITH {CLOSE_ATTEMPT} UPDATE jobs SET state = $5, outcome = $6, finished_at = now() WHERE id = $1"
+        ),
+    };
+    let mut query = sqlx::query(&sql)
         .bind(job_id)
-        .bind(state.as_str())
-        .bind(Json(outcome))
-        .execute(&mut *tx)
-        .await?;
-    Ok(state)
-}
-
-/// Ends attempt `attempt` as [`close_attempt`] does and gives the job its final state, from
-/// `outcome`: one statement, as this is the end of nearly every job.
-async fn close_job(
-    tx: &mut PgConnection,
-    job_id: Uuid,
-    attempt: u32,
-    outcome: &JobOutcome,
-) -> sqlx::Result<JobState> {
-    let state = JobState::from_outcome(outcome);
-    sqlx::query(
-        "WITH attempt AS (\
-           UPDATE attempts SET state = $3, outcome = $4, finished_at = now(), lease_missing_since = NULL \
-           WHERE job_id = $1 AND attempt = $2), \
-         outbox AS (\
-           UPDATE outbox SET published_at = now() WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL) \
-         UPDATE jobs SET state = $3, outcome = $4, finished_at = now() WHERE id = $1",
-    )
-    .bind(job_id)
-    .bind(attempt as i32)
-    .bind(state.as_str())
-    .bind(Json(outcome))
-    .execute(&mut *tx)
-    .await?;
-    Ok(state)
+        .bind(attempt as i32)
+        .bind(JobState::from_outcome(outcome).as_str())
+        .bind(Json(outcome));
+    if let Some(job) = job {
+        query = query
+            .bind(JobState::from_outcome(job).as_str())
+            .bind(Json(job));
+    }
+    query.execute(&mut *tx).await?;
+    Ok(())
 }
 
 /// Queues attempt `next` of a job (its row locked by the caller): the attempt row, the job back
@@ -256,17 +225,17 @@ pub async fn refuse_start(
     let outcome = JobOutcome::Lost {
         reason: reason.to_owned(),
     };
-    close_attempt(&mut tx, job_id, attempt, &outcome).await?;
     if refused >= MAX_REFUSED_STARTS {
-        let outcome = JobOutcome::Lost {
+        let last = JobOutcome::Lost {
             reason: format!(
                 "{reason} (the job's start was refused {refused} times; it is not queued again)"
             ),
         };
-        let state = finish_job(&mut tx, job_id, &outcome).await?;
+        close(&mut tx, job_id, attempt, &outcome, Some(&last)).await?;
         tx.commit().await?;
-        return Ok(Ended::Final(state));
+        return Ok(Ended::Final(JobState::from_outcome(&last)));
     }
+    close(&mut tx, job_id, attempt, &outcome, None).await?;
     let next = attempt + 1;
     queue_attempt(&mut tx, job_id, next, Duration::ZERO).await?;
     tx.commit().await?;

@@ -296,7 +296,7 @@ pub async fn running_token(
     runner_id: &str,
 ) -> sqlx::Result<Option<RunningAttempt>> {
     sqlx::query_as(
-        "SELECT a.token, r.session_key, r.broker_user, j.retry, \
+        "SELECT a.token, r.session_key, r.broker_user, j.state, j.attempt, j.runner_id, j.retry, \
          j.cancel_requested_at IS NOT NULL AS cancel_requested FROM jobs j \
          JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt \
          LEFT JOIN runner_registrations r ON r.name = j.runner_id AND r.revoked_at IS NULL \
@@ -318,23 +318,9 @@ pub struct RunningAttempt {
     pub session_key: Option<String>,
     /// Its RabbitMQ user (none: shared broker users, or no live registration).
     pub broker_user: Option<String>,
-    /// The job's retry rule.
-    pub retry: sqlx::types::Json<rivet_core::definition::RetrySpec>,
-    /// Whether someone asked to cancel the job.
-    pub cancel_requested: bool,
-}
-
-impl RunningAttempt {
-    /// The job's row as locked by [`running_token`]: running `attempt` on `runner_id`.
-    pub fn locked(&self, attempt: u32, runner_id: &str) -> crate::db::attempts::Locked {
-        crate::db::attempts::Locked {
-            state: "running".into(),
-            attempt: attempt as i32,
-            runner_id: Some(runner_id.to_owned()),
-            retry: self.retry.clone(),
-            cancel_requested: self.cancel_requested,
-        }
-    }
+    /// The job's row, locked by [`running_token`] for the rest of the transaction.
+    #[sqlx(flatten)]
+    pub job: crate::db::attempts::Locked,
 }
 
 /// A stage's start or end, as a report says it.

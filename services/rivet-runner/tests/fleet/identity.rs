@@ -537,3 +537,36 @@ async fn api_02_a_started_not_signed_with_the_runners_session_is_refused() {
     other.close().await;
     fleet.stop().await;
 }
+
+/// A job whose start is refused `MAX_REFUSED_STARTS` (5) times ends `lost` instead of being
+/// queued yet again: the last attempt keeps the refusal's reason, the job says why it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_02_a_job_refused_five_times_ends_lost() {
+    let fleet = helpers::start().await;
+    fleet.push(PLAIN).await;
+    let mut liar = Liar::join(&fleet, "unsigned").await;
+    let job = fleet.submit("plain", json!({})).await;
+    for attempt in 1..=5 {
+        let taken = liar.take_and_start_signed(&job.class_key, None, true).await;
+        assert_eq!((taken.job_id, taken.attempt), (job.id, attempt));
+        refused_attempt(&fleet, job.id, attempt).await;
+    }
+    let done = fleet.wait_final(job.id, Duration::from_secs(20)).await;
+    assert_eq!((done.state, done.attempt), (JobState::Lost, 5));
+    assert_eq!(done.attempts.len(), 5, "{:?}", done.attempts);
+    assert!(
+        lost_reason(&done, 5).contains("is not signed") && !lost_reason(&done, 5).contains("times"),
+        "{}",
+        lost_reason(&done, 5)
+    );
+    match &done.outcome {
+        Some(rivet_core::JobOutcome::Lost { reason }) => assert!(
+            reason.ends_with("(the job's start was refused 5 times; it is not queued again)"),
+            "{reason}"
+        ),
+        other => panic!("the job ended {other:?}"),
+    }
+    assert_eq!(registration(&fleet, "unsigned").await.refused_starts, 5);
+    liar.close().await;
+    fleet.stop().await;
+}

@@ -86,7 +86,7 @@ impl NetnsLease<'_> {
     /// Returns the namespace for the next job when nothing of this one is left in it: call only
     /// once every process that was in it is gone.
     pub fn give_back(self) {
-        match has_tcp_sockets(&self.fd) {
+        match has_sockets(&self.fd) {
             Ok(false) => {
                 let mut free = self
                     .pool
@@ -153,7 +153,7 @@ fn make() -> io::Result<OwnedFd> {
 /// can outlive both; and TCP connections in `TIME_WAIT`, which outlive every process), from its
 /// socket counters (`/proc/net/sockstat`; listing the sockets instead walks the kernel's whole
 /// connection table, shared by every namespace).
-fn has_tcp_sockets(ns: &OwnedFd) -> io::Result<bool> {
+fn has_sockets(ns: &OwnedFd) -> io::Result<bool> {
     let fd = ns.try_clone()?;
     on_thread(move || {
         // SAFETY: setns on this thread only, with a network namespace descriptor we own.
