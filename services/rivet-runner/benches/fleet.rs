@@ -46,8 +46,10 @@ fn busy_ticks() -> u64 {
 }
 
 /// CPU time (user + system, ms) used so far by: this process (the orchestrator, the runners and
-/// the HTTP client), its reaped children (the sandbox workers), and the PostgreSQL, RabbitMQ
-/// and Redis processes (those alive now; PostgreSQL's pooled backends live through the run).
+/// the HTTP client), the sandbox workers (reaped by the runners' worker launchers: the
+/// launchers' own and reaped children's times, and those of launchers already reaped), and the
+/// PostgreSQL, RabbitMQ and Redis processes (those alive now; PostgreSQL's pooled backends
+/// live through the run).
 fn cpu_split() -> [f64; 5] {
     fn rusage(who: i32) -> f64 {
         // SAFETY: getrusage fills the struct we own.
@@ -59,6 +61,8 @@ fn cpu_split() -> [f64; 5] {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut services = [0.0f64; 3];
+    let mut launchers = 0.0;
+    let me = std::process::id().to_string();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
@@ -66,23 +70,31 @@ fn cpu_split() -> [f64; 5] {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
+        // After the name: state is field 3, the parent's pid field 4; utime, stime, cutime
+        // and cstime are fields 14 to 17.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ms = |at: &[usize]| -> f64 {
+            at.iter()
+                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+                .sum::<f64>()
+                / hz
+                * 1000.0
+        };
+        if fields.get(1) == Some(&me.as_str()) {
+            launchers += ms(&[11, 12, 13, 14]);
+            continue;
+        }
         let slot = match &stat[open + 1..close] {
             "postgres" => 0,
             "beam.smp" => 1,
             "redis-server" => 2,
             _ => continue,
         };
-        // After the name: state is field 3; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
-            .sum();
-        services[slot] += ticks / hz * 1000.0;
+        services[slot] += ms(&[11, 12]);
     }
     [
         rusage(libc::RUSAGE_SELF),
-        rusage(libc::RUSAGE_CHILDREN),
+        rusage(libc::RUSAGE_CHILDREN) + launchers,
         services[0],
         services[1],
         services[2],

@@ -296,10 +296,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         slots: config.slots,
         work_dir: config.work_dir.clone(),
         worker: rivet_sandbox::WorkerOptions {
-            program,
-            cancel: None,
             host,
-            network: Default::default(),
+            ..rivet_sandbox::WorkerOptions::new(program)
         },
         running: Mutex::new(BTreeMap::new()),
         draining: AtomicBool::new(false),

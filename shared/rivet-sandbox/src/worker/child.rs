@@ -1,6 +1,6 @@
 //! The worker side: read the request, isolate, run, report, exit.
 
-use super::{isolation, EXIT_BAD_REQUEST, EXIT_PARENT_GONE, WORKER_ARG};
+use super::{isolation, zygote, EXIT_BAD_REQUEST, EXIT_PARENT_GONE};
 use crate::events::{read_frame, Event};
 use crate::job::JobRequest;
 use crate::modules::Sink;
@@ -10,27 +10,43 @@ use std::io::BufReader;
 use std::os::fd::FromRawFd;
 
 /// Call first thing in `main` of every binary that runs jobs: when the process was started as
-/// a sandbox worker this runs the job and never returns; otherwise it returns at once.
+/// a worker launcher (`zygote.rs`) it forks workers until its parent is done with it and
+/// never returns; otherwise it returns at once.
 ///
-/// It must run before any thread is started: entering a user namespace requires a
-/// single-threaded process.
+/// It must run before any thread is started: the workers it forks enter a user namespace,
+/// which requires a single-threaded process.
 pub fn maybe_run_worker() {
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == WORKER_ARG) {
-        // Die with the parent. The parent passes its pid: if it is already gone (we were
-        // re-parented before the signal was armed), stop now.
-        let parent: Option<i32> = args.next().and_then(|p| p.to_str()?.parse().ok());
-        // Then, optionally, the number of a network namespace descriptor it lends.
-        let netns = parent.zip(args.next().and_then(|f| f.to_str()?.parse().ok()));
-        // SAFETY: prctl and getppid on this process.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if parent.is_some_and(|p| libc::getppid() != p) {
-                libc::_exit(EXIT_PARENT_GONE);
-            }
-        }
-        worker_main(netns.map(|(parent, fd)| isolation::LentNetns { parent, fd }));
+    if args.next().is_some_and(|a| a == zygote::ZYGOTE_ARG) {
+        // The parent passes its pid: without it, or if it is already gone (we were re-parented
+        // before the parent-death signal was armed), stop now.
+        let Some(parent) = args.next().and_then(|p| p.to_str()?.parse().ok()) else {
+            eprintln!("rivet worker launcher: no parent pid");
+            std::process::exit(EXIT_BAD_REQUEST);
+        };
+        die_with(parent);
+        zygote::zygote_main(parent);
     }
+}
+
+/// Arms the parent-death signal, and exits at once if `parent` is gone already.
+fn die_with(parent: i32) {
+    // SAFETY: prctl and getppid on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(EXIT_PARENT_GONE);
+        }
+    }
+}
+
+/// Runs in a worker just forked by the zygote `parent`, with its pipes on fds 0, 1 and 2:
+/// dies with the zygote, then reads the request, isolates, runs the job and exits. `netns`
+/// is a network namespace descriptor lent by the process that asked for the worker, as (its
+/// pid, the descriptor's number there).
+pub(super) fn become_worker(parent: i32, netns: Option<(i32, i32)>) -> ! {
+    die_with(parent);
+    worker_main(netns.map(|(parent, fd)| isolation::LentNetns { parent, fd }))
 }
 
 /// Applies the policy's rlimits to this process (and so to everything it starts).

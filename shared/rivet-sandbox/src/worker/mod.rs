@@ -1,26 +1,28 @@
 //! The sandbox worker process: one per job (or per lint), killable as a whole.
 //!
-//! The parent ([`run_worker`]) starts a copy of its own executable with the hidden argument
-//! [`WORKER_ARG`], in its own process group with rlimits, an empty environment and
-//! `PR_SET_PDEATHSIG`. It writes one [`JobRequest`](crate::JobRequest) frame to the worker's
-//! stdin and reads [`Event`](crate::events::Event) frames from its stdout. At the hard deadline
-//! (the stage's time limit plus a grace period) or on cancel it SIGKILLs the whole group; a
-//! worker that dies without a `Finished` event is reported as crashed.
+//! The parent ([`run_worker`]) asks its [`Launcher`] for a worker: a fork of a launcher process
+//! (the zygote, `zygote.rs`) that executed the parent's own binary once, with
+//! [`ZYGOTE_ARG`]. Each worker has its own process group and an empty environment, dies with
+//! its parent and applies the policy's rlimits itself. The parent writes one
+//! [`JobRequest`](crate::JobRequest) frame to the worker's stdin and reads
+//! [`Event`](crate::events::Event) frames from its stdout. At the hard deadline (the stage's
+//! time limit plus a grace period) or on cancel the whole group is SIGKILLed; a worker that
+//! dies without a `Finished` event is reported as crashed (and its zygote retired).
 //!
-//! The child ([`maybe_run_worker`]) enters fresh namespaces where the kernel allows, runs the
-//! job and exits with `_exit`-like semantics, never tearing the Lua state down (P11).
+//! The worker ([`maybe_run_worker`] in the zygote, then `child.rs`) enters fresh namespaces
+//! where the kernel allows, runs the job and exits with `_exit`-like semantics, never tearing
+//! the Lua state down (P11).
 
 mod child;
 mod isolation;
 mod netns;
 mod parent;
+mod zygote;
 
 pub use child::maybe_run_worker;
 pub use netns::{NetnsLease, NetworkNamespaces};
 pub use parent::{run_worker, WorkerOptions, WorkerReport};
-
-/// The hidden first argument that turns a Rivet binary into a sandbox worker.
-pub const WORKER_ARG: &str = "__rivet-sandbox-worker";
+pub use zygote::{Launched, Launcher, Worker, Zygote, ZYGOTE_ARG};
 
 /// Worker exit status when the parent stopped reading its events.
 pub const EXIT_PARENT_GONE: i32 = 70;

@@ -2,7 +2,7 @@
 //! calls, enforce the hard deadline, kill it, and say how it ended.
 
 use super::netns::NetworkNamespaces;
-use super::WORKER_ARG;
+use super::zygote::{Launched, Launcher};
 use crate::events::{read_frame, write_frame, Event, Reply};
 use crate::host::{CallError, HostServices, JobHost};
 use crate::job::{JobRequest, Mode};
@@ -10,11 +10,12 @@ use rivet_core::input::InputError;
 use rivet_core::policy::{NamespaceMode, NetworkMode};
 use rivet_core::{JobOutcome, PipelineSpec, Problem, RequirementSet};
 use serde::Deserialize;
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -29,9 +30,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How to start the worker.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// The executable to start with [`WORKER_ARG`]; it must call
-    /// [`maybe_run_worker`](super::maybe_run_worker) first thing in `main`.
-    pub program: PathBuf,
+    /// Where workers come from: forks of a launcher that executed a binary calling
+    /// [`maybe_run_worker`](super::maybe_run_worker) first thing in `main`; shared like `host`.
+    pub launcher: Arc<Launcher>,
     /// Set to `true` to cancel the job; the worker is killed at once.
     pub cancel: Option<Arc<AtomicBool>>,
     /// What answers the worker's host calls; shared by every job of a runner (or CLI process)
@@ -46,7 +47,7 @@ impl WorkerOptions {
     /// Starts workers from `program`, with default host services.
     pub fn new(program: PathBuf) -> Self {
         Self {
-            program,
+            launcher: Arc::new(Launcher::new(program)),
             cancel: None,
             host: Arc::new(HostServices::default()),
             network: Arc::new(NetworkNamespaces::default()),
@@ -165,9 +166,9 @@ impl Calls {
     }
 }
 
-/// Whether process `pid` (our child, not yet reaped) exits by `until`; it stays unreaped.
+/// Whether process `pid` (a worker, reaped only by its zygote when asked) exits by `until`.
 fn exits_by(pid: i32, until: Instant) -> bool {
-    // SAFETY: pidfd_open on our own unreaped child; poll on the descriptor we own; close it.
+    // SAFETY: pidfd_open on an unreaped worker; poll on the descriptor we own; close it.
     unsafe {
         let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
         if fd < 0 {
@@ -190,13 +191,6 @@ fn exits_by(pid: i32, until: Instant) -> bool {
         };
         libc::close(fd);
         exited
-    }
-}
-
-fn kill_group(pgid: i32) {
-    // SAFETY: signalling the worker's own process group.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
     }
 }
 
@@ -231,12 +225,12 @@ fn describe_exit(status: ExitStatus) -> String {
 /// first reply; until then (and for a job that makes no host call, for good) the pipe is just
 /// held open.
 struct Replies {
-    stdin: Option<ChildStdin>,
+    stdin: Option<File>,
     tx: Option<mpsc::Sender<Reply>>,
 }
 
 impl Replies {
-    fn new(stdin: ChildStdin) -> Self {
+    fn new(stdin: File) -> Self {
         Self {
             stdin: Some(stdin),
             tx: None,
@@ -345,12 +339,6 @@ pub fn run_worker(
     };
     let mut phase_deadline = started + limits.definition_timeout + grace + STARTUP_ALLOWANCE;
 
-    // No `pre_exec`: without it the standard library spawns with posix_spawn (vfork-like), which
-    // costs the same however large the parent is; `fork` of a runner or orchestrator copies its
-    // whole page table for every job. The worker applies its rlimits and parent-death signal
-    // itself, first thing (`child.rs`).
-    let mut cmd = Command::new(&options.program);
-    cmd.arg(WORKER_ARG).arg(std::process::id().to_string());
     // A network namespace to join instead of making one (the worker opens it through our
     // /proc entry; the descriptor itself is not inherited).
     let netns = (request.mode == Mode::Run
@@ -358,24 +346,18 @@ pub fn run_worker(
         && policy.sandbox.network == NetworkMode::None)
         .then(|| options.network.take())
         .flatten();
-    if let Some(lease) = &netns {
-        cmd.arg(lease.raw_fd().to_string());
-    }
-    cmd.env_clear()
-        .current_dir("/")
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let pgid = child.id() as i32;
-    let mut stdin = child.stdin.take().expect("stdin was piped above");
-    let mut stdout = child.stdout.take().expect("stdout was piped above");
-    let mut stderr = child.stderr.take().expect("stderr was piped above");
+    let Launched {
+        mut stdin,
+        mut stdout,
+        mut stderr,
+        worker,
+    } = options
+        .launcher
+        .launch(netns.as_ref().map(|lease| lease.raw_fd()))?;
+    let pgid = worker.pid;
 
     if let Err(e) = write_frame(&mut stdin, request) {
-        kill_group(pgid);
-        let _ = child.wait();
+        let _ = worker.kill_and_wait();
         return Err(e);
     }
     // Stdin stays open for replies to host calls, written by a thread of their own (started at
@@ -554,10 +536,10 @@ pub fn run_worker(
         // after every process of the job.
         exited_alone = netns.is_some() && exits_by(pgid, until);
     }
-    // Kill the group before reaping its leader: until `wait`, the leader's pid keeps the group
-    // id reserved, so the signal cannot reach an unrelated group that reused it.
-    kill_group(pgid);
-    let status = child.wait()?;
+    // The zygote kills the group before it reaps the leader: until then the leader's pid keeps
+    // the group id reserved, so the signal cannot reach an unrelated group that reused it.
+    let zygote = worker.zygote.clone();
+    let status = worker.kill_and_wait()?;
     if let Some(lease) = netns {
         // Reused only when nothing of the job can be left in it; otherwise freed.
         if exited_alone && status.code().is_some() {
@@ -578,6 +560,9 @@ pub fn run_worker(
             if let Some(last) = report.stderr.lines().rev().find(|l| !l.trim().is_empty()) {
                 reason.push_str(&format!("; its last words: {}", last.trim()));
             }
+            // Its siblings share its address layout and stack canary: the next worker comes
+            // from a freshly executed zygote, so crashes cannot be used to guess them.
+            options.launcher.retire(&zygote);
             JobOutcome::Crashed { reason }
         }
     };

@@ -1,6 +1,7 @@
 //! The sandbox's behaviour as a pipeline author sees it, through a real worker process.
 
 mod helpers;
+mod launcher;
 
 use helpers::*;
 use rivet_core::{JobOutcome, StageOutcome};
