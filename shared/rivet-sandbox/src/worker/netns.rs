@@ -27,7 +27,7 @@ const KEEP: usize = 64;
 /// A pool of network namespaces; share one per runner (or CLI process).
 #[derive(Debug, Default)]
 pub struct NetworkNamespaces {
-    free: Mutex<Vec<OwnedFd>>,
+    free: Mutex<Vec<Netns>>,
     /// Set once making a namespace failed: this process cannot, so it stops trying.
     unavailable: AtomicBool,
 }
@@ -36,7 +36,19 @@ pub struct NetworkNamespaces {
 #[derive(Debug)]
 pub struct NetnsLease<'a> {
     pool: &'a NetworkNamespaces,
+    ns: Netns,
+}
+
+/// One namespace: its descriptor, and its socket counters opened from inside it when it was
+/// made (a `/proc/.../net` file shows the namespace it was opened in, and reading it again from
+/// the start shows the counters as they are then), so that checking it needs no thread to
+/// enter it.
+#[derive(Debug)]
+struct Netns {
     fd: OwnedFd,
+    sockstat: File,
+    /// `None` without IPv6 in this kernel: no IPv6 sockets either.
+    sockstat6: Option<File>,
 }
 
 impl NetworkNamespaces {
@@ -48,11 +60,11 @@ impl NetworkNamespaces {
             .lock()
             .expect("the namespace pool's lock is never poisoned")
             .pop();
-        let fd = match reused {
-            Some(fd) => fd,
+        let ns = match reused {
+            Some(ns) => ns,
             None if self.unavailable.load(Ordering::Relaxed) => return None,
             None => match make() {
-                Ok(fd) => fd,
+                Ok(ns) => ns,
                 // Not allowed here (not root): stop trying.
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     self.unavailable.store(true, Ordering::Relaxed);
@@ -65,7 +77,7 @@ impl NetworkNamespaces {
                 }
             },
         };
-        Some(NetnsLease { pool: self, fd })
+        Some(NetnsLease { pool: self, ns })
     }
 
     /// Namespaces waiting for a job.
@@ -80,13 +92,13 @@ impl NetworkNamespaces {
 impl NetnsLease<'_> {
     /// The descriptor, open in this process (the worker opens `/proc/PARENT/fd/N`).
     pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
+        self.ns.fd.as_raw_fd()
     }
 
     /// Returns the namespace for the next job when nothing of this one is left in it: call only
     /// once every process that was in it is gone.
     pub fn give_back(self) {
-        match has_sockets(&self.fd) {
+        match has_sockets(&self.ns) {
             Ok(false) => {
                 let mut free = self
                     .pool
@@ -94,7 +106,7 @@ impl NetnsLease<'_> {
                     .lock()
                     .expect("the namespace pool's lock is never poisoned");
                 if free.len() < KEEP {
-                    free.push(self.fd);
+                    free.push(self.ns);
                 }
             }
             Ok(true) => {
@@ -125,7 +137,7 @@ fn on_thread<T: Send + 'static>(
 /// Makes a network namespace with `lo` up. Jobs hold no capability over it (nor over any), so
 /// two things they could do in a namespace of their own are allowed to everyone in this one:
 /// binding ports below 1024 and `ping` (ICMP echo sockets).
-fn make() -> io::Result<OwnedFd> {
+fn make() -> io::Result<Netns> {
     on_thread(|| {
         // SAFETY: unshare on this thread only (CLONE_NEWNET is per thread); open(2) with a
         // constant C string; the descriptor is owned from here on.
@@ -144,7 +156,11 @@ fn make() -> io::Result<OwnedFd> {
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(OwnedFd::from_raw_fd(fd))
+            Ok(Netns {
+                fd: OwnedFd::from_raw_fd(fd),
+                sockstat: File::open("/proc/thread-self/net/sockstat")?,
+                sockstat6: File::open("/proc/thread-self/net/sockstat6").ok(),
+            })
         }
     })
 }
@@ -153,20 +169,33 @@ fn make() -> io::Result<OwnedFd> {
 /// can outlive both; and TCP connections in `TIME_WAIT`, which outlive every process), from its
 /// socket counters (`/proc/net/sockstat`; listing the sockets instead walks the kernel's whole
 /// connection table, shared by every namespace).
-fn has_sockets(ns: &OwnedFd) -> io::Result<bool> {
-    let fd = ns.try_clone()?;
-    on_thread(move || {
-        // SAFETY: setns on this thread only, with a network namespace descriptor we own.
-        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
+fn has_sockets(ns: &Netns) -> io::Result<bool> {
+    /// The whole file, read from its start.
+    fn read(file: &File) -> io::Result<String> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0;
+        loop {
+            let n = file.read_at(&mut buf[len..], len as u64)?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if len == buf.len() {
+                buf.resize(len * 2, 0);
+            }
         }
-        let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")?;
-        // No IPv6 in this kernel: no IPv6 sockets either.
-        let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
-        Ok(sockets_used(&v4) != Some(0)
-            || tcp_in_use(&v4, "TCP:") != Some(0)
-            || tcp_in_use(&v6, "TCP6:").unwrap_or(0) != 0)
-    })
+        buf.truncate(len);
+        String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    let v4 = read(&ns.sockstat)?;
+    let v6 = match &ns.sockstat6 {
+        Some(f) => read(f)?,
+        None => String::new(),
+    };
+    Ok(sockets_used(&v4) != Some(0)
+        || tcp_in_use(&v4, "TCP:") != Some(0)
+        || tcp_in_use(&v6, "TCP6:").unwrap_or(0) != 0)
 }
 
 /// From a `sockstat` text, the sockets of every kind in use (`sockets: used N`).
@@ -246,7 +275,7 @@ mod tests {
         // A listening socket left behind (as a TIME_WAIT connection would be): not reused.
         let lease = pool.take().expect("the free namespace");
         assert_eq!(lease.raw_fd(), first);
-        let ns = lease.fd.try_clone().unwrap();
+        let ns = lease.ns.fd.try_clone().unwrap();
         let listener = on_thread(move || {
             // SAFETY: setns on this thread only.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
