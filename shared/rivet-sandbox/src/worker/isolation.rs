@@ -133,28 +133,38 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
             .sandbox
             .job_uid
             .filter(|&u| uid == 0 && u != 0);
+        // With a remap, the process that wrote our maps (our parent from here on).
         let entered = match remap {
-            Some(job_uid) => enter_as(flags, job_uid)?,
+            Some(job_uid) => enter_as(flags, job_uid)?.map(Some),
             None => (libc::unshare(flags) == 0)
-                .then_some(())
+                .then_some(None)
                 .ok_or_else(|| errno("unshare")),
         };
-        if let Err(why) = entered {
-            if let Some(own) = &joined {
-                // Leave the lent namespace before running without namespaces: a job that is
-                // not in a pid namespace could leave processes behind in it.
-                use std::os::fd::AsRawFd;
-                if libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(Failure::Fatal(errno("leaving the lent network namespace")));
+        let mapper = match entered {
+            Ok(mapper) => mapper,
+            Err(why) => {
+                if let Some(own) = &joined {
+                    // Leave the lent namespace before running without namespaces: a job that is
+                    // not in a pid namespace could leave processes behind in it.
+                    use std::os::fd::AsRawFd;
+                    if libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(Failure::Fatal(errno("leaving the lent network namespace")));
+                    }
                 }
+                return Err(Failure::Unavailable(why));
             }
-            return Err(Failure::Unavailable(why));
-        }
+        };
         drop(joined);
-        if remap.is_some() {
+        if let Some(mapper) = mapper {
             // Our maps are written: become uid and gid 0 inside, the job's uid outside.
             if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
                 return Err(Failure::Fatal(errno("taking the job's uid")));
+            }
+            // That change of credentials cleared the parent-death signal (prctl(2)): armed
+            // again, or the job would outlive its runner. If the parent died meanwhile, stop.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != mapper {
+                libc::_exit(super::EXIT_PARENT_GONE);
             }
         } else {
             let write = |path: &str, text: String| {
@@ -275,17 +285,19 @@ fn drop_capabilities() -> Result<(), String> {
 /// process (root in its namespace) drops its supplementary groups, forks, the child
 /// `unshare`s, this process writes the child's maps (which only a process privileged in the
 /// parent namespace may do for another uid) and then only relays the child's exit status.
-/// Returns in the child, or here with why `unshare` failed there (nothing changed here).
+/// Returns in the child with this process's pid, or here with why `unshare` failed there
+/// (nothing changed here).
 ///
 /// # Safety
 /// Single-threaded process only (fork, then `unshare(CLONE_NEWUSER)`).
-unsafe fn enter_as(flags: libc::c_int, job_uid: u32) -> Result<Result<(), String>, Failure> {
+unsafe fn enter_as(flags: libc::c_int, job_uid: u32) -> Result<Result<i32, String>, Failure> {
     // SAFETY: the caller guarantees a single-threaded process; every buffer lives across its
     // call; descriptors are ours.
     unsafe {
         if libc::setgroups(0, std::ptr::null()) != 0 {
             return Err(Failure::Fatal(errno("dropping supplementary groups")));
         }
+        let mapper = libc::getpid();
         let (mut up, mut down) = ([0; 2], [0; 2]);
         if libc::pipe2(up.as_mut_ptr(), libc::O_CLOEXEC) != 0
             || libc::pipe2(down.as_mut_ptr(), libc::O_CLOEXEC) != 0
@@ -314,7 +326,7 @@ unsafe fn enter_as(flags: libc::c_int, job_uid: u32) -> Result<Result<(), String
                     libc::_exit(1);
                 }
                 libc::close(down[0]);
-                Ok(Ok(()))
+                Ok(Ok(mapper))
             }
             child => {
                 libc::close(up[1]);

@@ -2253,3 +2253,74 @@ echo checked"#;
         "owned by the job's uid on the host"
     );
 }
+
+/// Processes whose command line is `sleep MARKER` (the program by its absolute path).
+fn sleepers(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            (args.len() == 3 && args[0].ends_with(b"/sleep") && args[1] == marker.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits until `done` holds, looking every 10 ms: nothing signals a process's appearance or
+/// its end to an unrelated process.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn proc_09_a_jobs_processes_die_with_its_runner() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    // Both ways into the namespaces: as the parent's own uid, and mapped to another uid (the
+    // default of a root runner), whose setup changes the worker's credentials.
+    for job_uid in [None, Some(65534)] {
+        let mut policy = policy(&["sleep"]);
+        policy.sandbox.job_uid = job_uid;
+        policy.limits.stage_timeout = Duration::from_secs(120);
+        policy.limits.job_timeout = Duration::from_secs(120);
+        policy.process.default_timeout = Duration::from_secs(120);
+        let dir = workspace("proc09");
+        let ws = dir.path().join("job");
+        std::fs::create_dir(&ws).unwrap();
+        if let Some(uid) = job_uid {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+            std::os::unix::fs::chown(&ws, Some(uid), Some(uid)).unwrap();
+        }
+        let marker = format!("99.{}", std::process::id() * 10 + job_uid.is_some() as u32);
+        let source = pipeline(&format!(
+            "process.run{{ command = \"sleep\", args = {{{}}} }}",
+            lua_str(&marker)
+        ));
+        let options = shared_options(&policy);
+        let zygote = options.launcher.zygote().unwrap().pid();
+        let job = {
+            let (policy, ws, options) = (policy.clone(), ws.clone(), options.clone());
+            std::thread::spawn(move || run_job_with_options(&policy, &source, &ws, &options))
+        };
+        wait_until("the job's process started", || {
+            !sleepers(&marker).is_empty()
+        });
+        // The runner's end, as the worker sees it: its parent, the zygote, is gone (a runner
+        // that dies takes its zygote with it the same way).
+        // SAFETY: killing the zygote this test started.
+        unsafe { libc::kill(zygote, libc::SIGKILL) };
+        wait_until(
+            &format!("the job's process outlived its runner (job_uid {job_uid:?})"),
+            || sleepers(&marker).is_empty(),
+        );
+        assert!(job.join().is_err(), "nobody is left to reap the worker");
+    }
+}
