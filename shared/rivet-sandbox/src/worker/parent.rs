@@ -539,10 +539,14 @@ pub fn run_worker(
     // The zygote kills the group before it reaps the leader: until then the leader's pid keeps
     // the group id reserved, so the signal cannot reach an unrelated group that reused it.
     let zygote = worker.zygote.clone();
-    let status = worker.kill_and_wait()?;
+    // An error: the zygote died, and the worker (every process of the job) with it.
+    let status = worker.kill_and_wait();
+    if status.is_err() {
+        options.launcher.retire(&zygote);
+    }
     if let Some(lease) = netns {
         // Reused only when nothing of the job can be left in it; otherwise freed.
-        if exited_alone && status.code().is_some() {
+        if exited_alone && status.as_ref().is_ok_and(|s| s.code().is_some()) {
             lease.give_back();
         }
     }
@@ -553,9 +557,12 @@ pub fn run_worker(
         (_, Some(outcome)) => outcome,
         (Some(outcome), None) => outcome,
         (None, None) => {
-            let mut reason = match stream_error {
-                Some(e) => format!("the worker sent an unreadable event ({e}) and was killed"),
-                None => describe_exit(status),
+            let mut reason = match (stream_error, &status) {
+                (Some(e), _) => format!("the worker sent an unreadable event ({e}) and was killed"),
+                (None, Ok(status)) => describe_exit(*status),
+                (None, Err(e)) => {
+                    format!("the worker's launcher ended ({e}), and the worker with it")
+                }
             };
             if let Some(last) = report.stderr.lines().rev().find(|l| !l.trim().is_empty()) {
                 reason.push_str(&format!("; its last words: {}", last.trim()));

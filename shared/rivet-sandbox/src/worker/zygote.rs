@@ -32,7 +32,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -115,7 +115,8 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Sends `data` with `fds` attached (`SCM_RIGHTS`).
 fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
-    let mut control = vec![0u8; space];
+    // u64 words: the buffer is read as a `cmsghdr`, which must be aligned.
+    let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -155,7 +156,7 @@ fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
 /// Returns the message's length (0: the other end closed) and the descriptors.
 fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     let space = unsafe { libc::CMSG_SPACE((SPAWN_FDS * size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -301,6 +302,10 @@ impl Zygote {
             .arg(std::process::id().to_string())
             .env_clear()
             .current_dir("/")
+            // Not in the parent's process group: a Ctrl-C or a supervisor's signal to that
+            // group must not kill the zygote (and every running worker with it) while the
+            // parent drains its jobs.
+            .process_group(0)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -354,7 +359,13 @@ impl Zygote {
         .map_err(|_| Failed::Gone)?;
         // Only the worker holds these ends now: its exit closes our stdout and stderr.
         drop((stdin.1, stdout.1, stderr.1, job.1));
-        match recv_i32(job.0.as_raw_fd()) {
+        // A fork answers at once; a launcher that does not (a program that is no launcher)
+        // must not hang the job.
+        set_receive_timeout(&job.0, PID_TIMEOUT).map_err(|_| Failed::Gone)?;
+        let answer = recv_i32(job.0.as_raw_fd());
+        // From here on, the job socket waits as long as the worker takes to be reaped.
+        set_receive_timeout(&job.0, std::time::Duration::ZERO).map_err(|_| Failed::Gone)?;
+        match answer {
             Ok(Some(pid)) if pid > 0 => Ok(Launched {
                 stdin: File::from(stdin.0),
                 stdout: File::from(stdout.0),
@@ -371,6 +382,31 @@ impl Zygote {
             _ => Err(Failed::Gone),
         }
     }
+}
+
+/// How long the launcher may take to answer a request for a worker with its pid.
+const PID_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `SO_RCVTIMEO` on `sock`: a receive waits at most `timeout`, then fails (zero: no limit).
+fn set_receive_timeout(sock: &OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt with a timeval we own, of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(last_error("setting a receive timeout"));
+    }
+    Ok(())
 }
 
 impl Worker {
@@ -403,6 +439,8 @@ struct Child {
 /// The zygote's loop: fork a worker per request, kill and reap on request, exit when the
 /// control socket (fd 0) is closed and every worker has been reaped. Never returns.
 pub(super) fn zygote_main(parent: i32) -> ! {
+    // Whatever the parent let us inherit besides stdin, stdout and stderr, we do not need.
+    let _ = close_from(3);
     let mut children: Vec<Child> = Vec::new();
     let mut control_open = true;
     loop {
@@ -448,7 +486,16 @@ pub(super) fn zygote_main(parent: i32) -> ! {
         if fds[0].fd >= 0 && fds[0].revents != 0 {
             let mut buf = [0u8; 4];
             match recv_with_fds(0, &mut buf) {
-                Ok((0, _)) | Err(_) => control_open = false,
+                // A message that did not fit (its descriptors, if any came, are closed): that
+                // request only is dropped; its launcher sees its job socket closed.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+                // The launcher is done with us, or the socket failed: close it, so requests
+                // still queued on it are dropped and their launchers see them refused.
+                Ok((0, _)) | Err(_) => {
+                    control_open = false;
+                    // SAFETY: closing our own control socket; nothing else refers to fd 0.
+                    unsafe { libc::close(0) };
+                }
                 Ok((4, fds)) if fds.len() == SPAWN_FDS => {
                     let netns = i32::from_le_bytes(buf);
                     if let Some(child) = spawn(parent, netns, fds) {
@@ -501,6 +548,24 @@ fn finish(child: Child) {
     }
 }
 
+/// Closes every descriptor from `first` up: `close_range(2)` (Linux 5.9), else one by one as
+/// `/proc/self/fd` lists them (older kernels, or a seccomp filter refusing the call).
+fn close_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: closing descriptors of this process that nothing here uses any more.
+    if unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) } == 0 {
+        return Ok(());
+    }
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= first)
+        .collect();
+    for fd in open {
+        // SAFETY: as above (the listing's own descriptor is closed already and fails harmlessly).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
 /// Forks one worker: in the child, `fds` become its stdin, stdout and stderr and it runs the
 /// job as an executed worker would; here, the job socket gets its pid.
 fn spawn(parent: i32, netns: i32, fds: Vec<OwnedFd>) -> Option<Child> {
@@ -517,14 +582,20 @@ fn spawn(parent: i32, netns: i32, fds: Vec<OwnedFd>) -> Option<Child> {
             if libc::dup2(stdin.as_raw_fd(), 0) < 0
                 || libc::dup2(stdout.as_raw_fd(), 1) < 0
                 || libc::dup2(stderr.as_raw_fd(), 2) < 0
-                || libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0
+                || close_from(3).is_err()
             {
                 libc::_exit(super::EXIT_BAD_REQUEST);
             }
             std::mem::forget((stdin, stdout, stderr, job));
             libc::setpgid(0, 0);
         }
-        super::child::become_worker(zygote, (netns >= 0).then_some((parent, netns)));
+        // A panic must not unwind into the zygote's frames (their descriptors are closed here,
+        // and their numbers may be the worker's own by now); the hook has printed it.
+        let _ = std::panic::catch_unwind(|| {
+            super::child::become_worker(zygote, (netns >= 0).then_some((parent, netns)))
+        });
+        // SAFETY: ending this process.
+        unsafe { libc::_exit(101) };
     }
     drop((stdin, stdout, stderr));
     if pid > 0 {

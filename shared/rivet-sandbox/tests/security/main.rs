@@ -2321,6 +2321,13 @@ fn proc_09_a_jobs_processes_die_with_its_runner() {
             &format!("the job's process outlived its runner (job_uid {job_uid:?})"),
             || sleepers(&marker).is_empty(),
         );
-        assert!(job.join().is_err(), "nobody is left to reap the worker");
+        let job = job.join().expect("run_worker returns");
+        match &job.report.outcome {
+            JobOutcome::Crashed { reason } => assert!(
+                reason.contains("launcher ended"),
+                "job_uid {job_uid:?}: {reason}"
+            ),
+            other => panic!("job_uid {job_uid:?}: {other:?}"),
+        }
     }
 }

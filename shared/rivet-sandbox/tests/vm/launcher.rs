@@ -60,6 +60,9 @@ fn a_forked_worker_holds_only_its_own_pipes_and_leads_its_own_group() {
     let second = launcher.launch(None).unwrap();
     let zygote = first.worker.zygote.pid();
     assert_eq!(second.worker.zygote.pid(), zygote);
+    // The zygote leads a group of its own: a signal to its parent's group (a Ctrl-C) must not
+    // take it, and every running worker, down.
+    assert_eq!(stat_field(zygote, 2), zygote);
     for w in [&first, &second] {
         let pid = w.worker.pid;
         // The group is there as soon as the pid is known.
