@@ -73,15 +73,33 @@ fn report(
     );
 }
 
-/// A runner killed in the middle of a job: the job finishes on another runner as attempt 2.
+/// Running processes whose command line is `sleep SECONDS` (the program by its absolute path).
+fn sleeping(seconds: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.len() == 3 && args[0].ends_with(b"/sleep") && args[1] == seconds.as_bytes()
+        })
+        .count()
+}
+
+/// A runner killed in the middle of a job: the job's processes die with it, and the job
+/// finishes on another runner as attempt 2.
 async fn kill_a_runner_mid_job() {
     let mut c = Cluster::start("kill-runner").await;
     let a = c.start_runner("a", 1).await;
     let b = c.start_runner("b", 1).await;
+    // The first attempt sleeps for ten minutes: only the runner's death can end it early.
     c.push(
-        "return { name = 'long', requires = {'process'}, stages = { { name = 'work', script = function()\n\
+        "return { name = 'long', requires = {'process'}, stages = { { name = 'work', timeout = 900, script = function()\n\
          log.info('on ' .. env.get('RIVET_RUNNER_ID'))\n\
-         process.run{command = 'sleep', args = {'3'}}\n\
+         process.run{command = 'sleep', args = {env.get('RIVET_ATTEMPT') == '1' and '601' or '3'}, timeout = 900}\n\
          log.info('done') end } } }",
     )
     .await;
@@ -101,8 +119,26 @@ async fn kill_a_runner_mid_job() {
         .await
         .expect("the job started");
     let survivor = if victim == a { b.clone() } else { a.clone() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sleeping("601") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first attempt's sleep never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let killed_at = Instant::now();
     c.kill_runner(&victim);
+    // Nothing signals the end of another process tree: look until it is gone, within a bound
+    // far below the sleep's ten minutes and the lease's expiry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleeping("601") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the killed runner's job is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.wait_finished(1, Duration::from_secs(90)).await;
     let recovered = killed_at.elapsed();
     let job: JobView = c.get(&format!("/jobs/{id}")).await.expect("the job");
