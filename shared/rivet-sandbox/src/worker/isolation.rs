@@ -179,14 +179,33 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
         // The new pid namespace applies to children: fork, and let the child be its pid 1. The
         // parent only relays the child's exit status. When pid 1 dies, the kernel kills every
         // process left in the namespace, `setsid` escapees included.
+        // A pipe whose write end only the relay keeps: it reads as hung up once the relay is
+        // gone, which is how the child learns that its parent died before it could arm its
+        // parent-death signal (the relay is outside the child's pid namespace, so getppid()
+        // reads 0 there either way).
+        let mut alive = [0; 2];
+        if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(Failure::Fatal(errno("making the relay's pipe")));
+        }
         match libc::fork() {
             -1 => return Err(Failure::Fatal(errno("fork"))),
             0 => {}
-            child => relay_exit(child),
+            child => {
+                libc::close(alive[0]);
+                relay_exit(child)
+            }
         }
-        // The relay is outside our pid namespace, so getppid() reads 0 here; the parent kills
-        // the whole process group in any case.
+        libc::close(alive[1]);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut relay = libc::pollfd {
+            fd: alive[0],
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut relay, 1, 0) != 0 {
+            libc::_exit(super::EXIT_PARENT_GONE);
+        }
+        libc::close(alive[0]);
     }
     let mut notes = Vec::new();
     // No nested user namespaces: their root would hold capabilities again (over nothing of
