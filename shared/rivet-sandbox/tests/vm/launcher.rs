@@ -41,6 +41,23 @@ fn wait_reading_stdin(pid: i32) {
     }
 }
 
+/// A worker waiting for its request: its stdin (kept open), the signal of its end, its handle.
+fn waiting_worker(
+    launcher: &Launcher,
+) -> (
+    std::fs::File,
+    mpsc::Receiver<()>,
+    rivet_sandbox::worker::Worker,
+) {
+    let Launched {
+        stdin,
+        stdout,
+        worker,
+        ..
+    } = launcher.launch(None).unwrap();
+    (stdin, ended(stdout), worker)
+}
+
 fn stat_field(pid: i32, index: usize) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after_name = &stat[stat.rfind(')').unwrap() + 1..];
@@ -105,13 +122,7 @@ fn a_forked_worker_holds_only_its_own_pipes_and_leads_its_own_group() {
 #[test]
 fn a_dropped_handle_kills_its_worker() {
     let launcher = launcher();
-    let Launched {
-        stdin,
-        stdout,
-        worker,
-        ..
-    } = launcher.launch(None).unwrap();
-    let gone = ended(stdout);
+    let (stdin, gone, worker) = waiting_worker(&launcher);
     drop(worker);
     gone.recv_timeout(Duration::from_secs(10))
         .expect("the worker is killed when its handle is dropped");
@@ -121,14 +132,8 @@ fn a_dropped_handle_kills_its_worker() {
 #[test]
 fn workers_die_with_their_zygote_and_the_next_worker_gets_a_new_one() {
     let launcher = launcher();
-    let Launched {
-        stdin,
-        stdout,
-        worker,
-        ..
-    } = launcher.launch(None).unwrap();
+    let (stdin, gone, worker) = waiting_worker(&launcher);
     let old = worker.zygote.pid();
-    let gone = ended(stdout);
     // SAFETY: killing the zygote this test started.
     unsafe { libc::kill(old, libc::SIGKILL) };
     gone.recv_timeout(Duration::from_secs(10))
