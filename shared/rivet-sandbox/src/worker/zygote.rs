@@ -361,10 +361,10 @@ impl Zygote {
         drop((stdin.1, stdout.1, stderr.1, job.1));
         // A fork answers at once; a launcher that does not (a program that is no launcher)
         // must not hang the job.
-        set_receive_timeout(&job.0, PID_TIMEOUT).map_err(|_| Failed::Gone)?;
+        if !readable_within(&job.0, PID_TIMEOUT) {
+            return Err(Failed::Gone);
+        }
         let answer = recv_i32(job.0.as_raw_fd());
-        // From here on, the job socket waits as long as the worker takes to be reaped.
-        set_receive_timeout(&job.0, std::time::Duration::ZERO).map_err(|_| Failed::Gone)?;
         match answer {
             Ok(Some(pid)) if pid > 0 => Ok(Launched {
                 stdin: File::from(stdin.0),
@@ -387,26 +387,26 @@ impl Zygote {
 /// How long the launcher may take to answer a request for a worker with its pid.
 const PID_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `SO_RCVTIMEO` on `sock`: a receive waits at most `timeout`, then fails (zero: no limit).
-fn set_receive_timeout(sock: &OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+/// Whether `fd` has something to read (or was closed; a pidfd: its process ended) within
+/// `timeout`.
+pub(super) fn readable_within(fd: &OwnedFd, timeout: std::time::Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
     };
-    // SAFETY: setsockopt with a timeval we own, of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(last_error("setting a receive timeout"));
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        let ms = until
+            .saturating_duration_since(std::time::Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        // SAFETY: poll on one pollfd we own.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            n => return n == 1,
+        }
     }
-    Ok(())
 }
 
 impl Worker {
