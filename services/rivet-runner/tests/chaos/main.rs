@@ -73,20 +73,49 @@ fn report(
     );
 }
 
-/// Running processes whose command line is `sleep SECONDS` (the program by its absolute path).
-fn sleeping(seconds: &str) -> usize {
-    std::fs::read_dir("/proc")
+/// The one process whose command line holds `marker`, found by a look through `/proc`.
+fn process_with(marker: &str) -> i32 {
+    let found: Vec<i32> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| {
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                return false;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.len() == 3 && args[0].ends_with(b"/sleep") && args[1] == seconds.as_bytes()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmdline
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+                .then_some(pid)
         })
-        .count()
+        .collect();
+    assert_eq!(found.len(), 1, "processes holding {marker}: {found:?}");
+    found[0]
+}
+
+/// A pidfd of process `pid` (not ours): open it while the process runs, to learn of its end.
+fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new descriptor we own, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the descriptor was just made and is owned by nobody else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Whether the process of `pidfd` ends within `within` (its pidfd becomes readable then).
+fn exits_within(pidfd: &std::os::fd::OwnedFd, within: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own.
+    unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) == 1 }
 }
 
 /// A runner killed in the middle of a job: the job's processes die with it, and the job
@@ -95,21 +124,29 @@ async fn kill_a_runner_mid_job() {
     let mut c = Cluster::start("kill-runner").await;
     let a = c.start_runner("a", 1).await;
     let b = c.start_runner("b", 1).await;
-    // The first attempt sleeps for ten minutes: only the runner's death can end it early.
-    c.push(
-        "return { name = 'long', requires = {'process'}, stages = { { name = 'work', timeout = 900, script = function()\n\
+    // The first attempt's process says `up`, then sleeps for ten minutes: only the runner's
+    // death can end it early.
+    const FIRST: &str = "print('up', flush=True); import time; time.sleep(601)";
+    c.push(&format!(
+        "return {{ name = 'long', requires = {{'process'}}, stages = {{ {{ name = 'work', timeout = 900, script = function()\n\
          log.info('on ' .. env.get('RIVET_RUNNER_ID'))\n\
-         process.run{command = 'sleep', args = {env.get('RIVET_ATTEMPT') == '1' and '601' or '3'}, timeout = 900}\n\
-         log.info('done') end } } }",
-    )
+         if env.get('RIVET_ATTEMPT') == '1' then process.run{{command = 'python3', args = {{'-c', \"{FIRST}\"}}, timeout = 900}}\n\
+         else process.run{{command = 'sleep', args = {{'3'}}}} end\n\
+         log.info('done') end }} }} }}"
+    ))
     .await;
     let started = Instant::now();
     let id = c.submit("long", serde_json::json!({})).await;
+    // Running, and its process's `up` stored in the log.
     let running = async {
         loop {
             if let Ok(j) = c.get::<JobView>(&format!("/jobs/{id}")).await {
                 if j.state == JobState::Running {
-                    return j.runner_id.expect("a running job has a runner");
+                    let page: Result<rivet_protocol::http::LogPage, _> =
+                        c.get(&format!("/jobs/{id}/logs?attempt=1")).await;
+                    if page.is_ok_and(|p| p.lines.iter().any(|l| l.line == "up")) {
+                        return j.runner_id.expect("a running job has a runner");
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -119,26 +156,14 @@ async fn kill_a_runner_mid_job() {
         .await
         .expect("the job started");
     let survivor = if victim == a { b.clone() } else { a.clone() };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sleeping("601") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first attempt's sleep never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let first = pidfd(process_with(FIRST));
     let killed_at = Instant::now();
     c.kill_runner(&victim);
-    // Nothing signals the end of another process tree: look until it is gone, within a bound
-    // far below the sleep's ten minutes and the lease's expiry.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sleeping("601") != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the killed runner's job is still running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Far below the sleep's ten minutes and the lease's expiry.
+    assert!(
+        exits_within(&first, Duration::from_secs(10)),
+        "the killed runner's job is still running"
+    );
     c.wait_finished(1, Duration::from_secs(90)).await;
     let recovered = killed_at.elapsed();
     let job: JobView = c.get(&format!("/jobs/{id}")).await.expect("the job");

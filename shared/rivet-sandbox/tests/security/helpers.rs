@@ -193,7 +193,21 @@ fn run_job_full(
     secrets: BTreeMap<String, String>,
     options: &WorkerOptions,
 ) -> Job {
-    let request = JobRequest {
+    let request = request(policy, source, workspace, secrets);
+    let mut events = Vec::new();
+    let report = run_worker(&request, options, |ev| events.push(ev.clone()))
+        .expect("the worker could not be started");
+    Job { report, events }
+}
+
+/// The request a runner would send for `source` in `workspace`.
+pub fn request(
+    policy: &Policy,
+    source: &str,
+    workspace: &Path,
+    secrets: BTreeMap<String, String>,
+) -> JobRequest {
+    JobRequest {
         mode: Mode::Run,
         file_name: "pipeline.lua".into(),
         source: source.into(),
@@ -204,11 +218,7 @@ fn run_job_full(
         policy: policy.clone(),
         binaries: resolve_binaries(&policy.process),
         plugins: rivet_sandbox::plugins::catalog(None).expect("the built-in plugins"),
-    };
-    let mut events = Vec::new();
-    let report = run_worker(&request, options, |ev| events.push(ev.clone()))
-        .expect("the worker could not be started");
-    Job { report, events }
+    }
 }
 
 /// A fresh, empty workspace (removed when dropped).

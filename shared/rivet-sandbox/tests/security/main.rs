@@ -2254,39 +2254,72 @@ echo checked"#;
     );
 }
 
-/// Processes whose command line is `sleep MARKER` (the program by its absolute path).
-fn sleepers(marker: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
+/// The process whose command line holds `marker`, found by a look through `/proc`; of a
+/// process and a fork of it that has not yet executed anything else (same command line), the
+/// parent.
+fn process_with(marker: &str) -> i32 {
+    let found: Vec<(i32, i32)> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            (args.len() == 3 && args[0].ends_with(b"/sleep") && args[1] == marker.as_bytes())
-                .then_some(pid)
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            cmdline
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+                .then_some((pid, ppid))
         })
-        .collect()
+        .collect();
+    let roots: Vec<i32> = found
+        .iter()
+        .filter(|(_, ppid)| !found.iter().any(|(pid, _)| pid == ppid))
+        .map(|(pid, _)| *pid)
+        .collect();
+    assert_eq!(roots.len(), 1, "processes holding {marker}: {found:?}");
+    roots[0]
 }
 
-/// Waits until `done` holds, looking every 10 ms: nothing signals a process's appearance or
-/// its end to an unrelated process.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// A pidfd of process `pid` (not ours): open it while the process runs, to learn of its end.
+fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new descriptor we own, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the descriptor was just made and is owned by nobody else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Whether the process of `pidfd` ends within `within` (its pidfd becomes readable then).
+fn exits_within(pidfd: &std::os::fd::OwnedFd, within: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own.
+    unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) == 1 }
 }
 
 #[test]
 fn proc_09_a_jobs_processes_die_with_its_runner() {
+    use rivet_sandbox::events::Event;
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
     // Both ways into the namespaces: as the parent's own uid, and mapped to another uid (the
     // default of a root runner), whose setup changes the worker's credentials.
     for job_uid in [None, Some(65534)] {
-        let mut policy = policy(&["sleep"]);
+        let mut policy = policy(&["sh", "sleep"]);
         policy.sandbox.job_uid = job_uid;
         policy.limits.stage_timeout = Duration::from_secs(120);
         policy.limits.job_timeout = Duration::from_secs(120);
@@ -2300,29 +2333,46 @@ fn proc_09_a_jobs_processes_die_with_its_runner() {
             std::os::unix::fs::chown(&ws, Some(uid), Some(uid)).unwrap();
         }
         let marker = format!("99.{}", std::process::id() * 10 + job_uid.is_some() as u32);
+        // `up` is logged (the process's output streams into the job's log) once the shell
+        // runs; it then waits for its sleep, and would outlive the job with it.
+        let script = format!("echo up; sleep {marker}; echo done");
         let source = pipeline(&format!(
-            "process.run{{ command = \"sleep\", args = {{{}}} }}",
-            lua_str(&marker)
+            "process.run{{ command = \"sh\", args = {{\"-c\", {}}} }}",
+            lua_str(&script)
         ));
+        let request = request(&policy, &source, &ws, BTreeMap::new());
         let options = shared_options(&policy);
         let zygote = options.launcher.zygote().unwrap().pid();
+        let (lines, up) = std::sync::mpsc::channel();
         let job = {
-            let (policy, ws, options) = (policy.clone(), ws.clone(), options.clone());
-            std::thread::spawn(move || run_job_with_options(&policy, &source, &ws, &options))
+            let options = options.clone();
+            std::thread::spawn(move || {
+                rivet_sandbox::run_worker(&request, &options, |ev| {
+                    if let Event::Log { line, .. } = ev {
+                        let _ = lines.send(line.clone());
+                    }
+                })
+            })
         };
-        wait_until("the job's process started", || {
-            !sleepers(&marker).is_empty()
-        });
+        while up
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the job's process started")
+            != "up"
+        {}
+        let shell = pidfd(process_with(&script));
         // The runner's end, as the worker sees it: its parent, the zygote, is gone (a runner
         // that dies takes its zygote with it the same way).
         // SAFETY: killing the zygote this test started.
         unsafe { libc::kill(zygote, libc::SIGKILL) };
-        wait_until(
-            &format!("the job's process outlived its runner (job_uid {job_uid:?})"),
-            || sleepers(&marker).is_empty(),
+        assert!(
+            exits_within(&shell, Duration::from_secs(10)),
+            "the job's process outlived its runner (job_uid {job_uid:?})"
         );
-        let job = job.join().expect("run_worker returns");
-        match &job.report.outcome {
+        let report = job
+            .join()
+            .expect("run_worker returns")
+            .expect("the worker started");
+        match &report.outcome {
             JobOutcome::Crashed { reason } => assert!(
                 reason.contains("launcher ended"),
                 "job_uid {job_uid:?}: {reason}"

@@ -3,6 +3,7 @@
 
 use super::helpers::*;
 use rivet_core::JobOutcome;
+use rivet_sandbox::events::{read_frame, write_frame, Event};
 use rivet_sandbox::worker::{Launched, Launcher, EXIT_BAD_REQUEST};
 use std::io::Read;
 use std::sync::mpsc;
@@ -12,32 +13,33 @@ fn launcher() -> Launcher {
     Launcher::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into())
 }
 
-/// Reads `stdout` to its end on a thread: the returned channel gets a value when every copy
-/// of the pipe's write end is closed, that is, when the worker is gone.
-fn ended(mut stdout: std::fs::File) -> mpsc::Receiver<()> {
+/// Reads `stdout` to its end on a thread, holding `stderr` open meanwhile (a worker whose
+/// stderr is closed fails its first message there): the returned channel gets a value when
+/// every copy of the stdout pipe's write end is closed, that is, when the worker is gone.
+fn ended(mut stdout: std::fs::File, stderr: std::fs::File) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = stdout.read_to_end(&mut Vec::new());
+        drop(stderr);
         let _ = tx.send(());
     });
     rx
 }
 
-/// Waits until worker `pid` is blocked reading its stdin (its request), which it does only
-/// once its descriptors are arranged. Nothing signals that; `/proc/PID/syscall` shows it.
-fn wait_reading_stdin(pid: i32) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+/// Starts `launched` on a job that logs `ready` and then spins, run without namespaces so
+/// that the launched process itself runs it, and returns the job once `ready` arrived: past
+/// that line the worker runs job code, so its descriptors are as the job sees them.
+fn running_job_code(launched: &mut Launched) -> Job {
+    let mut spin = job("return { name = 'spin', stages = { { name = 'spin', script = function() log.info('ready') while true do end end } } }");
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Off;
+    spin.request.policy.limits.instructions = u64::MAX;
+    write_frame(&mut launched.stdin, &spin.request).unwrap();
     loop {
-        let now = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-        // `read` is syscall 0 on x86_64 and its first argument the descriptor.
-        if now.starts_with("0 0x0 ") {
-            return;
+        match read_frame::<Event>(&mut launched.stdout) {
+            Ok(Some(Event::Log { line, .. })) if line == "ready" => return spin,
+            Ok(Some(_)) => {}
+            other => panic!("the worker ended before its first line: {other:?}"),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker {pid} never waited for its request: {now}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -52,10 +54,10 @@ fn waiting_worker(
     let Launched {
         stdin,
         stdout,
+        stderr,
         worker,
-        ..
     } = launcher.launch(None).unwrap();
-    (stdin, ended(stdout), worker)
+    (stdin, ended(stdout, stderr), worker)
 }
 
 fn stat_field(pid: i32, index: usize) -> i32 {
@@ -80,43 +82,59 @@ fn a_forked_worker_holds_only_its_own_pipes_and_leads_its_own_group() {
     // The zygote leads a group of its own: a signal to its parent's group (a Ctrl-C) must not
     // take it, and every running worker, down.
     assert_eq!(stat_field(zygote, 2), zygote);
-    for w in [&first, &second] {
+    let mut workers = [first, second];
+    for w in &mut workers {
         let pid = w.worker.pid;
         // The group is there as soon as the pid is known.
         assert_eq!(stat_field(pid, 2), pid);
-        wait_reading_stdin(pid);
-        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        let job = running_job_code(w);
+        // Its own three pipes, and the job's workspace (held by the filesystem module): nothing
+        // of the zygote's (its control socket, other workers' sockets and pipes, pidfds).
+        let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                let e = e.unwrap();
+                let target = std::fs::read_link(e.path()).unwrap();
+                let fd = e.file_name().to_str().unwrap().parse().unwrap();
+                (fd, target.to_string_lossy().into_owned())
+            })
             .collect();
         fds.sort();
-        assert_eq!(fds, ["0", "1", "2"], "worker {pid}");
+        let workspace = job.request.workspace.to_string_lossy().into_owned();
+        assert!(
+            fds.iter().all(|(fd, target)| match fd {
+                0..=2 => target.starts_with("pipe:"),
+                _ => *target == workspace,
+            }) && fds.iter().filter(|(fd, _)| *fd <= 2).count() == 3,
+            "worker {pid}: {fds:?}"
+        );
         // Fields after the name: 1 is the parent's pid.
         assert_eq!(stat_field(pid, 1), zygote);
     }
-    // A worker that exits by itself keeps its own status: no request, so it exits 71.
-    let Launched {
-        stdin,
+    // A running worker is killed.
+    for Launched {
         stdout,
+        stderr,
         worker,
         ..
-    } = first;
+    } in workers
+    {
+        let status = worker.kill_and_wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        ended(stdout, stderr)
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the killed worker's stdout closes");
+    }
+    // A worker that exits by itself keeps its own status: no request, so it exits 71.
+    let (stdin, gone, worker) = waiting_worker(&launcher);
     drop(stdin);
-    ended(stdout)
-        .recv_timeout(Duration::from_secs(10))
+    gone.recv_timeout(Duration::from_secs(10))
         .expect("the worker exits when its stdin closes");
     let status = worker.kill_and_wait().unwrap();
     assert_eq!(status.code(), Some(EXIT_BAD_REQUEST));
-    // One still waiting is killed.
-    let Launched { stdout, worker, .. } = second;
-    let status = worker.kill_and_wait().unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL)
-    );
-    ended(stdout)
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the killed worker's stdout closes");
 }
 
 #[test]
