@@ -126,11 +126,15 @@ async fn kill_a_runner_mid_job() {
     let b = c.start_runner("b", 1).await;
     // The first attempt's process says `up`, then sleeps for ten minutes: only the runner's
     // death can end it early.
-    const FIRST: &str = "print('up', flush=True); import time; time.sleep(601)";
+    // (The comment makes its command line this run's own.)
+    let first_code = format!(
+        "print('up', flush=True); import time; time.sleep(601)  # {}",
+        Uuid::new_v4().simple()
+    );
     c.push(&format!(
         "return {{ name = 'long', requires = {{'process'}}, stages = {{ {{ name = 'work', timeout = 900, script = function()\n\
          log.info('on ' .. env.get('RIVET_RUNNER_ID'))\n\
-         if env.get('RIVET_ATTEMPT') == '1' then process.run{{command = 'python3', args = {{'-c', \"{FIRST}\"}}, timeout = 900}}\n\
+         if env.get('RIVET_ATTEMPT') == '1' then process.run{{command = 'python3', args = {{'-c', \"{first_code}\"}}, timeout = 900}}\n\
          else process.run{{command = 'sleep', args = {{'3'}}}} end\n\
          log.info('done') end }} }} }}"
     ))
@@ -156,7 +160,7 @@ async fn kill_a_runner_mid_job() {
         .await
         .expect("the job started");
     let survivor = if victim == a { b.clone() } else { a.clone() };
-    let first = pidfd(process_with(FIRST));
+    let first = pidfd(process_with(&first_code));
     let killed_at = Instant::now();
     c.kill_runner(&victim);
     // Far below the sleep's ten minutes and the lease's expiry.
