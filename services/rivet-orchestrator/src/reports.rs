@@ -4,6 +4,7 @@
 use crate::db;
 use crate::AppState;
 use backon::Retryable;
+use rivet_protocol::http::JobState;
 use rivet_protocol::messages::{ReportBody, RunnerReport};
 use rivet_protocol::redis_keys::{is_attempt_token, lease_holder, lease_value};
 use std::time::Duration;
@@ -255,7 +256,8 @@ pub async fn apply(
             record_forged(state, job, attempt).await;
             return Ok(Applied::Forged("`Started` without a valid attempt token"));
         }
-        match identity_violation(state, report, signed, publisher).await? {
+        let check = db::registrations::start_check(&state.db, job, runner).await?;
+        match identity_violation(report, check.as_ref(), signed, publisher) {
             None => {}
             // Published by another broker user than the runner's: whoever sent it, it was not
             // that runner. Counted, and nothing changes.
@@ -284,6 +286,19 @@ pub async fn apply(
                 return Ok(Applied::Forged(
                     "`Started` from a runner without a live registration and its session, not holding the lease",
                 ));
+            }
+        }
+        // A whole attempt (started and ended with a final outcome) is one statement; the
+        // transaction below is for everything else, and says why when that statement did not
+        // apply.
+        if let Some(whole) = check
+            .as_ref()
+            .and_then(|c| whole_attempt(report, rest, &c.retry.0, *ago_ms))
+        {
+            if db::jobs::start_and_end(&state.db, &whole).await? {
+                let ended = db::attempts::Ended::Final(JobState::from_outcome(whole.outcome));
+                after_end(state, report, Some(ended)).await;
+                return Ok(Applied::Stored);
             }
         }
         // The start and the rest of the report, in one transaction.
@@ -426,29 +441,29 @@ async fn after_end(state: &AppState, report: &RunnerReport, ended: Option<db::at
 /// registration's labels (assigned by an admin, never the runner's own) must cover every
 /// `label:` requirement of the job. Capabilities are not checked: they describe the machine,
 /// and a runner that lacks one fails the job, it gains nothing.
-async fn identity_violation(
-    state: &AppState,
+fn identity_violation(
     report: &RunnerReport,
+    check: Option<&db::registrations::StartCheck>,
     signed: &ReportBody,
     publisher: Option<&str>,
-) -> anyhow::Result<Option<Violation>> {
+) -> Option<Violation> {
     let (job, runner) = (report.job_id, report.runner_id.as_str());
-    let Some(check) = db::registrations::start_check(&state.db, job, runner).await? else {
+    let Some(check) = check else {
         // No such job: `db::jobs::start` refuses it.
-        return Ok(None);
+        return None;
     };
     if !publisher_matches(check.broker_user.as_deref(), publisher) {
-        return Ok(Some(Violation::Impostor(format!(
+        return Some(Violation::Impostor(format!(
             "policy violation [runner.identity]: `Started` naming runner `{runner}` was \
              published by broker user `{}`, not by that runner's",
             publisher.unwrap_or("(none)")
-        ))));
+        )));
     }
-    let (Some(_), Some(labels)) = (check.registration, check.labels) else {
-        return Ok(Some(Violation::Identity(format!(
+    let (Some(_), Some(labels)) = (check.registration, check.labels.as_ref()) else {
+        return Some(Violation::Identity(format!(
             "policy violation [runner.identity]: runner `{runner}` is not a live registration \
              (unknown or revoked); it may not start jobs"
-        ))));
+        )));
     };
     let signed = check.session_key.as_deref().is_some_and(|key| {
         rivet_protocol::identity::verify_session_mac(
@@ -462,10 +477,10 @@ async fn identity_violation(
         )
     });
     if !signed {
-        return Ok(Some(Violation::Identity(format!(
+        return Some(Violation::Identity(format!(
             "policy violation [runner.identity]: `Started` of runner `{runner}` is not signed \
              with its registration's current session"
-        ))));
+        )));
     }
     let have: std::collections::BTreeSet<String> = labels
         .0
@@ -479,13 +494,13 @@ async fn identity_violation(
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Ok(Some(Violation::Labels(format!(
+        return Some(Violation::Labels(format!(
             "policy violation [runner.labels]: runner `{runner}` is not assigned {} that the job \
              requires",
             missing.join(", ")
-        ))));
+        )));
     }
-    Ok(None)
+    None
 }
 
 /// Whether a report published by `publisher` (the `user-id` RabbitMQ validated) may come from a
@@ -549,39 +564,10 @@ async fn apply_body(
     match body {
         // `Started` is applied first (`apply`) and only there; batches do not nest.
         ReportBody::Started { .. } | ReportBody::Batch { .. } => {}
-        ReportBody::StageStarted { index, name, .. } => {
-            let update = db::jobs::StageUpdate {
-                job_id: job,
-                attempt,
-                index: *index,
-                name,
-                state: "running",
-                duration_ms: None,
-                error: None,
-            };
-            db::jobs::stage(tx, &update).await?;
-        }
-        ReportBody::StageFinished {
-            index,
-            name,
-            outcome,
-            duration_ms,
-            error,
-        } => {
-            let word = serde_json::to_value(outcome)?
-                .as_str()
-                .unwrap_or("failed")
-                .to_owned();
-            let update = db::jobs::StageUpdate {
-                job_id: job,
-                attempt,
-                index: *index,
-                name,
-                state: &word,
-                duration_ms: Some(*duration_ms),
-                error: error.as_deref(),
-            };
-            db::jobs::stage(tx, &update).await?;
+        ReportBody::StageStarted { .. } | ReportBody::StageFinished { .. } => {
+            if let Some(update) = stage_update(report, body) {
+                db::jobs::stage(tx, &update).await?;
+            }
         }
         ReportBody::Logs { lines } => db::logs::insert(tx, job, attempt, lines).await?,
         ReportBody::Finished { outcome } => {
@@ -600,6 +586,85 @@ async fn apply_body(
         }
     }
     Ok(None)
+}
+
+/// A stage body of `report` as the row it writes.
+fn stage_update<'a>(
+    report: &RunnerReport,
+    body: &'a ReportBody,
+) -> Option<db::jobs::StageUpdate<'a>> {
+    let (index, name, state, duration_ms, error) = match body {
+        ReportBody::StageStarted { index, name, .. } => (index, name, "running", None, None),
+        ReportBody::StageFinished {
+            index,
+            name,
+            outcome,
+            duration_ms,
+            error,
+        } => (
+            index,
+            name,
+            outcome.as_str(),
+            Some(*duration_ms),
+            error.as_deref(),
+        ),
+        _ => return None,
+    };
+    Some(db::jobs::StageUpdate {
+        job_id: report.job_id,
+        attempt: report.attempt,
+        index: *index,
+        name,
+        state,
+        duration_ms,
+        error,
+    })
+}
+
+/// The rest of a `Started` report (`rest`, the bodies after it) as one whole attempt, when it
+/// is one: log and stage bodies, then a `Finished` whose outcome the job's `retry` rule does
+/// not cover. Per stage the row is what the bodies applied in order would leave: its first end,
+/// else its first start.
+pub fn whole_attempt<'a>(
+    report: &'a RunnerReport,
+    rest: &'a [ReportBody],
+    retry: &rivet_core::definition::RetrySpec,
+    ago_ms: u64,
+) -> Option<db::jobs::WholeAttempt<'a>> {
+    let (ReportBody::Finished { outcome }, before) = rest.split_last()? else {
+        return None;
+    };
+    if retry.retries(report.attempt, outcome) {
+        return None;
+    }
+    let mut lines = Vec::new();
+    let mut stages: std::collections::BTreeMap<u32, db::jobs::StageUpdate<'a>> =
+        std::collections::BTreeMap::new();
+    for body in before {
+        match body {
+            ReportBody::Logs { lines: more } => lines.extend(more),
+            ReportBody::StageStarted { .. } | ReportBody::StageFinished { .. } => {
+                let update = stage_update(report, body)?;
+                match stages.get(&update.index) {
+                    Some(have) if have.state != "running" || update.state == "running" => {}
+                    _ => {
+                        stages.insert(update.index, update);
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(db::jobs::WholeAttempt {
+        job_id: report.job_id,
+        attempt: report.attempt,
+        runner_id: &report.runner_id,
+        token: &report.token,
+        ago_ms,
+        outcome,
+        lines,
+        stages: stages.into_values().collect(),
+    })
 }
 
 /// Whether the report carries `Started` or `Finished` among other bodies.
@@ -731,6 +796,82 @@ mod tests {
         assert!(!super::has_essentials(&report(ReportBody::Batch {
             bodies: vec![ReportBody::Logs { lines: Vec::new() }]
         })));
+    }
+
+    #[test]
+    fn a_whole_attempt_is_a_start_then_logs_and_stages_then_a_final_end() {
+        use rivet_core::definition::RetrySpec;
+        use rivet_core::{JobOutcome, StageOutcome};
+        use rivet_protocol::messages::{ReportBody, RunnerReport};
+        let report = RunnerReport {
+            schema: rivet_protocol::SCHEMA_VERSION,
+            job_id: uuid::Uuid::new_v4(),
+            attempt: 1,
+            runner_id: "r".into(),
+            token: "t".into(),
+            session_mac: String::new(),
+            body: ReportBody::Started { ago_ms: 0 },
+        };
+        let start = |index: u32, name: &str| ReportBody::StageStarted {
+            index,
+            name: name.into(),
+            timeout_ms: 1000,
+        };
+        let end = |index: u32, outcome: StageOutcome| ReportBody::StageFinished {
+            index,
+            name: format!("s{index}"),
+            outcome,
+            duration_ms: 1,
+            error: None,
+        };
+        let logs = ReportBody::Logs { lines: Vec::new() };
+        let finished = |outcome| ReportBody::Finished { outcome };
+        let lost = JobOutcome::Lost { reason: "x".into() };
+        let rest = vec![
+            start(0, "s0"),
+            logs.clone(),
+            end(0, StageOutcome::Succeeded),
+            // A second end of the same stage changes nothing (its row is no longer running).
+            end(0, StageOutcome::Failed),
+            start(1, "first"),
+            start(1, "second"),
+            end(2, StageOutcome::Skipped),
+            finished(JobOutcome::Succeeded),
+        ];
+        let none = RetrySpec {
+            count: 0,
+            ..RetrySpec::default()
+        };
+        let whole = super::whole_attempt(&report, &rest, &none, 7).expect("a whole attempt");
+        let stages: Vec<(u32, &str, &str)> = whole
+            .stages
+            .iter()
+            .map(|s| (s.index, s.name, s.state))
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                (0, "s0", "succeeded"),
+                (1, "first", "running"),
+                (2, "s2", "skipped")
+            ]
+        );
+        assert_eq!(whole.outcome, &JobOutcome::Succeeded);
+        assert_eq!(whole.ago_ms, 7);
+        // An end the retry rule covers queues another attempt: not a whole attempt.
+        let retried = [finished(lost.clone())];
+        assert!(super::whole_attempt(&report, &retried, &RetrySpec::default(), 0).is_none());
+        assert!(super::whole_attempt(&report, &retried, &none, 0).is_some());
+        // No end, an end that is not last, two ends: the transaction's path.
+        assert!(super::whole_attempt(&report, std::slice::from_ref(&logs), &none, 0).is_none());
+        assert!(
+            super::whole_attempt(&report, &[finished(lost.clone()), logs.clone()], &none, 0)
+                .is_none()
+        );
+        assert!(
+            super::whole_attempt(&report, &[finished(lost.clone()), finished(lost)], &none, 0)
+                .is_none()
+        );
     }
 
     use super::tokens_match;

@@ -20,6 +20,18 @@ pub enum StageOutcome {
     Skipped,
 }
 
+impl StageOutcome {
+    /// The outcome's name, as serialized (`succeeded`, `failed`, `timed_out`, `skipped`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageOutcome::Succeeded => "succeeded",
+            StageOutcome::Failed => "failed",
+            StageOutcome::TimedOut => "timed_out",
+            StageOutcome::Skipped => "skipped",
+        }
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -91,6 +103,23 @@ impl fmt::Display for JobOutcome {
             Self::Crashed { reason } => write!(f, "crashed: {reason}"),
             Self::Cancelled => f.write_str("cancelled"),
             Self::Lost { reason } => write!(f, "lost: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod stage_outcome_tests {
+    use super::StageOutcome;
+
+    #[test]
+    fn a_stage_outcomes_name_is_its_serialized_form() {
+        for o in [
+            StageOutcome::Succeeded,
+            StageOutcome::Failed,
+            StageOutcome::TimedOut,
+            StageOutcome::Skipped,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
         }
     }
 }

@@ -285,6 +285,93 @@ pub async fn start(
     })
 }
 
+/// A whole attempt, reported at once: it started and ended in the runner's first report (the
+/// report of nearly every short job).
+#[derive(Debug)]
+pub struct WholeAttempt<'a> {
+    /// The job.
+    pub job_id: Uuid,
+    /// The attempt.
+    pub attempt: u32,
+    /// The runner that ran it.
+    pub runner_id: &'a str,
+    /// Its attempt token.
+    pub token: &'a str,
+    /// How long before the report it started (the runner's word, as for [`start`]).
+    pub ago_ms: u64,
+    /// How it ended; the caller checked that the job's retry rule does not cover it.
+    pub outcome: &'a JobOutcome,
+    /// Its log lines.
+    pub lines: Vec<&'a rivet_protocol::messages::LogLine>,
+    /// Its stages, at most one update per index.
+    pub stages: Vec<StageUpdate<'a>>,
+}
+
+/// Starts and ends an attempt in one statement (one round trip, one commit) if the job is
+/// waiting for it: what [`start`], the log and stage writes and ending the attempt with a final
+/// outcome do in one transaction, for the case where nothing between them can change their
+/// course (a queued job has no cancel request, and its retry rule never changes). Returns
+/// whether it applied; when not (a redelivered report, a job no longer waiting), nothing
+/// changed and the caller takes the transaction's path, which says why.
+pub async fn start_and_end(db: &PgPool, w: &WholeAttempt<'_>) -> sqlx::Result<bool> {
+    let state = JobState::from_outcome(w.outcome).as_str();
+    let logs = crate::db::logs::Columns::of(w.lines.iter().copied());
+    let idx: Vec<i32> = w.stages.iter().map(|s| s.index as i32).collect();
+    let names: Vec<&str> = w.stages.iter().map(|s| s.name).collect();
+    let states: Vec<&str> = w.stages.iter().map(|s| s.state).collect();
+    let durations: Vec<Option<i64>> = w
+        .stages
+        .iter()
+        .map(|s| s.duration_ms.map(|d| d as i64))
+        .collect();
+    let errors: Vec<Option<&str>> = w.stages.iter().map(|s| s.error).collect();
+    let applied: i64 = sqlx::query_scalar(
+        "WITH job AS (\
+           UPDATE jobs SET state = $6, runner_id = $3, outcome = $7, finished_at = now(), \
+           started_at = GREATEST(created_at, now() - $4 * interval '1 millisecond', \
+             (SELECT queued_at FROM attempts WHERE job_id = $1 AND attempt = $2)) \
+           WHERE id = $1 AND attempt = $2 AND state = 'queued' AND cancel_requested_at IS NULL \
+           RETURNING started_at), \
+         attempt AS (\
+           UPDATE attempts SET state = $6, runner_id = $3, token = $5, outcome = $7, \
+           started_at = (SELECT started_at FROM job), finished_at = now(), lease_missing_since = NULL \
+           WHERE job_id = $1 AND attempt = $2 AND EXISTS (SELECT 1 FROM job)), \
+         outbox AS (\
+           UPDATE outbox SET published_at = now() \
+           WHERE job_id = $1 AND attempt = $2 AND published_at IS NULL AND EXISTS (SELECT 1 FROM job)), \
+         stages AS (\
+           INSERT INTO stage_runs (job_id, attempt, idx, name, state, duration_ms, error) \
+           SELECT $1, $2, * FROM UNNEST($8::int[], $9::text[], $10::text[], $11::bigint[], $12::text[]) \
+           WHERE EXISTS (SELECT 1 FROM job) ON CONFLICT DO NOTHING), \
+         logs AS (\
+           INSERT INTO log_lines (job_id, attempt, seq, at_ms, stage, level, source, line) \
+           SELECT $1, $2, * FROM UNNEST($13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[]) \
+           WHERE EXISTS (SELECT 1 FROM job) ON CONFLICT DO NOTHING) \
+         SELECT count(*) FROM job",
+    )
+    .bind(w.job_id)
+    .bind(w.attempt as i32)
+    .bind(w.runner_id)
+    .bind(w.ago_ms.min(i64::MAX as u64) as f64)
+    .bind(w.token)
+    .bind(state)
+    .bind(Json(w.outcome))
+    .bind(&idx)
+    .bind(&names)
+    .bind(&states)
+    .bind(&durations)
+    .bind(&errors)
+    .bind(&logs.seq)
+    .bind(&logs.at)
+    .bind(&logs.stage)
+    .bind(&logs.level)
+    .bind(&logs.source)
+    .bind(&logs.text)
+    .fetch_one(db)
+    .await?;
+    Ok(applied == 1)
+}
+
 /// When `attempt` is the job's current, running attempt held by `runner_id`: the attempt token
 /// stored at its `Started` (`None` only for an attempt started before tokens existed) and its
 /// runner's session key.

@@ -4,6 +4,39 @@ use rivet_protocol::messages::LogLine;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// A batch of lines as the columns `UNNEST` takes, NUL characters replaced (PostgreSQL refuses
+/// them in text).
+pub(crate) struct Columns {
+    pub seq: Vec<i64>,
+    pub at: Vec<i64>,
+    pub stage: Vec<Option<String>>,
+    pub level: Vec<String>,
+    pub source: Vec<String>,
+    pub text: Vec<String>,
+}
+
+impl Columns {
+    pub(crate) fn of<'a>(lines: impl IntoIterator<Item = &'a LogLine>) -> Self {
+        let mut c = Columns {
+            seq: Vec::new(),
+            at: Vec::new(),
+            stage: Vec::new(),
+            level: Vec::new(),
+            source: Vec::new(),
+            text: Vec::new(),
+        };
+        for l in lines {
+            c.seq.push(l.seq as i64);
+            c.at.push(l.at_ms as i64);
+            c.stage.push(l.stage.clone());
+            c.level.push(l.level.clone());
+            c.source.push(l.source.clone());
+            c.text.push(l.line.replace('\0', "\u{FFFD}"));
+        }
+        c
+    }
+}
+
 /// Stores a batch; lines already stored (a redelivered batch) are skipped.
 pub async fn insert(
     db: &mut sqlx::PgConnection,
@@ -14,15 +47,7 @@ pub async fn insert(
     if lines.is_empty() {
         return Ok(());
     }
-    let seq: Vec<i64> = lines.iter().map(|l| l.seq as i64).collect();
-    let at: Vec<i64> = lines.iter().map(|l| l.at_ms as i64).collect();
-    let stage: Vec<Option<String>> = lines.iter().map(|l| l.stage.clone()).collect();
-    let level: Vec<String> = lines.iter().map(|l| l.level.clone()).collect();
-    let source: Vec<String> = lines.iter().map(|l| l.source.clone()).collect();
-    let text: Vec<String> = lines
-        .iter()
-        .map(|l| l.line.replace('\0', "\u{FFFD}"))
-        .collect();
+    let c = Columns::of(lines);
     sqlx::query(
         "INSERT INTO log_lines (job_id, attempt, seq, at_ms, stage, level, source, line) \
          SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[]) \
@@ -30,12 +55,12 @@ pub async fn insert(
     )
     .bind(job_id)
     .bind(attempt as i32)
-    .bind(&seq)
-    .bind(&at)
-    .bind(&stage)
-    .bind(&level)
-    .bind(&source)
-    .bind(&text)
+    .bind(&c.seq)
+    .bind(&c.at)
+    .bind(&c.stage)
+    .bind(&c.level)
+    .bind(&c.source)
+    .bind(&c.text)
     .execute(db)
     .await?;
     Ok(())

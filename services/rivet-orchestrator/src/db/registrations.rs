@@ -185,6 +185,8 @@ pub struct StartCheck {
     pub session_key: Option<String>,
     /// Its RabbitMQ user (none: shared broker users).
     pub broker_user: Option<String>,
+    /// The job's retry rule (it never changes after submit).
+    pub retry: Json<rivet_core::definition::RetrySpec>,
 }
 
 /// The job's requirements and the live registration of `runner_id`; `None` without such a job.
@@ -194,7 +196,7 @@ pub async fn start_check(
     runner_id: &str,
 ) -> sqlx::Result<Option<StartCheck>> {
     sqlx::query_as(
-        "SELECT c.requires, r.id AS registration, r.labels, r.session_key, r.broker_user FROM jobs j \
+        "SELECT c.requires, r.id AS registration, r.labels, r.session_key, r.broker_user, j.retry FROM jobs j \
          JOIN classes c ON c.class_key = j.class_key \
          LEFT JOIN runner_registrations r ON r.name = $2 AND r.revoked_at IS NULL \
          WHERE j.id = $1",

@@ -414,6 +414,154 @@ async fn a_whole_attempt_in_one_report_is_applied_once() {
     assert_eq!(forged_count(&app, taken.id).await, 0);
 }
 
+/// Everything stored about a job, without ids and times (whether the times are in order
+/// instead), as JSON.
+async fn stored(app: &TestApp, id: uuid::Uuid) -> serde_json::Value {
+    let mut db = app.db().await;
+    sqlx::query_scalar(
+        "SELECT json_build_object(\
+           'job', (SELECT json_build_object('state', state, 'attempt', attempt, 'runner', runner_id, \
+             'outcome', outcome, 'dated', created_at <= started_at AND started_at <= finished_at) \
+             FROM jobs WHERE id = $1), \
+           'attempts', (SELECT json_agg(json_build_object('attempt', attempt, 'state', state, \
+             'runner', runner_id, 'token', token, 'outcome', outcome, 'forged', forged_reports, \
+             'lease_missing', lease_missing_since, \
+             'dated', queued_at <= started_at AND started_at <= finished_at) ORDER BY attempt) \
+             FROM attempts WHERE job_id = $1), \
+           'stages', (SELECT json_agg(json_build_object('idx', idx, 'name', name, 'state', state, \
+             'duration', duration_ms, 'error', error) ORDER BY attempt, idx) \
+             FROM stage_runs WHERE job_id = $1), \
+           'logs', (SELECT json_agg(json_build_object('attempt', attempt, 'seq', seq, 'at', at_ms, \
+             'stage', stage, 'level', level, 'source', source, 'line', line) ORDER BY attempt, seq) \
+             FROM log_lines WHERE job_id = $1), \
+           'outbox', (SELECT json_agg(json_build_object('attempt', attempt, \
+             'published', published_at IS NOT NULL) ORDER BY id) FROM outbox WHERE job_id = $1))::jsonb",
+    )
+    .bind(id)
+    .fetch_one(&mut db)
+    .await
+    .unwrap()
+}
+
+/// A whole attempt reported at once is applied in one statement (`db::jobs::start_and_end`).
+/// It stores exactly what the transaction's path stores for the same bodies sent as two
+/// reports (the start, then the rest), and applies only once.
+#[tokio::test]
+async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
+    let stage = |index: u32, name: &str, outcome, error: Option<&str>| ReportBody::StageFinished {
+        index,
+        name: name.into(),
+        outcome,
+        duration_ms: 5 + index as u64,
+        error: error.map(Into::into),
+    };
+    let rest = vec![
+        ReportBody::StageStarted {
+            index: 0,
+            name: "build".into(),
+            timeout_ms: 60_000,
+        },
+        ReportBody::Logs {
+            lines: vec![line(0, "compiling"), line(1, "done")],
+        },
+        stage(0, "build", StageOutcome::Succeeded, None),
+        ReportBody::StageStarted {
+            index: 1,
+            name: "test".into(),
+            timeout_ms: 60_000,
+        },
+        ReportBody::Logs {
+            lines: vec![line(2, "boom")],
+        },
+        stage(1, "test", StageOutcome::Failed, Some("boom")),
+        stage(
+            2,
+            "deploy",
+            StageOutcome::Skipped,
+            Some("an earlier stage failed"),
+        ),
+        ReportBody::Finished {
+            outcome: JobOutcome::Failed {
+                stage: Some("test".into()),
+                error: "boom".into(),
+            },
+        },
+    ];
+    let started = ReportBody::Started { ago_ms: 30 };
+
+    // The transaction's path: `Started` alone, then the rest.
+    let two = spawn_app().await;
+    let taken = Taken::new(&two).await;
+    taken
+        .publish(&taken.report(started.clone(), &started))
+        .await;
+    wait_for("the job to run", || async {
+        (job(&two, taken.id).await.state == JobState::Running).then_some(())
+    })
+    .await;
+    let batch = ReportBody::Batch {
+        bodies: rest.clone(),
+    };
+    taken.publish(&taken.report(batch.clone(), &batch)).await;
+    wait_for("the job to fail", || async {
+        (job(&two, taken.id).await.state == JobState::Failed).then_some(())
+    })
+    .await;
+    let by_transaction = stored(&two, taken.id).await;
+
+    // One statement, called as the reports lane calls it.
+    let one = spawn_app().await;
+    let taken = Taken::new(&one).await;
+    let mut bodies = vec![started];
+    bodies.extend(rest);
+    let report = taken.report(
+        ReportBody::Batch {
+            bodies: bodies.clone(),
+        },
+        &ReportBody::Started { ago_ms: 30 },
+    );
+    let whole = rivet_orchestrator::reports::whole_attempt(
+        &report,
+        &bodies[1..],
+        &rivet_core::definition::RetrySpec::default(),
+        30,
+    )
+    .expect("a start, stages and logs, and an end that is not retried: a whole attempt");
+    let pool = sqlx::PgPool::connect(&one.database_url).await.unwrap();
+    assert!(
+        rivet_orchestrator::db::jobs::start_and_end(&pool, &whole)
+            .await
+            .unwrap(),
+        "the job was waiting for this attempt"
+    );
+    let by_statement = stored(&one, taken.id).await;
+    assert!(
+        !rivet_orchestrator::db::jobs::start_and_end(&pool, &whole)
+            .await
+            .unwrap(),
+        "applied once"
+    );
+    assert_eq!(
+        stored(&one, taken.id).await,
+        by_statement,
+        "nothing changes the second time"
+    );
+
+    assert_eq!(by_statement, by_transaction);
+    assert_eq!(by_statement["job"]["dated"], true, "{by_statement}");
+    assert_eq!(by_statement["attempts"][0]["dated"], true, "{by_statement}");
+    assert_eq!(
+        by_statement["stages"].as_array().map(Vec::len),
+        Some(3),
+        "{by_statement}"
+    );
+    assert_eq!(
+        by_statement["logs"].as_array().map(Vec::len),
+        Some(3),
+        "{by_statement}"
+    );
+}
+
 /// A report that ends its attempt twice is applied up to the first end: the second finds the
 /// attempt over (here a retry already queued), even though the report's start locked the job
 /// row and read it once.
