@@ -7,7 +7,7 @@ use crate::modules::Sink;
 use rivet_core::JobOutcome;
 use std::fs::File;
 use std::io::BufReader;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 /// Call first thing in `main` of every binary that runs jobs: when the process was started as
 /// a worker launcher (`zygote.rs`) it forks workers until its parent is done with it and
@@ -43,10 +43,18 @@ fn die_with(parent: i32) {
 /// Runs in a worker just forked by the zygote `parent`, with its pipes on fds 0, 1 and 2:
 /// dies with the zygote, then reads the request, isolates, runs the job and exits. `netns`
 /// is a network namespace descriptor lent by the process that asked for the worker, as (its
-/// pid, the descriptor's number there).
-pub(super) fn become_worker(parent: i32, netns: Option<(i32, i32)>) -> ! {
+/// pid, the descriptor's number there); `maps` the socket on which the zygote writes the
+/// worker's uid and gid maps (closed once isolated, before any job code runs).
+pub(super) fn become_worker(parent: i32, netns: Option<(i32, i32)>, maps: OwnedFd) -> ! {
     die_with(parent);
-    worker_main(netns.map(|(parent, fd)| isolation::LentNetns { parent, fd }))
+    let mapper = isolation::Mapper {
+        socket: maps,
+        zygote: parent,
+    };
+    worker_main(
+        netns.map(|(parent, fd)| isolation::LentNetns { parent, fd }),
+        mapper,
+    )
 }
 
 /// Applies the policy's rlimits to this process (and so to everything it starts).
@@ -72,7 +80,7 @@ fn apply_rlimits(policy: &rivet_core::policy::ProcessPolicy) -> std::io::Result<
     Ok(())
 }
 
-fn worker_main(netns: Option<isolation::LentNetns>) -> ! {
+fn worker_main(netns: Option<isolation::LentNetns>, mapper: isolation::Mapper) -> ! {
     // SAFETY: fd 0 and 1 are the pipes the parent set up; nothing else in this process owns them.
     let stdin = unsafe { File::from_raw_fd(0) };
     let stdout = unsafe { File::from_raw_fd(1) };
@@ -96,7 +104,7 @@ fn worker_main(netns: Option<isolation::LentNetns>) -> ! {
     ));
     let isolated = apply_rlimits(&request.policy.process)
         .map_err(|e| format!("setting the worker's resource limits: {e}"))
-        .and_then(|()| isolation::enter(&request, netns));
+        .and_then(|()| isolation::enter(&request, netns, mapper));
     let outcome = match isolated {
         Ok(iso) => {
             let cleanup = iso.cleanup.clone();

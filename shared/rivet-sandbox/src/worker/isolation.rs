@@ -45,18 +45,34 @@ pub struct LentNetns {
     pub fd: i32,
 }
 
+/// The worker's way to its zygote, which writes the maps of a user namespace whose uid 0 is
+/// another host uid (`zygote.rs`).
+#[derive(Debug)]
+pub struct Mapper {
+    /// The worker's end of its map socket.
+    pub socket: std::os::fd::OwnedFd,
+    /// The zygote's pid (this process's parent).
+    pub zygote: i32,
+}
+
 /// Sets up isolation for `request`. Returns what was set up, or an error that fails the job.
-pub fn enter(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolation, String> {
+/// `mapper` is closed before this returns, whatever happened: no job code ever holds it.
+pub fn enter(
+    request: &JobRequest,
+    netns: Option<LentNetns>,
+    mapper: Mapper,
+) -> Result<Isolation, String> {
+    let zygote = mapper.zygote;
     if request.mode == Mode::Lint {
         // A definition's top level has no host access at all (no core modules): rlimits, the
         // process group and the hard deadline suffice, and linting stays fast.
-        return fallback(Vec::new());
+        return fallback(request, zygote, Vec::new());
     }
     match request.policy.sandbox.namespaces {
-        NamespaceMode::Off => fallback(vec!["isolation: namespaces are disabled by policy (sandbox.namespaces = \"off\")".into()]),
-        mode => match namespaces(request, netns) {
+        NamespaceMode::Off => fallback(request, zygote, vec!["isolation: namespaces are disabled by policy (sandbox.namespaces = \"off\")".into()]),
+        mode => match namespaces(request, netns, mapper) {
             Ok(iso) => Ok(iso),
-            Err(Failure::Unavailable(why)) if mode == NamespaceMode::Auto => fallback(vec![format!(
+            Err(Failure::Unavailable(why)) if mode == NamespaceMode::Auto => fallback(request, zygote, vec![format!(
                 "isolation: fresh namespaces are unavailable here ({why}); this job runs with rlimits and a process group only"
             )]),
             Err(Failure::Unavailable(why)) => {
@@ -74,7 +90,15 @@ enum Failure {
     Fatal(String),
 }
 
-fn fallback(notes: Vec<String>) -> Result<Isolation, String> {
+/// Without namespaces: private home and temporary directories, and, when the policy names
+/// another host uid and this process may take it (root), that uid: a root runner's job is
+/// never host root, with or without namespaces.
+fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Isolation, String> {
+    let job_uid = request.policy.sandbox.job_uid;
+    // SAFETY: geteuid has no preconditions.
+    if let Some(uid) = job_uid.filter(|&u| u != 0 && unsafe { libc::geteuid() } == 0) {
+        take_uid(uid, zygote)?;
+    }
     let base = std::env::temp_dir().join(format!("rivet-job-{}", std::process::id()));
     let home = base.join("home");
     let tmp = base.join("tmp");
@@ -90,6 +114,26 @@ fn fallback(notes: Vec<String>) -> Result<Isolation, String> {
     })
 }
 
+/// Becomes `uid` (and gid `uid`, no supplementary groups) on the host, for good, and stays
+/// killed with `zygote`: the change of credentials clears the parent-death signal, so it is
+/// armed again, and if the zygote died meanwhile this process stops.
+fn take_uid(uid: u32, zygote: i32) -> Result<(), String> {
+    // SAFETY: credential syscalls and prctl on this single-threaded process.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(uid, uid, uid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            return Err(errno("taking the job's uid"));
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != zygote {
+            libc::_exit(super::EXIT_PARENT_GONE);
+        }
+    }
+    Ok(())
+}
+
 /// Joins the network namespace the parent lent. On success returns a descriptor of the
 /// namespace this process was in, to go back to if the rest of the isolation is unavailable.
 fn join_lent(lent: LentNetns) -> Option<std::fs::File> {
@@ -100,7 +144,11 @@ fn join_lent(lent: LentNetns) -> Option<std::fs::File> {
     (unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0).then_some(own)
 }
 
-fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolation, Failure> {
+fn namespaces(
+    request: &JobRequest,
+    netns: Option<LentNetns>,
+    mapper: Mapper,
+) -> Result<Isolation, Failure> {
     // The mounts need mount_setattr (Linux 5.12). Where it is missing, say so before anything
     // changed, so `auto` can still fall back.
     if !has_mount_setattr() {
@@ -117,6 +165,7 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
         _ => None,
     };
     let fresh_network = isolate_network && joined.is_none();
+    let zygote = mapper.zygote;
     // SAFETY: plain syscalls on this process; arguments are constants or owned C strings.
     unsafe {
         let uid = libc::geteuid();
@@ -126,22 +175,21 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
         if fresh_network {
             flags |= libc::CLONE_NEWNET;
         }
-        // Another host uid for the job (only root may map one): the namespaces are made in a
-        // child, whose maps this process writes while it is still root here.
+        // Another host uid for the job (only root may map one, and only from outside the new
+        // user namespace): the zygote, root there, writes our maps.
         let remap = request
             .policy
             .sandbox
             .job_uid
-            .filter(|&u| uid == 0 && u != 0);
-        // With a remap, the process that wrote our maps (our parent from here on).
-        let entered = match remap {
-            Some(job_uid) => enter_as(flags, job_uid)?.map(Some),
-            None => (libc::unshare(flags) == 0)
-                .then_some(None)
-                .ok_or_else(|| errno("unshare")),
-        };
-        let mapper = match entered {
-            Ok(mapper) => mapper,
+            .is_some_and(|u| uid == 0 && u != 0);
+        if remap && libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(Failure::Fatal(errno("dropping supplementary groups")));
+        }
+        let entered = (libc::unshare(flags) == 0)
+            .then_some(())
+            .ok_or_else(|| errno("unshare"));
+        match entered {
+            Ok(()) => {}
             Err(why) => {
                 if let Some(own) = &joined {
                     // Leave the lent namespace before running without namespaces: a job that is
@@ -155,18 +203,21 @@ fn namespaces(request: &JobRequest, netns: Option<LentNetns>) -> Result<Isolatio
             }
         };
         drop(joined);
-        if let Some(mapper) = mapper {
+        if remap {
+            mapped_by_zygote(&mapper).map_err(Failure::Fatal)?;
+            drop(mapper);
             // Our maps are written: become uid and gid 0 inside, the job's uid outside.
             if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
                 return Err(Failure::Fatal(errno("taking the job's uid")));
             }
             // That change of credentials cleared the parent-death signal (prctl(2)): armed
-            // again, or the job would outlive its runner. If the parent died meanwhile, stop.
+            // again, or the job would outlive its runner. If the zygote died meanwhile, stop.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != mapper {
+            if libc::getppid() != zygote {
                 libc::_exit(super::EXIT_PARENT_GONE);
             }
         } else {
+            drop(mapper);
             let write = |path: &str, text: String| {
                 std::fs::write(path, text)
                     .map_err(|e| Failure::Fatal(format!("writing {path}: {e}")))
@@ -300,93 +351,24 @@ fn drop_capabilities() -> Result<(), String> {
     Ok(())
 }
 
-/// Enters namespaces `flags` in a child whose uid and gid 0 map to `job_uid` outside: this
-/// process (root in its namespace) drops its supplementary groups, forks, the child
-/// `unshare`s, this process writes the child's maps (which only a process privileged in the
-/// parent namespace may do for another uid) and then only relays the child's exit status.
-/// Returns in the child with this process's pid, or here with why `unshare` failed there
-/// (nothing changed here).
-///
-/// # Safety
-/// Single-threaded process only (fork, then `unshare(CLONE_NEWUSER)`).
-unsafe fn enter_as(flags: libc::c_int, job_uid: u32) -> Result<Result<i32, String>, Failure> {
-    // SAFETY: the caller guarantees a single-threaded process; every buffer lives across its
-    // call; descriptors are ours.
-    unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(Failure::Fatal(errno("dropping supplementary groups")));
-        }
-        let mapper = libc::getpid();
-        let (mut up, mut down) = ([0; 2], [0; 2]);
-        if libc::pipe2(up.as_mut_ptr(), libc::O_CLOEXEC) != 0
-            || libc::pipe2(down.as_mut_ptr(), libc::O_CLOEXEC) != 0
-        {
-            return Err(Failure::Fatal(errno("making the namespace pipes")));
-        }
-        match libc::fork() {
-            -1 => Err(Failure::Fatal(errno("fork"))),
-            0 => {
-                libc::close(up[0]);
-                libc::close(down[1]);
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                // Report 0, or the errno of a failed unshare, then wait for the maps.
-                let code: i32 = if libc::unshare(flags) == 0 {
-                    0
-                } else {
-                    *libc::__errno_location()
-                };
-                libc::write(up[1], (&code as *const i32).cast(), 4);
-                libc::close(up[1]);
-                if code != 0 {
-                    libc::_exit(0);
-                }
-                let mut ok = 0u8;
-                if libc::read(down[0], (&mut ok as *mut u8).cast(), 1) != 1 || ok != 1 {
-                    libc::_exit(1);
-                }
-                libc::close(down[0]);
-                Ok(Ok(mapper))
-            }
-            child => {
-                libc::close(up[1]);
-                libc::close(down[0]);
-                let mut code: i32 = -1;
-                let got = libc::read(up[0], (&mut code as *mut i32).cast(), 4);
-                libc::close(up[0]);
-                if got != 4 || code != 0 {
-                    libc::close(down[1]);
-                    let mut status = 0;
-                    libc::waitpid(child, &mut status, 0);
-                    let why = if got == 4 {
-                        format!("unshare: {}", io::Error::from_raw_os_error(code))
-                    } else {
-                        "unshare: the child died".to_owned()
-                    };
-                    return Ok(Err(why));
-                }
-                let written = ["setgroups", "uid_map", "gid_map"]
-                    .iter()
-                    .zip([
-                        "deny".to_owned(),
-                        format!("0 {job_uid} 1"),
-                        format!("0 {job_uid} 1"),
-                    ])
-                    .try_for_each(|(file, text)| {
-                        std::fs::write(format!("/proc/{child}/{file}"), text)
-                            .map_err(|e| format!("writing the job's {file}: {e}"))
-                    });
-                if let Err(e) = written {
-                    libc::kill(child, libc::SIGKILL);
-                    let mut status = 0;
-                    libc::waitpid(child, &mut status, 0);
-                    return Err(Failure::Fatal(e));
-                }
-                let ok = 1u8;
-                libc::write(down[1], (&ok as *const u8).cast(), 1);
-                libc::close(down[1]);
-                relay_exit(child)
-            }
-        }
+/// Asks the zygote to write this process's uid and gid maps (uid and gid 0 inside, the
+/// launcher's job uid outside) now that it is in its new user namespace, and waits for the
+/// answer.
+fn mapped_by_zygote(mapper: &Mapper) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let sock = mapper.socket.as_raw_fd();
+    super::zygote::send_with_fds(sock, &[1], &[])
+        .map_err(|e| format!("asking the launcher for the job's uid map: {e}"))?;
+    match super::zygote::recv_i32(sock) {
+        Ok(Some(0)) => Ok(()),
+        Ok(Some(errno)) => Err(format!(
+            "the launcher could not write the job's uid map: {}",
+            io::Error::from_raw_os_error(errno)
+        )),
+        Ok(None) => Err("the launcher ended before it wrote the job's uid map".into()),
+        Err(e) => Err(format!(
+            "the launcher's answer about the job's uid map: {e}"
+        )),
     }
 }
 

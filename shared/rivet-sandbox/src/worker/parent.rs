@@ -336,9 +336,10 @@ pub fn run_worker(
         mut stdout,
         mut stderr,
         worker,
-    } = options
-        .launcher
-        .launch(netns.as_ref().map(|lease| lease.raw_fd()))?;
+    } = options.launcher.launch(
+        netns.as_ref().map(|lease| lease.raw_fd()),
+        policy.sandbox.job_uid,
+    )?;
     let pgid = worker.pid;
 
     if let Err(e) = write_frame(&mut stdin, request) {

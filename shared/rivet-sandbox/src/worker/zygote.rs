@@ -8,7 +8,9 @@
 //! gets its own stdin, stdout and stderr pipes and process group, dies with its parent, and
 //! enters its namespaces itself (`child.rs`, `isolation.rs`).
 //!
-//! The zygote never sees a job: it receives three pipe ends and a socket, never a request.
+//! The zygote never sees a job: it receives three pipe ends, a socket and at most a host uid,
+//! never a request. Its one privileged act is writing the uid and gid maps of its own child,
+//! once, to the uid its launcher named (the map socket, below).
 //! What children of one zygote share is what `exec` would have re-randomised: the address
 //! layout and the stack canary. So that a crash cannot be used as an oracle to guess them one
 //! job at a time, the parent retires a zygote as soon as one of its workers crashes
@@ -16,14 +18,22 @@
 //!
 //! Protocol (`SOCK_SEQPACKET`, so every message arrives whole):
 //! - control socket, launcher → zygote: the lent network namespace's descriptor number in the
-//!   parent (`i32`, -1 for none), with `SCM_RIGHTS` the worker's stdin, stdout and stderr and
-//!   one end of a per-job socket;
+//!   parent (`i32`, -1 for none) and the host uid the job runs as (`u32`, `u32::MAX`, which is
+//!   never a uid, for none: no uid remap), with `SCM_RIGHTS` the worker's stdin, stdout and stderr and one end of a per-job
+//!   socket;
 //! - job socket, zygote → launcher: the worker's pid (`i32`), or `-errno` if `fork` failed;
 //! - job socket, launcher → zygote: one byte, "kill and reap": the zygote SIGKILLs the worker's
 //!   process group, then reaps it (in that order: an unreaped leader keeps the group id from
 //!   being reused) and answers with the raw wait status (`i32`). A job socket closed without
 //!   that request is treated the same way, without an answer, so a worker never outlives the
 //!   handle its parent holds.
+//! - map socket, worker → zygote (a pair the zygote makes for each worker; the worker holds its
+//!   end on fd 3 until its isolation is set up, never while job code runs): one byte, "my user
+//!   namespace is made, write its maps". Once, and only with a uid from the launcher's request:
+//!   the zygote, root in the parent user namespace, writes the worker's `uid_map` and `gid_map`
+//!   (`0 UID 1`, `setgroups` denied) and answers `0` or an errno (`i32`). A worker cannot write
+//!   a map to another uid itself (`user_namespaces(7)`); before the zygote did, a third
+//!   process per job did it (`isolation.rs`).
 //!
 //! The zygote dies with its parent (and its workers with it: their parent-death signal). The
 //! parent starts it from a thread of its own that lives as long as the zygote, because the
@@ -42,6 +52,10 @@ pub const ZYGOTE_ARG: &str = "__rivet-sandbox-zygote";
 
 /// Descriptors passed with each spawn request: stdin, stdout, stderr, the job socket.
 const SPAWN_FDS: usize = 4;
+/// The worker's end of its map socket, in the worker.
+const MAP_FD: RawFd = 3;
+/// "No uid" in a spawn request: `(uid_t) -1` is never a uid.
+const NO_UID: u32 = u32::MAX;
 
 /// Starts sandbox workers for one parent process, through a zygote started at first use and
 /// again whenever the previous one died or was retired.
@@ -113,7 +127,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sends `data` with `fds` attached (`SCM_RIGHTS`).
-fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+pub(super) fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
     // u64 words: the buffer is read as a `cmsghdr`, which must be aligned.
     let mut control = vec![0u64; space.div_ceil(8)];
@@ -202,7 +216,7 @@ fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>
 }
 
 /// Reads one `i32` message; `None` when the other end closed.
-fn recv_i32(sock: RawFd) -> io::Result<Option<i32>> {
+pub(super) fn recv_i32(sock: RawFd) -> io::Result<Option<i32>> {
     let mut buf = [0u8; 4];
     match recv_with_fds(sock, &mut buf)? {
         (0, _) => Ok(None),
@@ -245,17 +259,18 @@ impl Launcher {
     }
 
     /// Starts a worker. `netns` is the number of a network namespace descriptor this process
-    /// lends (the worker opens it through this process's `/proc` entry). A zygote that died
-    /// is replaced once.
-    pub fn launch(&self, netns: Option<RawFd>) -> io::Result<Launched> {
+    /// lends (the worker opens it through this process's `/proc` entry); `job_uid` the host uid
+    /// the zygote maps the worker's user namespace to when the worker asks (the policy's
+    /// `sandbox.job_uid`). A zygote that died is replaced once.
+    pub fn launch(&self, netns: Option<RawFd>, job_uid: Option<u32>) -> io::Result<Launched> {
         let zygote = self.zygote()?;
-        match zygote.fork(Pipes::new()?, netns) {
+        match zygote.fork(Pipes::new()?, netns, job_uid) {
             Ok(launched) => Ok(launched),
             Err(Failed::Refused(e)) => Err(e),
             Err(Failed::Gone) => {
                 self.retire(&zygote);
                 self.zygote()?
-                    .fork(Pipes::new()?, netns)
+                    .fork(Pipes::new()?, netns, job_uid)
                     .map_err(|e| match e {
                         Failed::Refused(e) => e,
                         Failed::Gone => io::Error::other("the worker launcher ended at once"),
@@ -338,7 +353,12 @@ impl Zygote {
         self.pid
     }
 
-    fn fork(self: &Arc<Self>, pipes: Pipes, netns: Option<RawFd>) -> Result<Launched, Failed> {
+    fn fork(
+        self: &Arc<Self>,
+        pipes: Pipes,
+        netns: Option<RawFd>,
+        job_uid: Option<u32>,
+    ) -> Result<Launched, Failed> {
         let Pipes {
             stdin,
             stdout,
@@ -351,12 +371,11 @@ impl Zygote {
             stderr.1.as_raw_fd(),
             job.1.as_raw_fd(),
         ];
-        send_with_fds(
-            self.control.as_raw_fd(),
-            &netns.unwrap_or(-1).to_le_bytes(),
-            &fds,
-        )
-        .map_err(|_| Failed::Gone)?;
+        let uid = job_uid.unwrap_or(NO_UID);
+        let mut request = [0u8; 8];
+        request[..4].copy_from_slice(&netns.unwrap_or(-1).to_le_bytes());
+        request[4..].copy_from_slice(&uid.to_le_bytes());
+        send_with_fds(self.control.as_raw_fd(), &request, &fds).map_err(|_| Failed::Gone)?;
         // Only the worker holds these ends now: its exit closes our stdout and stderr.
         drop((stdin.1, stdout.1, stderr.1, job.1));
         // A fork answers at once; a launcher that does not (a program that is no launcher)
@@ -434,6 +453,10 @@ struct Child {
     exited: Option<OwnedFd>,
     /// Whether the launcher waits for the status (it asked, rather than closing the socket).
     answer: bool,
+    /// Our end of its map socket, until it asked once or closed it.
+    maps: Option<OwnedFd>,
+    /// The host uid its maps may name (the launcher's word), if any.
+    job_uid: Option<u32>,
 }
 
 /// The zygote's loop: fork a worker per request, kill and reap on request, exit when the
@@ -448,18 +471,23 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             // SAFETY: ending this process.
             unsafe { libc::_exit(0) };
         }
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(children.len() + 1);
-        fds.push(libc::pollfd {
-            fd: if control_open { 0 } else { -1 },
+        // fds[0] is the control socket; then each child's job socket (or pidfd once killed),
+        // and its map socket while it has one; `who` says whose each is.
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2 * children.len() + 1);
+        let mut who: Vec<(usize, bool)> = Vec::with_capacity(2 * children.len());
+        let pollin = |fd: RawFd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        });
-        for c in &children {
-            fds.push(libc::pollfd {
-                fd: c.exited.as_ref().unwrap_or(&c.job).as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+        };
+        fds.push(pollin(if control_open { 0 } else { -1 }));
+        for (i, c) in children.iter().enumerate() {
+            fds.push(pollin(c.exited.as_ref().unwrap_or(&c.job).as_raw_fd()));
+            who.push((i, false));
+            if let Some(maps) = &c.maps {
+                fds.push(pollin(maps.as_raw_fd()));
+                who.push((i, true));
+            }
         }
         // SAFETY: poll over pollfd structs we own.
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
@@ -469,9 +497,16 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             // SAFETY: ending this process; its workers die with it (parent-death signal).
             unsafe { libc::_exit(1) };
         }
-        // Backwards, so that removing one does not move those still to be looked at.
-        for i in (0..children.len()).rev() {
-            if fds[i + 1].revents == 0 {
+        // Map requests first: they remove no child, so `who`'s indices stay valid.
+        for (k, &(i, maps)) in who.iter().enumerate() {
+            if maps && fds[k + 1].revents != 0 {
+                write_maps(&mut children[i]);
+            }
+        }
+        // Then job sockets, backwards, so that removing one does not move those still to be
+        // looked at.
+        for (k, &(i, maps)) in who.iter().enumerate().rev() {
+            if maps || fds[k + 1].revents == 0 {
                 continue;
             }
             let child = &mut children[i];
@@ -484,7 +519,7 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             finish(children.swap_remove(i));
         }
         if fds[0].fd >= 0 && fds[0].revents != 0 {
-            let mut buf = [0u8; 4];
+            let mut buf = [0u8; 8];
             match recv_with_fds(0, &mut buf) {
                 // A message that did not fit (its descriptors, if any came, are closed): that
                 // request only is dropped; its launcher sees its job socket closed.
@@ -496,9 +531,12 @@ pub(super) fn zygote_main(parent: i32) -> ! {
                     // SAFETY: closing our own control socket; nothing else refers to fd 0.
                     unsafe { libc::close(0) };
                 }
-                Ok((4, fds)) if fds.len() == SPAWN_FDS => {
-                    let netns = i32::from_le_bytes(buf);
-                    if let Some(child) = spawn(parent, netns, fds) {
+                Ok((8, fds)) if fds.len() == SPAWN_FDS => {
+                    let [n0, n1, n2, n3, u0, u1, u2, u3] = buf;
+                    let netns = i32::from_le_bytes([n0, n1, n2, n3]);
+                    let job_uid =
+                        Some(u32::from_le_bytes([u0, u1, u2, u3])).filter(|&u| u != NO_UID);
+                    if let Some(child) = spawn(parent, netns, job_uid, fds) {
                         children.push(child);
                     }
                 }
@@ -508,6 +546,43 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             }
         }
     }
+}
+
+/// Answers the child's map request, if its map socket carries one (rather than being closed):
+/// writes its user namespace's maps to the launcher's uid, once. The socket is closed after
+/// either, so a child asks at most once.
+fn write_maps(child: &mut Child) {
+    let Some(maps) = child.maps.take() else {
+        return;
+    };
+    let mut b = [0u8; 1];
+    // SAFETY: reading into a one-byte buffer we own, without blocking (poll said readable).
+    if unsafe {
+        libc::recv(
+            maps.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT,
+        )
+    } != 1
+    {
+        return;
+    }
+    let written = match child.job_uid {
+        None => Err(io::Error::from_raw_os_error(libc::EPERM)),
+        Some(uid) => [
+            ("setgroups", "deny".to_owned()),
+            ("uid_map", format!("0 {uid} 1")),
+            ("gid_map", format!("0 {uid} 1")),
+        ]
+        .iter()
+        .try_for_each(|(file, text)| std::fs::write(format!("/proc/{}/{file}", child.pid), text)),
+    };
+    let answer: i32 = match written {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+    };
+    let _ = send_with_fds(maps.as_raw_fd(), &answer.to_le_bytes(), &[]);
 }
 
 /// Whether the job socket carries the "kill and reap" byte (rather than being closed).
@@ -566,38 +641,53 @@ fn close_from(first: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks one worker: in the child, `fds` become its stdin, stdout and stderr and it runs the
-/// job as an executed worker would; here, the job socket gets its pid.
-fn spawn(parent: i32, netns: i32, fds: Vec<OwnedFd>) -> Option<Child> {
+/// Forks one worker: in the child, `fds` become its stdin, stdout and stderr, its map socket
+/// fd 3, and it runs the job as an executed worker would; here, the job socket gets its pid.
+fn spawn(parent: i32, netns: i32, job_uid: Option<u32>, fds: Vec<OwnedFd>) -> Option<Child> {
     let [stdin, stdout, stderr, job]: [OwnedFd; SPAWN_FDS] = fds.try_into().ok()?;
     let zygote = std::process::id() as i32;
+    let (maps, worker_maps) = match seqpacket_pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            let errno = -e.raw_os_error().unwrap_or(libc::EMFILE);
+            let _ = send_with_fds(job.as_raw_fd(), &errno.to_le_bytes(), &[]);
+            return None;
+        }
+    };
     // SAFETY: this process is single-threaded, so fork is safe; the child only rearranges its
     // descriptors before becoming a worker, and never returns.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // SAFETY: in the fresh child: dup2 onto 0, 1, 2 (which clears close-on-exec there),
-        // then close everything else the zygote held (its control socket was fd 0, now
-        // replaced; other workers' job sockets; pidfds); the OwnedFds are never dropped here.
+        // SAFETY: in the fresh child: dup2 onto 0, 1, 2 (which clears close-on-exec there)
+        // and the map socket onto 3 (close-on-exec set again: it is closed before any job
+        // code runs, and must never reach a program the job starts), then close everything
+        // else the zygote held (its control socket was fd 0, now replaced; other workers' job
+        // and map sockets; pidfds); the OwnedFds are never dropped here.
         unsafe {
             if libc::dup2(stdin.as_raw_fd(), 0) < 0
                 || libc::dup2(stdout.as_raw_fd(), 1) < 0
                 || libc::dup2(stderr.as_raw_fd(), 2) < 0
-                || close_from(3).is_err()
+                || (worker_maps.as_raw_fd() != MAP_FD
+                    && libc::dup2(worker_maps.as_raw_fd(), MAP_FD) < 0)
+                || libc::fcntl(MAP_FD, libc::F_SETFD, libc::FD_CLOEXEC) < 0
+                || close_from(MAP_FD + 1).is_err()
             {
                 libc::_exit(super::EXIT_BAD_REQUEST);
             }
-            std::mem::forget((stdin, stdout, stderr, job));
+            std::mem::forget((stdin, stdout, stderr, job, maps, worker_maps));
             libc::setpgid(0, 0);
         }
         // A panic must not unwind into the zygote's frames (their descriptors are closed here,
         // and their numbers may be the worker's own by now); the hook has printed it.
         let _ = std::panic::catch_unwind(|| {
-            super::child::become_worker(zygote, (netns >= 0).then_some((parent, netns)))
+            // SAFETY: fd 3 is the map socket set up above, owned by nothing else here.
+            let maps = unsafe { OwnedFd::from_raw_fd(MAP_FD) };
+            super::child::become_worker(zygote, (netns >= 0).then_some((parent, netns)), maps)
         });
         // SAFETY: ending this process.
         unsafe { libc::_exit(101) };
     }
-    drop((stdin, stdout, stderr));
+    drop((stdin, stdout, stderr, worker_maps));
     if pid > 0 {
         // Here too, so that the group exists before the launcher learns the pid (a kill of the
         // group must not miss a child that has not run yet).
@@ -616,6 +706,8 @@ fn spawn(parent: i32, netns: i32, fds: Vec<OwnedFd>) -> Option<Child> {
         job,
         exited: None,
         answer: false,
+        maps: Some(maps),
+        job_uid,
     };
     if send_with_fds(child.job.as_raw_fd(), &pid.to_le_bytes(), &[]).is_err() {
         // The launcher is gone already: kill and reap at once.

@@ -2176,40 +2176,59 @@ except OSError as e:
 /// covers, remount the host read-write), nor make new namespaces to gain some.
 #[test]
 fn proc_07_job_processes_hold_no_capabilities() {
-    let policy = policy(&["bash"]);
+    use std::os::unix::fs::PermissionsExt;
     let script = r#"grep -E '^Cap(Eff|Prm|Bnd|Amb):' /proc/self/status
 umount /proc/sys 2>&1 && echo "UNDONE umount /proc/sys"
 mount -o remount,bind,rw / 2>&1 && echo "UNDONE remount / rw"
 mount -t tmpfs none /mnt 2>&1 && echo "UNDONE mount tmpfs"
 unshare -rm true 2>&1 && echo "UNDONE unshare"
 echo checked"#;
-    let ws = workspace("proc07");
-    let job = run_job(
-        &policy,
-        &pipeline(&format!(
-            "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
-            lua_str(script)
-        )),
-        ws.path(),
-    );
-    assert_succeeded(&job, "probing capabilities");
-    let out = job.lines(Source::Script).join("\n");
-    assert!(out.contains("checked"), "{out}");
-    for line in out.lines().filter(|l| l.starts_with("Cap")) {
+    // Without a uid remap, and with one (every root runner's jobs).
+    for job_uid in [None, Some(65534)] {
+        let mut policy = policy(&["bash"]);
+        policy.sandbox.job_uid = job_uid;
+        let dir = workspace("proc07");
+        let ws = dir.path().join("job");
+        std::fs::create_dir(&ws).unwrap();
+        if let Some(uid) = job_uid {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+            std::os::unix::fs::chown(&ws, Some(uid), Some(uid)).unwrap();
+        }
+        let job = run_job(
+            &policy,
+            &pipeline(&format!(
+                "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
+                lua_str(script)
+            )),
+            &ws,
+        );
+        assert_succeeded(&job, "probing capabilities");
+        let out = job.lines(Source::Script).join("\n");
+        assert!(out.contains("checked"), "job_uid {job_uid:?}: {out}");
+        for line in out.lines().filter(|l| l.starts_with("Cap")) {
+            assert!(
+                line.ends_with("0000000000000000"),
+                "job_uid {job_uid:?}: a job process holds capabilities: {line}\n{out}"
+            );
+        }
         assert!(
-            line.ends_with("0000000000000000"),
-            "a job process holds capabilities: {line}\n{out}"
+            out.matches("Cap").count() >= 4,
+            "job_uid {job_uid:?}: {out}"
+        );
+        assert!(
+            !out.contains("UNDONE"),
+            "job_uid {job_uid:?}: a job undid its sandbox: {out}"
         );
     }
-    assert!(out.matches("Cap").count() >= 4, "{out}");
-    assert!(!out.contains("UNDONE"), "a job undid its sandbox: {out}");
 }
 
 /// With `sandbox.job_uid` (a root runner sets 65534), a job is root only inside its user
 /// namespace: on the host it is that uid, so root's files (`/etc/shadow`) are closed to it and
-/// what it writes belongs to that uid.
+/// what it writes belongs to that uid. Without namespaces (`off` by policy, or `auto` where
+/// they are unavailable) it runs as that uid outright, never as the runner's root.
 #[test]
 fn proc_08_a_root_runners_jobs_are_not_root_on_the_host() {
+    use rivet_core::policy::NamespaceMode;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -2217,41 +2236,51 @@ fn proc_08_a_root_runners_jobs_are_not_root_on_the_host() {
         0,
         "this test needs root, as the namespace tests do"
     );
-    let mut policy = policy(&["bash"]);
-    policy.sandbox.job_uid = Some(65534);
-    // As a runner does: a workspace owned by the job's uid, under directories it may traverse.
-    let dir = workspace("proc08");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let ws = dir.path().join("job");
-    std::fs::create_dir(&ws).unwrap();
-    std::os::unix::fs::chown(&ws, Some(65534), Some(65534)).unwrap();
     let script = r#"echo "inside uid=$(id -u) gid=$(id -g) groups=$(id -G)"
 head -c 5 /etc/shadow 2>&1 && echo "READ SHADOW"
 echo made > made-here && echo "wrote the workspace"
 echo checked"#;
-    let job = run_job(
-        &policy,
-        &pipeline(&format!(
-            "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
-            lua_str(script)
-        )),
-        &ws,
-    );
-    assert_succeeded(&job, "running as the job's uid");
-    let out = job.lines(Source::Script).join("\n");
-    assert!(out.contains("checked"), "{out}");
-    assert!(out.contains("inside uid=0 gid=0 groups=0"), "{out}");
-    assert!(
-        !out.contains("READ SHADOW"),
-        "a job read /etc/shadow: {out}"
-    );
-    assert!(out.contains("wrote the workspace"), "{out}");
-    let made = std::fs::metadata(ws.join("made-here")).expect("the job's file");
-    assert_eq!(
-        (made.uid(), made.gid()),
-        (65534, 65534),
-        "owned by the job's uid on the host"
-    );
+    for (namespaces, inside) in [
+        (NamespaceMode::Required, "inside uid=0 gid=0 groups=0"),
+        (
+            NamespaceMode::Off,
+            "inside uid=65534 gid=65534 groups=65534",
+        ),
+    ] {
+        let mut policy = policy(&["bash"]);
+        policy.sandbox.job_uid = Some(65534);
+        policy.sandbox.namespaces = namespaces;
+        // As a runner does: a workspace owned by the job's uid, under directories it may
+        // traverse.
+        let dir = workspace("proc08");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let ws = dir.path().join("job");
+        std::fs::create_dir(&ws).unwrap();
+        std::os::unix::fs::chown(&ws, Some(65534), Some(65534)).unwrap();
+        let job = run_job(
+            &policy,
+            &pipeline(&format!(
+                "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
+                lua_str(script)
+            )),
+            &ws,
+        );
+        assert_succeeded(&job, "running as the job's uid");
+        let out = job.lines(Source::Script).join("\n");
+        assert!(out.contains("checked"), "{namespaces:?}: {out}");
+        assert!(out.contains(inside), "{namespaces:?}: {out}");
+        assert!(
+            !out.contains("READ SHADOW"),
+            "{namespaces:?}: a job read /etc/shadow: {out}"
+        );
+        assert!(out.contains("wrote the workspace"), "{namespaces:?}: {out}");
+        let made = std::fs::metadata(ws.join("made-here")).expect("the job's file");
+        assert_eq!(
+            (made.uid(), made.gid()),
+            (65534, 65534),
+            "{namespaces:?}: owned by the job's uid on the host"
+        );
+    }
 }
 
 /// The process whose command line holds `marker`, found by a look through `/proc`; of a

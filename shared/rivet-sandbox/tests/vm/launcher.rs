@@ -30,17 +30,140 @@ fn ended(mut stdout: std::fs::File, stderr: std::fs::File) -> mpsc::Receiver<()>
 /// that the launched process itself runs it, and returns the job once `ready` arrived: past
 /// that line the worker runs job code, so its descriptors are as the job sees them.
 fn running_job_code(launched: &mut Launched) -> Job {
-    let mut spin = job("return { name = 'spin', stages = { { name = 'spin', script = function() log.info('ready') while true do end end } } }");
+    let mut spin = spinning_job();
     spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Off;
+    start(launched, &spin).expect("the job's first line");
+    spin
+}
+
+/// A job that logs `ready` and then spins.
+fn spinning_job() -> Job {
+    let mut spin = job("return { name = 'spin', stages = { { name = 'spin', script = function() log.info('ready') while true do end end } } }");
     spin.request.policy.limits.instructions = u64::MAX;
-    write_frame(&mut launched.stdin, &spin.request).unwrap();
+    spin
+}
+
+/// Sends `job` to the launched worker and waits for its `ready` line; the events up to the
+/// worker's end if it never came.
+fn start(launched: &mut Launched, job: &Job) -> Result<(), Vec<Event>> {
+    write_frame(&mut launched.stdin, &job.request).unwrap();
+    let mut seen = Vec::new();
     loop {
         match read_frame::<Event>(&mut launched.stdout) {
-            Ok(Some(Event::Log { line, .. })) if line == "ready" => return spin,
-            Ok(Some(_)) => {}
-            other => panic!("the worker ended before its first line: {other:?}"),
+            Ok(Some(Event::Log { line, .. })) if line == "ready" => return Ok(()),
+            Ok(Some(event)) => seen.push(event),
+            _ => return Err(seen),
         }
     }
+}
+
+/// The targets of a process's descriptors.
+fn descriptors(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A line of a process's `/proc/PID/status` (`Uid`, `Gid`, `Groups`), its fields joined by
+/// single spaces.
+fn status_field(pid: i32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let prefix = format!("{name}:");
+    let line = status.lines().find(|l| l.starts_with(&prefix)).unwrap();
+    line[prefix.len()..]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A `/proc/PID/` file with its whitespace collapsed.
+fn proc_file(pid: i32, file: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Under a uid remap the zygote writes the worker's maps, to the uid the launcher named, over
+/// a socket the worker closes before job code runs: once the job runs, neither the worker
+/// (which relays the namespace's exit) nor the job's process holds a socket, and both are the
+/// launcher's uid on the host.
+#[test]
+fn a_remapped_worker_runs_as_the_launchers_uid_and_holds_no_socket() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "a remap needs root");
+    let launcher = launcher();
+    let mut launched = launcher.launch(None, Some(65534)).unwrap();
+    let mut spin = spinning_job();
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+    spin.request.policy.sandbox.job_uid = Some(65534);
+    std::os::unix::fs::chown(&spin.request.workspace, Some(65534), Some(65534)).unwrap();
+    start(&mut launched, &spin).unwrap_or_else(|events| panic!("the job did not run: {events:?}"));
+    let worker = launched.worker.pid;
+    let children =
+        std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children")).unwrap();
+    let job: Vec<i32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(
+        job.len(),
+        1,
+        "the worker's one child is the namespace's pid 1: {job:?}"
+    );
+    for pid in [worker, job[0]] {
+        assert_eq!(
+            status_field(pid, "Uid"),
+            "65534 65534 65534 65534",
+            "process {pid}"
+        );
+        assert_eq!(
+            status_field(pid, "Gid"),
+            "65534 65534 65534 65534",
+            "process {pid}"
+        );
+        assert_eq!(status_field(pid, "Groups"), "", "process {pid}");
+        assert_eq!(proc_file(pid, "uid_map"), "0 65534 1", "process {pid}");
+        assert_eq!(proc_file(pid, "gid_map"), "0 65534 1", "process {pid}");
+        assert_eq!(proc_file(pid, "setgroups"), "deny", "process {pid}");
+        let fds = descriptors(pid);
+        assert!(
+            !fds.iter().any(|t| t.starts_with("socket:")),
+            "process {pid} holds a socket: {fds:?}"
+        );
+    }
+    launched.worker.kill_and_wait().unwrap();
+}
+
+/// The zygote maps a worker only to the uid its launcher named: a worker whose request asks for
+/// a remap the launcher did not ask for fails, and says why.
+#[test]
+fn a_worker_is_not_mapped_to_a_uid_its_launcher_did_not_name() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "only root asks its zygote for maps"
+    );
+    let launcher = launcher();
+    let mut launched = launcher.launch(None, None).unwrap();
+    let mut spin = spinning_job();
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+    spin.request.policy.sandbox.job_uid = Some(65534);
+    let events = start(&mut launched, &spin).expect_err("the job must not run");
+    let failed = events.iter().find_map(|e| match e {
+        Event::Finished {
+            outcome: JobOutcome::Failed { error, .. },
+        } => Some(error.clone()),
+        _ => None,
+    });
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|e| e.contains("the launcher could not write the job's uid map")),
+        "{events:?}"
+    );
+    launched.worker.kill_and_wait().unwrap();
 }
 
 /// A worker waiting for its request: its stdin (kept open), the signal of its end, its handle.
@@ -56,7 +179,7 @@ fn waiting_worker(
         stdout,
         stderr,
         worker,
-    } = launcher.launch(None).unwrap();
+    } = launcher.launch(None, None).unwrap();
     (stdin, ended(stdout, stderr), worker)
 }
 
@@ -75,8 +198,8 @@ fn stat_field(pid: i32, index: usize) -> i32 {
 fn a_forked_worker_holds_only_its_own_pipes_and_leads_its_own_group() {
     let launcher = launcher();
     // Two at once: the second must not hold the first one's descriptors, nor the zygote's.
-    let first = launcher.launch(None).unwrap();
-    let second = launcher.launch(None).unwrap();
+    let first = launcher.launch(None, None).unwrap();
+    let second = launcher.launch(None, None).unwrap();
     let zygote = first.worker.zygote.pid();
     assert_eq!(second.worker.zygote.pid(), zygote);
     // The zygote leads a group of its own: a signal to its parent's group (a Ctrl-C) must not
@@ -158,7 +281,7 @@ fn workers_die_with_their_zygote_and_the_next_worker_gets_a_new_one() {
         .expect("the worker dies with its zygote");
     assert!(worker.kill_and_wait().is_err(), "nobody is left to reap it");
     drop(stdin);
-    let next = launcher.launch(None).unwrap();
+    let next = launcher.launch(None, None).unwrap();
     assert_ne!(next.worker.zygote.pid(), old);
     assert!(next.worker.pid > 0);
 }
