@@ -47,6 +47,27 @@ fn spinning_job() -> Job {
 /// worker's end if it never came.
 fn start(launched: &mut Launched, job: &Job) -> Result<(), Vec<Event>> {
     write_frame(&mut launched.stdin, &job.request).unwrap();
+    ready(launched)
+}
+
+/// Waits (30 s at most: then the worker's group is killed) for the launched worker's `ready`
+/// line; the events up to the worker's end if it never came.
+fn ready(launched: &mut Launched) -> Result<(), Vec<Event>> {
+    let pid = launched.worker.pid;
+    let (done, waiting) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if waiting.recv_timeout(Duration::from_secs(30)).is_err() {
+            // SAFETY: killing the process group of the worker this test launched.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    });
+    let result = ready_unbounded(launched);
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    result
+}
+
+fn ready_unbounded(launched: &mut Launched) -> Result<(), Vec<Event>> {
     let mut seen = Vec::new();
     loop {
         match read_frame::<Event>(&mut launched.stdout) {
@@ -133,6 +154,37 @@ fn a_remapped_worker_runs_as_the_launchers_uid_and_holds_no_socket() {
         );
     }
     launched.worker.kill_and_wait().unwrap();
+}
+
+/// Workers started at once, each remapped to another uid: the zygote serves their map
+/// requests in whatever order and rounds they come, each with its own launcher's uid.
+#[test]
+fn remapped_workers_started_at_once_each_get_their_launchers_uid() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "a remap needs root");
+    let launcher = launcher();
+    let mut workers: Vec<(u32, Launched, Job)> = [65534, 65533, 65532]
+        .into_iter()
+        .map(|uid| {
+            let mut launched = launcher.launch(None, Some(uid)).unwrap();
+            let mut spin = spinning_job();
+            spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+            spin.request.policy.sandbox.job_uid = Some(uid);
+            std::os::unix::fs::chown(&spin.request.workspace, Some(uid), Some(uid)).unwrap();
+            // Every request is sent before any worker is waited for.
+            write_frame(&mut launched.stdin, &spin.request).unwrap();
+            (uid, launched, spin)
+        })
+        .collect();
+    for (uid, launched, _) in &mut workers {
+        ready(launched).unwrap_or_else(|events| panic!("uid {uid}: {events:?}"));
+        let pid = launched.worker.pid;
+        assert_eq!(proc_file(pid, "uid_map"), format!("0 {uid} 1"));
+        assert_eq!(status_field(pid, "Uid"), format!("{uid} {uid} {uid} {uid}"));
+    }
+    for (_, launched, _) in workers {
+        launched.worker.kill_and_wait().unwrap();
+    }
 }
 
 /// The zygote maps a worker only to the uid its launcher named: a worker whose request asks for
