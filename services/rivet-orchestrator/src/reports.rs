@@ -293,7 +293,10 @@ pub async fn apply(
         // apply.
         if let Some(whole) = check
             .as_ref()
-            .and_then(|c| whole_attempt(report, rest, &c.retry.0, *ago_ms))
+            .and_then(|c| {
+                serde_json::from_value::<rivet_core::definition::RetrySpec>(c.retry.0.clone()).ok()
+            })
+            .and_then(|retry| whole_attempt(report, rest, &retry, *ago_ms))
         {
             if db::jobs::start_and_end(&state.db, &whole).await? {
                 let ended = db::attempts::Ended::Final(JobState::from_outcome(whole.outcome));

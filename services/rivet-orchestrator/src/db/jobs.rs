@@ -310,7 +310,8 @@ pub struct WholeAttempt<'a> {
 /// Starts and ends an attempt in one statement (one round trip, one commit) if the job is
 /// waiting for it: what [`start`], the log and stage writes and ending the attempt with a final
 /// outcome do in one transaction, for the case where nothing between them can change their
-/// course (a queued job has no cancel request, and its retry rule never changes). Returns
+/// course (a queued job has no cancel request, and its retry rule never changes; the statement
+/// checks the first anyway, as a safeguard). Returns
 /// whether it applied; when not (a redelivered report, a job no longer waiting), nothing
 /// changed and the caller takes the transaction's path, which says why.
 pub async fn start_and_end(db: &PgPool, w: &WholeAttempt<'_>) -> sqlx::Result<bool> {

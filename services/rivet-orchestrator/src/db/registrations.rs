@@ -185,8 +185,9 @@ pub struct StartCheck {
     pub session_key: Option<String>,
     /// Its RabbitMQ user (none: shared broker users).
     pub broker_user: Option<String>,
-    /// The job's retry rule (it never changes after submit).
-    pub retry: Json<rivet_core::definition::RetrySpec>,
+    /// The job's retry rule (it never changes after submit), as stored: decoded only where it
+    /// is used, so that a value that would not decode cannot stop the identity checks.
+    pub retry: Json<serde_json::Value>,
 }
 
 /// The job's requirements and the live registration of `runner_id`; `None` without such a job.

@@ -428,7 +428,9 @@ async fn stored(app: &TestApp, id: uuid::Uuid) -> serde_json::Value {
              'lease_missing', lease_missing_since, \
              'dated', queued_at <= started_at AND started_at <= finished_at) ORDER BY attempt) \
              FROM attempts WHERE job_id = $1), \
-           'stages', (SELECT json_agg(json_build_object('idx', idx, 'name', name, 'state', state, \
+           'same_times', (SELECT j.started_at = a.started_at AND j.finished_at = a.finished_at \
+             FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt WHERE j.id = $1), \
+           'stages', (SELECT json_agg(json_build_object('attempt', attempt, 'idx', idx, 'name', name, 'state', state, \
              'duration', duration_ms, 'error', error) ORDER BY attempt, idx) \
              FROM stage_runs WHERE job_id = $1), \
            'logs', (SELECT json_agg(json_build_object('attempt', attempt, 'seq', seq, 'at', at_ms, \
@@ -480,6 +482,29 @@ async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
             StageOutcome::Skipped,
             Some("an earlier stage failed"),
         ),
+        // Edge cases the two paths must agree on: a second end of a stage (the first stays),
+        // a stage started twice and never ended (its first start stays), a start after its own
+        // end (the end stays), a line with a NUL character, a sequence number sent twice (the
+        // first line stays).
+        stage(0, "build again", StageOutcome::Failed, Some("late")),
+        ReportBody::StageStarted {
+            index: 3,
+            name: "first start".into(),
+            timeout_ms: 60_000,
+        },
+        ReportBody::StageStarted {
+            index: 3,
+            name: "second start".into(),
+            timeout_ms: 60_000,
+        },
+        ReportBody::StageStarted {
+            index: 2,
+            name: "deploy".into(),
+            timeout_ms: 60_000,
+        },
+        ReportBody::Logs {
+            lines: vec![line(3, "a\0b"), line(2, "boom again")],
+        },
         ReportBody::Finished {
             outcome: JobOutcome::Failed {
                 stage: Some("test".into()),
@@ -550,16 +575,114 @@ async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
     assert_eq!(by_statement, by_transaction);
     assert_eq!(by_statement["job"]["dated"], true, "{by_statement}");
     assert_eq!(by_statement["attempts"][0]["dated"], true, "{by_statement}");
+    assert_eq!(by_statement["same_times"], true, "{by_statement}");
+    let stages: Vec<(&str, &str)> = by_statement["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        by_statement["stages"].as_array().map(Vec::len),
-        Some(3),
-        "{by_statement}"
+        stages,
+        [
+            ("build", "succeeded"),
+            ("test", "failed"),
+            ("deploy", "skipped"),
+            ("first start", "running")
+        ]
     );
-    assert_eq!(
-        by_statement["logs"].as_array().map(Vec::len),
-        Some(3),
-        "{by_statement}"
+    let lines: Vec<&str> = by_statement["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["compiling", "done", "boom", "a\u{FFFD}b"]);
+    // The start is dated `ago_ms` (30) before the end, as the transaction's `start` dates it.
+    let mut db = one.db().await;
+    let exact: bool = sqlx::query_scalar(
+        "SELECT j.started_at = GREATEST(j.created_at, a.queued_at, j.finished_at - interval '30 milliseconds') \
+         FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt WHERE j.id = $1",
+    )
+    .bind(taken.id)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(exact, "{by_statement}");
+}
+
+/// A report with a whole attempt whose end the job's retry rule covers (the default rule
+/// retries `lost`) queues the next attempt: it is not applied as a final end.
+#[tokio::test]
+async fn a_whole_attempt_whose_end_is_retried_queues_the_next_attempt() {
+    let app = spawn_app().await;
+    let taken = Taken::new(&app).await;
+    let body = ReportBody::Batch {
+        bodies: vec![
+            ReportBody::Started { ago_ms: 0 },
+            ReportBody::Logs {
+                lines: vec![line(0, "before the loss")],
+            },
+            ReportBody::Finished {
+                outcome: JobOutcome::Lost {
+                    reason: "the machine went away".into(),
+                },
+            },
+        ],
+    };
+    taken.publish(&taken.report(body.clone(), &body)).await;
+    let seen = wait_for("attempt 2 to be queued", || async {
+        let j = job(&app, taken.id).await;
+        (j.attempt == 2).then_some(j)
+    })
+    .await;
+    assert_eq!(seen.state, JobState::Queued, "{seen:?}");
+    let first = seen.attempts.iter().find(|a| a.attempt == 1).unwrap();
+    assert!(
+        matches!(&first.outcome, Some(JobOutcome::Lost { reason }) if reason == "the machine went away"),
+        "{first:?}"
     );
+    // The lines stay with attempt 1 (the job's logs default to its current attempt).
+    let page: LogPage = app
+        .get(&format!("/jobs/{}/logs?attempt=1", taken.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lines: Vec<String> = page.lines.into_iter().map(|l| l.line).collect();
+    assert_eq!(lines, ["before the loss"]);
+}
+
+/// A whole attempt with neither stages nor log lines (a definition that failed to load) is
+/// applied too.
+#[tokio::test]
+async fn a_whole_attempt_without_stages_or_lines_is_applied() {
+    let app = spawn_app().await;
+    let taken = Taken::new(&app).await;
+    let body = ReportBody::Batch {
+        bodies: vec![
+            ReportBody::Started { ago_ms: 0 },
+            ReportBody::Finished {
+                outcome: JobOutcome::Failed {
+                    stage: None,
+                    error: "the definition did not load".into(),
+                },
+            },
+        ],
+    };
+    taken.publish(&taken.report(body.clone(), &body)).await;
+    let done = wait_for("the job to fail", || async {
+        let j = job(&app, taken.id).await;
+        (j.state == JobState::Failed).then_some(j)
+    })
+    .await;
+    assert_eq!(done.attempt, 1);
+    assert!(
+        matches!(&done.outcome, Some(JobOutcome::Failed { error, .. }) if error == "the definition did not load"),
+        "{done:?}"
+    );
+    assert!(done.attempts[0].stages.is_empty(), "{done:?}");
+    assert!(log_lines(&app, taken.id).await.is_empty());
 }
 
 /// A report that ends its attempt twice is applied up to the first end: the second finds the
