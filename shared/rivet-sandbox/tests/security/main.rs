@@ -2171,12 +2171,38 @@ except OSError as e:
     assert_follow_up(&policy);
 }
 
+/// A job's workspace as a runner makes it: `job` in a fresh directory; with a uid remap, owned
+/// by the job's uid under a directory it may traverse (0711). The directory is removed when the
+/// first value is dropped.
+fn job_workspace(name: &str, job_uid: Option<u32>) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workspace(name);
+    let ws = dir.path().join("job");
+    std::fs::create_dir(&ws).unwrap();
+    if let Some(uid) = job_uid {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::os::unix::fs::chown(&ws, Some(uid), Some(uid)).unwrap();
+    }
+    (dir, ws)
+}
+
+/// Runs `script` with bash in a job under `policy`; its output becomes the job's log.
+fn run_bash(policy: &rivet_core::policy::Policy, script: &str, ws: &Path) -> Job {
+    run_job(
+        policy,
+        &pipeline(&format!(
+            "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
+            lua_str(script)
+        )),
+        ws,
+    )
+}
+
 /// A job's processes are root in their user namespace only by name: they hold no capability
 /// there, so they cannot undo the worker's mounts (unmount `/proc/sys` or the engine socket
 /// covers, remount the host read-write), nor make new namespaces to gain some.
 #[test]
 fn proc_07_job_processes_hold_no_capabilities() {
-    use std::os::unix::fs::PermissionsExt;
     let script = r#"grep -E '^Cap(Eff|Prm|Bnd|Amb):' /proc/self/status
 umount /proc/sys 2>&1 && echo "UNDONE umount /proc/sys"
 mount -o remount,bind,rw / 2>&1 && echo "UNDONE remount / rw"
@@ -2187,21 +2213,8 @@ echo checked"#;
     for job_uid in [None, Some(65534)] {
         let mut policy = policy(&["bash"]);
         policy.sandbox.job_uid = job_uid;
-        let dir = workspace("proc07");
-        let ws = dir.path().join("job");
-        std::fs::create_dir(&ws).unwrap();
-        if let Some(uid) = job_uid {
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-            std::os::unix::fs::chown(&ws, Some(uid), Some(uid)).unwrap();
-        }
-        let job = run_job(
-            &policy,
-            &pipeline(&format!(
-                "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
-                lua_str(script)
-            )),
-            &ws,
-        );
+        let (_dir, ws) = job_workspace("proc07", job_uid);
+        let job = run_bash(&policy, script, &ws);
         assert_succeeded(&job, "probing capabilities");
         let out = job.lines(Source::Script).join("\n");
         assert!(out.contains("checked"), "job_uid {job_uid:?}: {out}");
@@ -2229,7 +2242,7 @@ echo checked"#;
 #[test]
 fn proc_08_a_root_runners_jobs_are_not_root_on_the_host() {
     use rivet_core::policy::NamespaceMode;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -2250,21 +2263,8 @@ echo checked"#;
         let mut policy = policy(&["bash"]);
         policy.sandbox.job_uid = Some(65534);
         policy.sandbox.namespaces = namespaces;
-        // As a runner does: a workspace owned by the job's uid, under directories it may
-        // traverse.
-        let dir = workspace("proc08");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        let ws = dir.path().join("job");
-        std::fs::create_dir(&ws).unwrap();
-        std::os::unix::fs::chown(&ws, Some(65534), Some(65534)).unwrap();
-        let job = run_job(
-            &policy,
-            &pipeline(&format!(
-                "local r = process.run{{ command = \"bash\", args = {{\"-c\", {}}}, check = false }}\nlog.info(r.stdout .. r.stderr)",
-                lua_str(script)
-            )),
-            &ws,
-        );
+        let (_dir, ws) = job_workspace("proc08", Some(65534));
+        let job = run_bash(&policy, script, &ws);
         assert_succeeded(&job, "running as the job's uid");
         let out = job.lines(Source::Script).join("\n");
         assert!(out.contains("checked"), "{namespaces:?}: {out}");
@@ -2353,14 +2353,7 @@ fn proc_09_a_jobs_processes_die_with_its_runner() {
         policy.limits.stage_timeout = Duration::from_secs(120);
         policy.limits.job_timeout = Duration::from_secs(120);
         policy.process.default_timeout = Duration::from_secs(120);
-        let dir = workspace("proc09");
-        let ws = dir.path().join("job");
-        std::fs::create_dir(&ws).unwrap();
-        if let Some(uid) = job_uid {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-            std::os::unix::fs::chown(&ws, Some(uid), Some(uid)).unwrap();
-        }
+        let (_dir, ws) = job_workspace("proc09", job_uid);
         let marker = format!("99.{}", std::process::id() * 10 + job_uid.is_some() as u32);
         // `up` is logged (the process's output streams into the job's log) once the shell
         // runs; it then waits for its sleep, and would outlive the job with it.
