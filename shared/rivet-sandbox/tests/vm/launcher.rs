@@ -187,6 +187,69 @@ fn remapped_workers_started_at_once_each_get_their_launchers_uid() {
     }
 }
 
+/// A worker waiting for its zygote to write its maps ends when the zygote dies (its
+/// parent-death signal; the closed socket would fail the job too) and runs no job code: it is
+/// in its new user namespace, unmapped, and must neither run on nor hang there.
+#[test]
+fn a_worker_waiting_for_its_maps_dies_with_its_zygote() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "a remap needs root");
+    let launcher = launcher();
+    let Launched {
+        mut stdin,
+        stdout,
+        stderr,
+        worker,
+    } = launcher.launch(None, Some(65534)).unwrap();
+    let zygote = worker.zygote.pid();
+    // A stopped zygote cannot answer: the worker unshares, asks, and waits.
+    // SAFETY: signalling the zygote this test started.
+    unsafe { libc::kill(zygote, libc::SIGSTOP) };
+    let mut spin = spinning_job();
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+    spin.request.policy.sandbox.job_uid = Some(65534);
+    write_frame(&mut stdin, &spin.request).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let pid = worker.pid;
+    let waiting = (0..1000).any(|_| {
+        let unshared =
+            std::fs::read_link(format!("/proc/{pid}/ns/user")).is_ok_and(|ns| ns != ours);
+        let unmapped = std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .is_ok_and(|m| m.trim().is_empty());
+        unshared && unmapped || {
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        }
+    });
+    assert!(
+        waiting,
+        "the worker did not reach its map request within 10 s"
+    );
+    // Every event the worker still writes, once its stdout closes.
+    let (tx, events) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut seen = Vec::new();
+        while let Ok(Some(event)) = read_frame::<Event>(&mut stdout) {
+            seen.push(event);
+        }
+        drop(stderr);
+        let _ = tx.send(seen);
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(zygote, libc::SIGKILL) };
+    let seen = events
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the worker ends with its zygote while waiting for its maps");
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Log { line, .. } if line == "ready")),
+        "job code ran without its maps: {seen:?}"
+    );
+    drop(stdin);
+}
+
 /// The zygote maps a worker only to the uid its launcher named: a worker whose request asks for
 /// a remap the launcher did not ask for fails, and says why.
 #[test]
