@@ -294,7 +294,8 @@ pub async fn apply(
         if let Some(whole) = check
             .as_ref()
             .and_then(|c| {
-                serde_json::from_value::<rivet_core::definition::RetrySpec>(c.retry.0.clone()).ok()
+                use serde::Deserialize;
+                rivet_core::definition::RetrySpec::deserialize(&c.retry.0).ok()
             })
             .and_then(|retry| whole_attempt(report, rest, &retry, *ago_ms))
         {

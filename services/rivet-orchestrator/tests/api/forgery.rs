@@ -517,9 +517,7 @@ async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
     // The transaction's path: `Started` alone, then the rest.
     let two = spawn_app().await;
     let taken = Taken::new(&two).await;
-    taken
-        .publish(&taken.report(started.clone(), &started))
-        .await;
+    taken.send(started.clone()).await;
     wait_for("the job to run", || async {
         (job(&two, taken.id).await.state == JobState::Running).then_some(())
     })
@@ -527,7 +525,7 @@ async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
     let batch = ReportBody::Batch {
         bodies: rest.clone(),
     };
-    taken.publish(&taken.report(batch.clone(), &batch)).await;
+    taken.send(batch).await;
     wait_for("the job to fail", || async {
         (job(&two, taken.id).await.state == JobState::Failed).then_some(())
     })
@@ -630,7 +628,7 @@ async fn a_whole_attempt_whose_end_is_retried_queues_the_next_attempt() {
             },
         ],
     };
-    taken.publish(&taken.report(body.clone(), &body)).await;
+    taken.send(body).await;
     let seen = wait_for("attempt 2 to be queued", || async {
         let j = job(&app, taken.id).await;
         (j.attempt == 2).then_some(j)
@@ -670,7 +668,7 @@ async fn a_whole_attempt_without_stages_or_lines_is_applied() {
             },
         ],
     };
-    taken.publish(&taken.report(body.clone(), &body)).await;
+    taken.send(body).await;
     let done = wait_for("the job to fail", || async {
         let j = job(&app, taken.id).await;
         (j.state == JobState::Failed).then_some(j)

@@ -178,6 +178,12 @@ impl Taken {
         }
     }
 
+    /// Publishes a report of attempt 1 with `body`, signed over it.
+    pub async fn send(&self, body: ReportBody) {
+        let report = self.report(body.clone(), &body);
+        self.publish(&report).await;
+    }
+
     pub async fn publish(&self, report: &RunnerReport) {
         self.broker
             .publish_report(&self.reply_to, report)

@@ -92,32 +92,6 @@ fn process_with(marker: &str) -> i32 {
     found[0]
 }
 
-/// A pidfd of process `pid` (not ours): open it while the process runs, to learn of its end.
-fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open returns a new descriptor we own, or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    assert!(
-        fd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the descriptor was just made and is owned by nobody else.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-}
-
-/// Whether the process of `pidfd` ends within `within` (its pidfd becomes readable then).
-fn exits_within(pidfd: &std::os::fd::OwnedFd, within: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll on one pollfd we own.
-    unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) == 1 }
-}
-
 /// A runner killed in the middle of a job: the job's processes die with it, and the job
 /// finishes on another runner as attempt 2.
 async fn kill_a_runner_mid_job() {
@@ -160,12 +134,13 @@ async fn kill_a_runner_mid_job() {
         .await
         .expect("the job started");
     let survivor = if victim == a { b.clone() } else { a.clone() };
-    let first = pidfd(process_with(&first_code));
+    let first =
+        rivet_sandbox::worker::pidfd(process_with(&first_code)).expect("a pidfd of the sleep");
     let killed_at = Instant::now();
     c.kill_runner(&victim);
     // Far below the sleep's ten minutes and the lease's expiry.
     assert!(
-        exits_within(&first, Duration::from_secs(10)),
+        rivet_sandbox::worker::readable_within(&first, Duration::from_secs(10)),
         "the killed runner's job is still running"
     );
     c.wait_finished(1, Duration::from_secs(90)).await;

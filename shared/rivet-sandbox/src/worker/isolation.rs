@@ -97,6 +97,10 @@ fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Iso
     let job_uid = request.policy.sandbox.job_uid;
     // SAFETY: geteuid has no preconditions.
     if let Some(uid) = job_uid.filter(|&u| u != 0 && unsafe { libc::geteuid() } == 0) {
+        // SAFETY: setgroups on this single-threaded process.
+        if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+            return Err(errno("dropping supplementary groups"));
+        }
         take_uid(uid, zygote)?;
     }
     let base = std::env::temp_dir().join(format!("rivet-job-{}", std::process::id()));
@@ -114,16 +118,14 @@ fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Iso
     })
 }
 
-/// Becomes `uid` (and gid `uid`, no supplementary groups) on the host, for good, and stays
-/// killed with `zygote`: the change of credentials clears the parent-death signal, so it is
-/// armed again, and if the zygote died meanwhile this process stops.
+/// Becomes `uid` and gid `uid` (in this process's user namespace), for good, and stays killed
+/// with `zygote`: the change of credentials clears the parent-death signal (prctl(2)), so it is
+/// armed again (or the job would outlive its runner), and if the zygote died meanwhile this
+/// process stops. Supplementary groups are the caller's to drop first.
 fn take_uid(uid: u32, zygote: i32) -> Result<(), String> {
     // SAFETY: credential syscalls and prctl on this single-threaded process.
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0
-            || libc::setresgid(uid, uid, uid) != 0
-            || libc::setresuid(uid, uid, uid) != 0
-        {
+        if libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
             return Err(errno("taking the job's uid"));
         }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -207,15 +209,7 @@ fn namespaces(
             mapped_by_zygote(&mapper).map_err(Failure::Fatal)?;
             drop(mapper);
             // Our maps are written: become uid and gid 0 inside, the job's uid outside.
-            if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
-                return Err(Failure::Fatal(errno("taking the job's uid")));
-            }
-            // That change of credentials cleared the parent-death signal (prctl(2)): armed
-            // again, or the job would outlive its runner. If the zygote died meanwhile, stop.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != zygote {
-                libc::_exit(super::EXIT_PARENT_GONE);
-            }
+            take_uid(0, zygote).map_err(Failure::Fatal)?;
         } else {
             drop(mapper);
             let write = |path: &str, text: String| {

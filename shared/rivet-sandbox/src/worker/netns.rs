@@ -170,23 +170,13 @@ fn make() -> io::Result<Netns> {
 /// socket counters (`/proc/net/sockstat`; listing the sockets instead walks the kernel's whole
 /// connection table, shared by every namespace).
 fn has_sockets(ns: &Netns) -> io::Result<bool> {
-    /// The whole file, read from its start.
-    fn read(file: &File) -> io::Result<String> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 4096];
-        let mut len = 0;
-        loop {
-            let n = file.read_at(&mut buf[len..], len as u64)?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-            if len == buf.len() {
-                buf.resize(len * 2, 0);
-            }
-        }
-        buf.truncate(len);
-        String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    /// The whole file, read again from its start (a `/proc` file is made anew then).
+    fn read(mut file: &File) -> io::Result<String> {
+        use std::io::{Read, Seek};
+        file.rewind()?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok(text)
     }
     let v4 = read(&ns.sockstat)?;
     let v6 = match &ns.sockstat6 {

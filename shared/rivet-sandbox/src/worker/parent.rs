@@ -2,7 +2,7 @@
 //! calls, enforce the hard deadline, kill it, and say how it ended.
 
 use super::netns::NetworkNamespaces;
-use super::zygote::{readable_within, Launched, Launcher};
+use super::zygote::{pidfd, readable_within, Launched, Launcher};
 use crate::events::{read_frame, write_frame, Event, Reply};
 use crate::host::{CallError, HostServices, JobHost};
 use crate::job::{JobRequest, Mode};
@@ -168,15 +168,7 @@ impl Calls {
 
 /// Whether process `pid` (a worker, reaped only by its zygote when asked) exits by `until`.
 fn exits_by(pid: i32, until: Instant) -> bool {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open on an unreaped worker returns a descriptor we own, or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: the descriptor was just made and is owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-    readable_within(&pidfd, until.saturating_duration_since(Instant::now()))
+    pidfd(pid).is_ok_and(|fd| readable_within(&fd, until.saturating_duration_since(Instant::now())))
 }
 
 fn signal_name(sig: i32) -> String {

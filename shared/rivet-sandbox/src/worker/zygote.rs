@@ -406,9 +406,20 @@ impl Zygote {
 /// How long the launcher may take to answer a request for a worker with its pid.
 const PID_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A pidfd of process `pid` (Linux 5.3): readable once the process has ended.
+pub fn pidfd(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new descriptor, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return Err(last_error(&format!("pidfd_open({pid})")));
+    }
+    // SAFETY: the descriptor was just made and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Whether `fd` has something to read (or was closed; a pidfd: its process ended) within
 /// `timeout`.
-pub(super) fn readable_within(fd: &OwnedFd, timeout: std::time::Duration) -> bool {
+pub fn readable_within(fd: &OwnedFd, timeout: std::time::Duration) -> bool {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -511,7 +522,8 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             }
             let child = &mut children[i];
             if child.exited.is_none() {
-                child.answer = reap_requested(child.job.as_raw_fd());
+                // The "kill and reap" byte (an answer is awaited), or the socket closed.
+                child.answer = got_byte(child.job.as_raw_fd());
                 if kill_group(child) {
                     continue;
                 }
@@ -555,17 +567,7 @@ fn write_maps(child: &mut Child) {
     let Some(maps) = child.maps.take() else {
         return;
     };
-    let mut b = [0u8; 1];
-    // SAFETY: reading into a one-byte buffer we own, without blocking (poll said readable).
-    if unsafe {
-        libc::recv(
-            maps.as_raw_fd(),
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_DONTWAIT,
-        )
-    } != 1
-    {
+    if !got_byte(maps.as_raw_fd()) {
         return;
     }
     let written = match child.job_uid {
@@ -585,28 +587,21 @@ fn write_maps(child: &mut Child) {
     let _ = send_with_fds(maps.as_raw_fd(), &answer.to_le_bytes(), &[]);
 }
 
-/// Whether the job socket carries the "kill and reap" byte (rather than being closed).
-fn reap_requested(job: RawFd) -> bool {
+/// Whether a one-byte message could be read from `sock` at once (rather than its end closed).
+fn got_byte(sock: RawFd) -> bool {
     let mut b = [0u8; 1];
     // SAFETY: reading into a one-byte buffer we own, without blocking (poll said readable).
-    unsafe { libc::recv(job, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) == 1 }
+    unsafe { libc::recv(sock, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) == 1 }
 }
 
 /// SIGKILLs the child's process group (its leader is not reaped yet, so the group id is still
 /// its own) and opens a pidfd that becomes readable when the leader has exited. Returns
 /// whether it did; without one the caller reaps at once, blocking (briefly: it was killed).
 fn kill_group(child: &mut Child) -> bool {
-    // SAFETY: signalling a group whose leader is our unreaped child; pidfd_open on that child;
-    // the descriptor is taken into an OwnedFd once.
-    unsafe {
-        libc::kill(-child.pid, libc::SIGKILL);
-        let fd = libc::syscall(libc::SYS_pidfd_open, child.pid, 0) as i32;
-        if fd < 0 {
-            return false;
-        }
-        child.exited = Some(OwnedFd::from_raw_fd(fd));
-    }
-    true
+    // SAFETY: signalling a group whose leader is our unreaped child.
+    unsafe { libc::kill(-child.pid, libc::SIGKILL) };
+    child.exited = pidfd(child.pid).ok();
+    child.exited.is_some()
 }
 
 /// Reaps a killed child and answers with its status if the launcher asked.

@@ -2314,32 +2314,6 @@ fn process_with(marker: &str) -> i32 {
     roots[0]
 }
 
-/// A pidfd of process `pid` (not ours): open it while the process runs, to learn of its end.
-fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open returns a new descriptor we own, or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    assert!(
-        fd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the descriptor was just made and is owned by nobody else.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-}
-
-/// Whether the process of `pidfd` ends within `within` (its pidfd becomes readable then).
-fn exits_within(pidfd: &std::os::fd::OwnedFd, within: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll on one pollfd we own.
-    unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) == 1 }
-}
-
 #[test]
 fn proc_09_a_jobs_processes_die_with_its_runner() {
     use rivet_sandbox::events::Event;
@@ -2381,13 +2355,14 @@ fn proc_09_a_jobs_processes_die_with_its_runner() {
             .expect("the job's process started")
             != "up"
         {}
-        let shell = pidfd(process_with(&script));
+        let shell =
+            rivet_sandbox::worker::pidfd(process_with(&script)).expect("a pidfd of the shell");
         // The runner's end, as the worker sees it: its parent, the zygote, is gone (a runner
         // that dies takes its zygote with it the same way).
         // SAFETY: killing the zygote this test started.
         unsafe { libc::kill(zygote, libc::SIGKILL) };
         assert!(
-            exits_within(&shell, Duration::from_secs(10)),
+            rivet_sandbox::worker::readable_within(&shell, Duration::from_secs(10)),
             "the job's process outlived its runner (job_uid {job_uid:?})"
         );
         let report = job

@@ -6,6 +6,7 @@ use rivet_core::JobOutcome;
 use rivet_sandbox::events::{read_frame, write_frame, Event};
 use rivet_sandbox::worker::{Launched, Launcher, EXIT_BAD_REQUEST};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -187,6 +188,28 @@ fn remapped_workers_started_at_once_each_get_their_launchers_uid() {
     }
 }
 
+/// Copies (`pidfd_getfd`, Linux 5.6) of every socket process `pid` holds.
+fn sockets_of(pid: i32) -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pidfd = rivet_sandbox::worker::pidfd(pid).unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            if !target.to_string_lossy().starts_with("socket:") {
+                return None;
+            }
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            // SAFETY: pidfd_getfd copies descriptor `fd` of the process into this one, or fails.
+            let copy =
+                unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) } as i32;
+            // SAFETY: a new descriptor owned by nobody else.
+            (copy >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
+        })
+        .collect()
+}
+
 /// A worker waiting for its zygote to write its maps ends when the zygote dies (its
 /// parent-death signal; the closed socket would fail the job too) and runs no job code: it is
 /// in its new user namespace, unmapped, and must neither run on nor hang there.
@@ -209,21 +232,27 @@ fn a_worker_waiting_for_its_maps_dies_with_its_zygote() {
     spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
     spin.request.policy.sandbox.job_uid = Some(65534);
     write_frame(&mut stdin, &spin.request).unwrap();
-    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
-    let pid = worker.pid;
-    let waiting = (0..1000).any(|_| {
-        let unshared =
-            std::fs::read_link(format!("/proc/{pid}/ns/user")).is_ok_and(|ns| ns != ours);
-        let unmapped = std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
-            .is_ok_and(|m| m.trim().is_empty());
-        unshared && unmapped || {
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        }
-    });
+    // The map request is a message waiting in one of the stopped zygote's sockets: copies of
+    // them (`pidfd_getfd`) become readable when it arrives.
+    let sockets = sockets_of(zygote);
+    let mut polled: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll over pollfd structs we own.
+    let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 10_000) };
     assert!(
-        waiting,
+        ready > 0,
         "the worker did not reach its map request within 10 s"
+    );
+    let alive = rivet_sandbox::worker::pidfd(worker.pid).unwrap();
+    assert!(
+        !rivet_sandbox::worker::readable_within(&alive, Duration::ZERO),
+        "the worker waits for its maps, alive"
     );
     // Every event the worker still writes, once its stdout closes.
     let (tx, events) = mpsc::channel();
