@@ -2,6 +2,7 @@
 //! the runner running that attempt (PostgreSQL fences; Redis is not needed to store a report).
 
 use crate::db;
+use crate::fence::Move;
 use crate::AppState;
 use backon::Retryable;
 use rivet_protocol::http::JobState;
@@ -429,15 +430,16 @@ async fn apply_bodies(
 async fn after_end(state: &AppState, report: &RunnerReport, ended: Option<db::attempts::Ended>) {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
     let Some(ended) = ended else { return };
-    match ended {
-        db::attempts::Ended::Final(_) => crate::fence::close(state, job, attempt).await,
-        db::attempts::Ended::Retrying { attempt } => {
-            crate::fence::open(state, job, attempt).await;
-            state.relay_wakeup.notify_one();
-        }
-        db::attempts::Ended::Stale => {}
+    let fence = match ended {
+        db::attempts::Ended::Final(_) => Move::Close(attempt),
+        db::attempts::Ended::Retrying { attempt } => Move::Open(attempt),
+        db::attempts::Ended::Stale => Move::Stay,
+    };
+    let lease = lease_value(runner, attempt, &report.token);
+    crate::fence::end_attempt(state, job, fence, &lease).await;
+    if let Move::Open(_) = fence {
+        state.relay_wakeup.notify_one();
     }
-    crate::fence::release_lease(state, job, &lease_value(runner, attempt, &report.token)).await;
 }
 
 /// Why the runner of a `Started` report may not start the attempt (API-02), if it may not: it
@@ -540,17 +542,19 @@ async fn refuse_start(
     violation: String,
 ) -> anyhow::Result<Applied> {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
-    match db::attempts::refuse_start(&state.db, job, attempt, runner, &violation).await? {
-        db::attempts::Ended::Retrying { attempt: next } => {
-            crate::fence::open(state, job, next).await;
-            state.relay_wakeup.notify_one();
-        }
-        db::attempts::Ended::Final(_) => crate::fence::close(state, job, attempt).await,
-        db::attempts::Ended::Stale => {
-            return Ok(Applied::Ignored("the job is not waiting for this attempt"))
-        }
+    let fence =
+        match db::attempts::refuse_start(&state.db, job, attempt, runner, &violation).await? {
+            db::attempts::Ended::Retrying { attempt: next } => Move::Open(next),
+            db::attempts::Ended::Final(_) => Move::Close(attempt),
+            db::attempts::Ended::Stale => {
+                return Ok(Applied::Ignored("the job is not waiting for this attempt"))
+            }
+        };
+    let lease = lease_value(runner, attempt, &report.token);
+    crate::fence::end_attempt(state, job, fence, &lease).await;
+    if let Move::Open(_) = fence {
+        state.relay_wakeup.notify_one();
     }
-    crate::fence::release_lease(state, job, &lease_value(runner, attempt, &report.token)).await;
     crate::fence::order_cancel(state, runner, job, attempt, &violation).await;
     Ok(Applied::Refused(violation))
 }
