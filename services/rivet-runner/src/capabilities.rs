@@ -14,14 +14,26 @@ pub const CORE: [CoreModule; 3] = [
     CoreModule::Http,
 ];
 
-/// Capabilities, and why each plugin that is not advertised was left out.
+/// What [`detect`] found.
+#[derive(Debug, Default)]
+pub struct Detected {
+    /// Capabilities to advertise.
+    pub capabilities: Vec<String>,
+    /// Why each plugin that is not advertised was left out.
+    pub notes: Vec<String>,
+    /// For each plugin whose manifest could be read, the plugins it requires.
+    pub needs: BTreeMap<String, Vec<String>>,
+}
+
+/// Capabilities, why each plugin that is not advertised was left out, and which plugins each
+/// plugin requires.
 pub fn detect(
     plugins: &BTreeMap<String, String>,
     binaries: &BTreeMap<String, PathBuf>,
     labels: &BTreeMap<String, String>,
     limits: &Limits,
     engine: &[&str],
-) -> (Vec<String>, Vec<String>) {
+) -> Detected {
     let mut caps: BTreeSet<String> = CORE.iter().map(|m| m.name().to_owned()).collect();
     // `container` (and which engine) only when an engine answered at start.
     caps.extend(engine.iter().map(|c| (*c).to_owned()));
@@ -84,7 +96,46 @@ pub fn detect(
             ));
         }
     }
-    (caps.into_iter().collect(), notes)
+    let needs = manifests
+        .iter()
+        .map(|(name, m)| {
+            let plugins = m.requires.0.iter().filter_map(|r| match r {
+                Requirement::Plugin { name } => Some(name.clone()),
+                _ => None,
+            });
+            (name.clone(), plugins.collect())
+        })
+        .collect();
+    Detected {
+        capabilities: caps.into_iter().collect(),
+        notes,
+        needs,
+    }
+}
+
+/// The plugin sources a job may load: the plugins its requirements name and, transitively, the
+/// plugins their manifests require. The worker loads exactly these (a definition can only
+/// `require` a plugin it declares), so the rest of the catalog is not sent with the job.
+pub fn for_job(
+    requires: &[String],
+    plugins: &BTreeMap<String, String>,
+    needs: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut queue: Vec<&str> = requires
+        .iter()
+        .filter_map(|r| r.strip_prefix("plugin."))
+        .collect();
+    while let Some(name) = queue.pop() {
+        if out.contains_key(name) {
+            continue;
+        }
+        if let Some(source) = plugins.get(name) {
+            out.insert(name.to_owned(), source.clone());
+        }
+        queue.extend(needs.get(name).into_iter().flatten().map(String::as_str));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -118,7 +169,11 @@ mod tests {
             [("git".to_string(), PathBuf::from("/usr/bin/git"))]
                 .into_iter()
                 .collect();
-        let (caps, notes) = detect(
+        let Detected {
+            capabilities: caps,
+            notes,
+            needs,
+        } = detect(
             &plugins,
             &binaries,
             &BTreeMap::new(),
@@ -146,13 +201,25 @@ mod tests {
             notes.iter().any(|n| n.contains("plugin.broken")),
             "{notes:?}"
         );
-        let (caps, _) = detect(
+        assert_eq!(needs["deploy"], ["git"]);
+        assert!(needs["git"].is_empty() && !needs.contains_key("broken"));
+        // A job gets the plugins it names and what they need, nothing else.
+        let sent = for_job(
+            &["process".into(), "plugin.deploy".into()],
+            &plugins,
+            &needs,
+        );
+        assert_eq!(sent.keys().collect::<Vec<_>>(), ["deploy", "git"]);
+        assert_eq!(sent["git"], plugins["git"]);
+        assert!(for_job(&["process".into()], &plugins, &needs).is_empty());
+        let caps = detect(
             &plugins,
             &BTreeMap::new(),
             &BTreeMap::new(),
             &Limits::default(),
             &[],
-        );
+        )
+        .capabilities;
         assert_eq!(
             caps,
             ["filesystem", "http", "process"],
@@ -170,15 +237,16 @@ mod tests {
         .collect();
         let none = BTreeMap::new();
         let no_labels = BTreeMap::new();
-        let (caps, _) = detect(&plugins, &none, &no_labels, &Limits::default(), &[]);
+        let caps = detect(&plugins, &none, &no_labels, &Limits::default(), &[]).capabilities;
         assert_eq!(caps, ["filesystem", "http", "process"]);
-        let (caps, _) = detect(
+        let caps = detect(
             &plugins,
             &none,
             &no_labels,
             &Limits::default(),
             &["container", "container.podman"],
-        );
+        )
+        .capabilities;
         assert_eq!(
             caps,
             [

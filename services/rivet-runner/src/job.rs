@@ -380,7 +380,11 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
                 workspace: workspace.clone(),
                 policy,
                 binaries: runner.binaries.clone(),
-                plugins: runner.plugins.clone(),
+                plugins: crate::capabilities::for_job(
+                    &job.requires,
+                    &runner.plugins,
+                    &runner.plugin_needs,
+                ),
             };
             let mut options = runner.worker.clone();
             options.cancel = Some(entry.cancel.clone());

@@ -52,6 +52,9 @@ pub struct Runner {
     pub binaries: BTreeMap<String, PathBuf>,
     /// Plugin sources.
     pub plugins: BTreeMap<String, String>,
+    /// The plugins each plugin requires (a job gets the sources of the plugins it names and
+    /// of what they need, [`capabilities::for_job`]).
+    pub plugin_needs: BTreeMap<String, Vec<String>>,
     /// Capabilities advertised.
     pub capabilities: Vec<String>,
     /// Labels advertised and consumed by: the ones an admin assigned to its registration.
@@ -205,13 +208,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Some(host) => probe_engine(host.clone()).await,
         None => Vec::new(),
     };
-    let (detected, _) = capabilities::detect(
+    let detected = capabilities::detect(
         &plugins,
         &binaries,
         &BTreeMap::new(),
         &policy.limits,
         &probed,
-    );
+    )
+    .capabilities;
 
     // Registering writes the first presence record (10 s to live): everything slow is done
     // before it, except connecting the broker (with the user the registration gives) and the
@@ -267,8 +271,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .as_ref()
         .map(|e| e.capabilities().to_vec())
         .unwrap_or_default();
-    let (capabilities, notes) =
-        capabilities::detect(&plugins, &binaries, &labels, &policy.limits, &engine_caps);
+    let capabilities::Detected {
+        capabilities,
+        notes,
+        needs: plugin_needs,
+    } = capabilities::detect(&plugins, &binaries, &labels, &policy.limits, &engine_caps);
     for note in notes {
         tracing::warn!(note = %note, "Capability not advertised.");
     }
@@ -291,6 +298,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         policy,
         binaries,
         plugins,
+        plugin_needs,
         capabilities,
         labels,
         slots: config.slots,
