@@ -64,10 +64,7 @@ impl FromRequestParts<AppState> for Scope {
             .0
             .project;
         let lookup = |name: String| async move {
-            let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM projects WHERE name = $1")
-                .bind(&name)
-                .fetch_optional(&state.db)
-                .await?;
+            let id = state.project_id(&name).await?;
             Ok::<_, ApiError>((name, id))
         };
         match caller.project_id {

@@ -38,6 +38,7 @@ use rivet_protocol::redis_keys::Keys;
 use rivet_protocol::topology::Topology;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -68,6 +69,11 @@ pub struct AppState {
     pub queue_timeout: Duration,
     /// Pipeline versions by (project, name, version): stored versions never change.
     pub versions: Arc<std::sync::Mutex<VersionCache>>,
+    /// The latest version of each pipeline by (project, name), as this orchestrator last found
+    /// it: a guess that the job's insert checks.
+    pub latest: Arc<std::sync::Mutex<HashMap<(uuid::Uuid, String), i32>>>,
+    /// Project ids by name.
+    pub projects: Arc<std::sync::Mutex<HashMap<String, uuid::Uuid>>>,
     /// Live runners as last read for a submission's schedulability, and when.
     pub runners_seen: Arc<tokio::sync::Mutex<Option<RunnersSeen>>>,
     /// RabbitMQ's management API, making each runner's broker user (`None`: shared users).
@@ -77,44 +83,66 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A pipeline version: `version`, or the latest. The content comes from a cache (versions are
-    /// immutable); which one is the latest is always asked of PostgreSQL.
+    /// A pipeline version: `version`, or the latest, and whether "the latest" is a guess. The
+    /// content comes from a cache (versions are immutable). Which version is the latest is asked
+    /// of PostgreSQL, unless `guess` allows the one this orchestrator last found: then the answer
+    /// says so, and the job's insert checks the guess (`db::jobs::create` refuses to insert when
+    /// a newer version exists, and the submission asks again).
     pub async fn pipeline_version(
         &self,
         project_id: uuid::Uuid,
         name: &str,
         version: Option<i32>,
-    ) -> sqlx::Result<Option<Arc<db::pipelines::Version>>> {
-        let number = match version {
-            Some(v) => v,
-            None => match db::pipelines::latest_version(&self.db, project_id, name).await? {
-                Some(v) => v,
-                None => return Ok(None),
-            },
+        guess: bool,
+    ) -> sqlx::Result<Option<(Arc<db::pipelines::Version>, bool)>> {
+        let (number, guessed) = match version {
+            Some(v) => (v, false),
+            None => {
+                let key = (project_id, name.to_owned());
+                let known = guess
+                    .then(|| lock(&self.latest).get(&key).copied())
+                    .flatten();
+                match known {
+                    Some(v) => (v, true),
+                    None => {
+                        match db::pipelines::latest_version(&self.db, project_id, name).await? {
+                            Some(v) => {
+                                remember(&self.latest, key, v);
+                                (v, false)
+                            }
+                            None => return Ok(None),
+                        }
+                    }
+                }
+            }
         };
         let key = (project_id, name.to_owned(), number);
-        if let Some(v) = self
-            .versions
-            .lock()
-            .expect("the cache lock is never poisoned")
-            .get(&key)
-        {
-            return Ok(Some(v.clone()));
+        if let Some(v) = lock(&self.versions).get(&key) {
+            return Ok(Some((v.clone(), guessed)));
         }
         let Some(found) = db::pipelines::get(&self.db, project_id, name, Some(number)).await?
         else {
             return Ok(None);
         };
         let found = Arc::new(found);
-        let mut cache = self
-            .versions
-            .lock()
-            .expect("the cache lock is never poisoned");
-        if cache.len() >= 1024 {
-            cache.clear();
+        remember(&self.versions, key, found.clone());
+        Ok(Some((found, guessed)))
+    }
+
+    /// The id of project `name`, if it exists: from memory once found (projects are never
+    /// renamed or deleted, so a found id stays right; a missing one is asked again each time).
+    pub async fn project_id(&self, name: &str) -> sqlx::Result<Option<uuid::Uuid>> {
+        if let Some(id) = lock(&self.projects).get(name) {
+            return Ok(Some(*id));
         }
-        cache.insert(key, found.clone());
-        Ok(Some(found))
+        let id: Option<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.db)
+            .await?;
+        if let Some(id) = id {
+            remember(&self.projects, name.to_owned(), id);
+        }
+        Ok(id)
     }
 
     /// Live runners, read from Redis at most every 500 ms (for the schedulability a submission
@@ -135,8 +163,23 @@ impl AppState {
 }
 
 /// Pipeline versions by (project, name, version).
-pub type VersionCache =
-    std::collections::HashMap<(uuid::Uuid, String, i32), Arc<db::pipelines::Version>>;
+pub type VersionCache = HashMap<(uuid::Uuid, String, i32), Arc<db::pipelines::Version>>;
+
+/// Entries each in-memory cache keeps at most (emptied when full: every entry can be read
+/// again from PostgreSQL).
+const CACHE_ENTRIES: usize = 1024;
+
+fn lock<T>(cache: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    cache.lock().expect("a cache lock is never poisoned")
+}
+
+fn remember<K: std::hash::Hash + Eq, V>(cache: &std::sync::Mutex<HashMap<K, V>>, key: K, value: V) {
+    let mut cache = lock(cache);
+    if cache.len() >= CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
 /// Live runners and when they were read.
 pub type RunnersSeen = (
     std::time::Instant,
@@ -290,6 +333,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         fences_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         queue_timeout: config.queue_timeout,
         versions: Default::default(),
+        latest: Default::default(),
+        projects: Default::default(),
         runners_seen: Default::default(),
         broker_users,
         redis_users: config.redis_users,

@@ -104,46 +104,61 @@ pub async fn run(
     Path(name): Path<String>,
     Body(body): Body<CreateRun>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let version = state
-        .pipeline_version(scope.project_id, &name, body.version)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no pipeline `{name}`{}",
-                version_suffix(body.version)
-            ))
-        })?;
-    let spec = &version.view.definition;
-    let values =
-        rivet_core::input::resolve(&spec.inputs, &body.inputs).map_err(ApiError::InvalidInputs)?;
-    // The job carries every value as text, defaults included, so a runner needs no definition
-    // knowledge beyond the source.
-    let inputs = values
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect();
-    let dispatch = JobDispatch {
-        schema: SCHEMA_VERSION,
-        job_id: Uuid::new_v4(),
-        attempt: 1,
-        pipeline: version.view.name.clone(),
-        pipeline_version: version.view.version,
-        file_name: version.file_name.clone(),
-        source: version.source.clone(),
-        inputs,
-        class_key: version.view.class_key.clone(),
-        requires: version.view.requires.clone(),
-        timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+    // First with this orchestrator's guess of the latest version; if the insert finds a newer
+    // one was pushed since, once more with the latest as PostgreSQL says (its inputs may differ).
+    let mut guess = true;
+    let (version, dispatch, created_at_ms) = loop {
+        let (version, guessed) = state
+            .pipeline_version(scope.project_id, &name, body.version, guess)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no pipeline `{name}`{}",
+                    version_suffix(body.version)
+                ))
+            })?;
+        let spec = &version.view.definition;
+        let values = rivet_core::input::resolve(&spec.inputs, &body.inputs)
+            .map_err(ApiError::InvalidInputs)?;
+        // The job carries every value as text, defaults included, so a runner needs no
+        // definition knowledge beyond the source.
+        let inputs = values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        let dispatch = JobDispatch {
+            schema: SCHEMA_VERSION,
+            job_id: Uuid::new_v4(),
+            attempt: 1,
+            pipeline: version.view.name.clone(),
+            pipeline_version: version.view.version,
+            file_name: version.file_name.clone(),
+            source: version.source.clone(),
+            inputs,
+            class_key: version.view.class_key.clone(),
+            requires: version.view.requires.clone(),
+            timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+        };
+        let queue_timeout = spec.queue_timeout.unwrap_or(state.queue_timeout);
+        let created = db::jobs::create(
+            &state.db,
+            version.pipeline_id,
+            &dispatch,
+            &spec.retries,
+            queue_timeout,
+            guessed,
+        )
+        .await?;
+        match created {
+            Some(at) => break (version, dispatch, at),
+            None if guessed => guess = false,
+            None => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "the job insert refused a version it was not asked to check"
+                )))
+            }
+        }
     };
-    let queue_timeout = spec.queue_timeout.unwrap_or(state.queue_timeout);
-    let created_at_ms = db::jobs::create(
-        &state.db,
-        version.pipeline_id,
-        &dispatch,
-        &spec.retries,
-        queue_timeout,
-    )
-    .await?;
     state.relay_wakeup.notify_one();
     let runners = state.recent_runners().await?;
     let job = JobView {

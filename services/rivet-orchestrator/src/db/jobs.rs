@@ -11,6 +11,10 @@ use uuid::Uuid;
 /// Creates a queued job, its first attempt, its class (if new) and its outbox row, atomically:
 /// once this returns, the relay will publish it. Returns its creation time (ms).
 ///
+/// With `latest`, the job's version was taken to be its pipeline's latest without asking: then
+/// nothing is inserted and `None` is returned when a newer version exists (the caller asks which
+/// is the latest and submits again). Without it, the job is always inserted.
+///
 /// One statement (data-modifying `WITH` clauses), not a transaction of five: one round trip
 /// instead of six on the path of every submit. The foreign keys of the attempt and outbox rows
 /// are checked at the end of the statement, when the job row exists.
@@ -20,17 +24,22 @@ pub async fn create(
     dispatch: &JobDispatch,
     retry: &rivet_core::definition::RetrySpec,
     queue_timeout: std::time::Duration,
-) -> sqlx::Result<i64> {
+    latest: bool,
+) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(
-        "WITH class AS (\
-           INSERT INTO classes (class_key, requires) VALUES ($5, $9) ON CONFLICT (class_key) DO NOTHING), \
+        "WITH ok AS (\
+           SELECT WHERE NOT $11 OR NOT EXISTS (\
+             SELECT FROM pipeline_versions WHERE pipeline_id = $2 AND version > $3)), \
+         class AS (\
+           INSERT INTO classes (class_key, requires) SELECT $5, $9 FROM ok \
+           ON CONFLICT (class_key) DO NOTHING), \
          job AS (\
            INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt, retry, queue_timeout_ms) \
-           VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) RETURNING created_at), \
+           SELECT $1, $2, $3, $4, $5, 'queued', $6, $7, $8 FROM ok RETURNING created_at), \
          attempt AS (\
-           INSERT INTO attempts (job_id, attempt, state) VALUES ($1, $6, 'queued')), \
+           INSERT INTO attempts (job_id, attempt, state) SELECT $1, $6, 'queued' FROM ok), \
          outbox AS (\
-           INSERT INTO outbox (job_id, attempt, payload) VALUES ($1, $6, $10)) \
+           INSERT INTO outbox (job_id, attempt, payload) SELECT $1, $6, $10 FROM ok) \
          SELECT (extract(epoch FROM created_at) * 1000)::bigint FROM job",
     )
     .bind(dispatch.job_id)
@@ -43,7 +52,8 @@ pub async fn create(
     .bind(i64::try_from(queue_timeout.as_millis()).unwrap_or(i64::MAX))
     .bind(&dispatch.requires)
     .bind(Json(dispatch))
-    .fetch_one(db)
+    .bind(latest)
+    .fetch_optional(db)
     .await
 }
 

@@ -165,6 +165,83 @@ async fn pipelines_are_validated_and_versioned() {
     app.stop().await;
 }
 
+/// A run of "the latest version" takes the version the orchestrator last found (no query), and
+/// the job's insert checks it: after a push of a version with other inputs, a run is checked
+/// against the new version and runs it, and the refused guess left no row behind.
+#[tokio::test]
+async fn a_run_takes_the_latest_version_even_when_the_orchestrator_guessed_an_older_one() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post("/pipelines", json!({"source": PIPELINE}))
+            .await
+            .status(),
+        201
+    );
+    let r = app
+        .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let first: JobView = r.json().await.unwrap();
+    assert_eq!(first.pipeline_version, 1);
+    // Version 2 needs one more input. The orchestrator's guess of the latest is still 1.
+    let v2 = PIPELINE.replace(
+        "n = {type = \"number\", required = true}",
+        "n = {type = \"number\", required = true}, target = {type = \"string\", required = true}",
+    );
+    assert_ne!(v2, PIPELINE);
+    let pushed: PipelineView = app
+        .post("/pipelines", json!({"source": v2}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pushed.version, 2);
+    let r = app
+        .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "2"}}))
+        .await;
+    assert_eq!(r.status(), 422, "checked against version 2");
+    let err: ApiError = r.json().await.unwrap();
+    let fields: Vec<&str> = err.fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(fields, ["target"], "{err:?}");
+    let r = app
+        .post(
+            "/pipelines/hello-fleet/runs",
+            json!({"inputs": {"n": "3", "target": "prod"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let second: JobView = r.json().await.unwrap();
+    assert_eq!(second.pipeline_version, 2);
+    assert_eq!(
+        second.inputs.get("target").map(String::as_str),
+        Some("prod")
+    );
+    // An explicit version is still honoured.
+    let r = app
+        .post(
+            "/pipelines/hello-fleet/runs",
+            json!({"version": 1, "inputs": {"n": "4"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let third: JobView = r.json().await.unwrap();
+    assert_eq!(third.pipeline_version, 1);
+    let mut db = app.db().await;
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT pipeline_version, (SELECT count(*) FROM outbox o WHERE o.job_id = j.id) \
+         FROM jobs j ORDER BY created_at",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [(1, 1), (2, 1), (1, 1)],
+        "three jobs, each with its outbox row"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn runs_check_inputs_and_queue_an_unschedulable_job_visibly() {
     let app = spawn_app().await;
