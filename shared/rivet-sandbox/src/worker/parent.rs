@@ -3,7 +3,7 @@
 
 use super::netns::NetworkNamespaces;
 use super::zygote::{pidfd, readable_within, Launched, Launcher};
-use crate::events::{read_frame, write_frame, Event, Reply};
+use crate::events::{write_frame, Event, Reply};
 use crate::host::{CallError, HostServices, JobHost};
 use crate::job::{JobRequest, Mode};
 use rivet_core::input::InputError;
@@ -11,7 +11,7 @@ use rivet_core::policy::{NamespaceMode, NetworkMode};
 use rivet_core::{JobOutcome, PipelineSpec, Problem, RequirementSet};
 use serde::Deserialize;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -89,13 +89,12 @@ enum Msg {
     End(Option<io::Error>),
 }
 
-/// Reads one frame from the worker. A call frame that does not parse becomes `BadCall` (the
-/// worker gets an error reply); any other unreadable frame ends the stream.
-fn read_message(r: &mut impl Read) -> Msg {
-    let value = match read_frame::<serde_json::Value>(r) {
-        Ok(Some(v)) => v,
-        Ok(None) => return Msg::End(None),
-        Err(e) => return Msg::End(Some(e)),
+/// Decodes one frame's body from the worker. A call frame that does not parse becomes `BadCall`
+/// (the worker gets an error reply); any other unreadable frame ends the stream.
+fn decode(body: &[u8]) -> Msg {
+    let value = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => v,
+        Err(e) => return Msg::End(Some(io::Error::new(io::ErrorKind::InvalidData, e))),
     };
     match Event::deserialize(&value) {
         Ok(ev) => Msg::Event(Box::new(ev)),
@@ -109,6 +108,166 @@ fn read_message(r: &mut impl Read) -> Msg {
                 _ => Msg::End(Some(io::Error::new(io::ErrorKind::InvalidData, e))),
             }
         }
+    }
+}
+
+/// The worker's stdout (frames) and stderr (its last [`STDERR_TAIL`] bytes kept), read without
+/// blocking by the thread that keeps the deadlines: both pipes are drained as they fill (a
+/// worker writing to one never waits on our reading the other), frames are decoded as they
+/// complete, and a worker that stops in the middle of a frame cannot hold up a deadline.
+struct Output {
+    /// `None` once closed (or once the stream ended on a bad frame).
+    stdout: Option<File>,
+    stderr: Option<File>,
+    /// Bytes read from stdout and not decoded yet.
+    pending: Vec<u8>,
+    tail: Vec<u8>,
+    /// Whether `End` was returned.
+    ended: bool,
+}
+
+impl Output {
+    fn new(stdout: File, stderr: File) -> io::Result<Self> {
+        for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
+            // SAFETY: fcntl on a descriptor we own.
+            let ok = unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+            };
+            if !ok {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Self {
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            pending: Vec::new(),
+            tail: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// The next message: a frame already read, else one that completes within `timeout`.
+    /// `None` when none did, or when `wake` became readable (its bytes are consumed).
+    fn next(&mut self, timeout: Duration, mut wake: Option<&mut io::PipeReader>) -> Option<Msg> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(msg) = self.decoded() {
+                return Some(msg);
+            }
+            let fd = |f: &Option<File>| f.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+            // A closed pipe's slot gets fd -1, which poll ignores.
+            let waker = wake.as_ref().map_or(-1, |w| w.as_raw_fd());
+            let mut fds = [fd(&self.stdout), fd(&self.stderr), waker].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let left = until.saturating_duration_since(Instant::now());
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: poll on three pollfd structs we own; the descriptors stay open meanwhile.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return Some(self.end(Some(io::Error::last_os_error())));
+            }
+            let ready = |p: &libc::pollfd| {
+                p.fd >= 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+            };
+            if ready(&fds[1]) {
+                self.read_stderr();
+            }
+            if ready(&fds[0]) {
+                self.read_stdout();
+            }
+            if let (true, Some(wake)) = (ready(&fds[2]), wake.as_mut()) {
+                let mut buf = [0u8; 64];
+                let _ = wake.read(&mut buf);
+                return self.decoded();
+            }
+            if n == 0 || Instant::now() >= until {
+                return self.decoded();
+            }
+        }
+    }
+
+    /// A complete frame from what was read, or the end of the stream once stdout closed
+    /// (mid-frame: an error).
+    fn decoded(&mut self) -> Option<Msg> {
+        if self.ended {
+            return None;
+        }
+        if self.pending.len() >= 4 {
+            let len = u32::from_be_bytes(self.pending[..4].try_into().expect("4 bytes")) as usize;
+            if len > crate::events::MAX_FRAME {
+                let error = format!("frame of {len} bytes exceeds {}", crate::events::MAX_FRAME);
+                return Some(self.end(Some(io::Error::new(io::ErrorKind::InvalidData, error))));
+            }
+            if self.pending.len() >= 4 + len {
+                let msg = decode(&self.pending[4..4 + len]);
+                self.pending.drain(..4 + len);
+                if let Msg::End(e) = msg {
+                    return Some(self.end(e));
+                }
+                return Some(msg);
+            }
+        }
+        if self.stdout.is_none() {
+            let error = (!self.pending.is_empty()).then(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the worker's stdout closed in the middle of a frame",
+                )
+            });
+            return Some(self.end(error));
+        }
+        None
+    }
+
+    fn end(&mut self, error: Option<io::Error>) -> Msg {
+        self.ended = true;
+        // Nothing more is read from stdout; the worker is being killed or is exiting.
+        self.stdout = None;
+        self.pending = Vec::new();
+        Msg::End(error)
+    }
+
+    fn read_stdout(&mut self) {
+        let mut buf = [0u8; 64 << 10];
+        while let Some(stdout) = &mut self.stdout {
+            match stdout.read(&mut buf) {
+                Ok(0) => self.stdout = None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.stdout = None,
+            }
+        }
+    }
+
+    fn read_stderr(&mut self) {
+        let mut buf = [0u8; 8192];
+        while let Some(stderr) = &mut self.stderr {
+            match stderr.read(&mut buf) {
+                Ok(0) => self.stderr = None,
+                Ok(n) => {
+                    self.tail.extend_from_slice(&buf[..n]);
+                    if self.tail.len() > STDERR_TAIL * 2 {
+                        self.tail.drain(..self.tail.len() - STDERR_TAIL);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.stderr = None,
+            }
+        }
+    }
+
+    /// The tail of stderr, with whatever is still in the pipe (read once the worker is gone;
+    /// it never waits for more).
+    fn into_tail(mut self) -> String {
+        self.read_stderr();
+        let start = self.tail.len().saturating_sub(STDERR_TAIL);
+        String::from_utf8_lossy(&self.tail[start..]).into_owned()
     }
 }
 
@@ -238,66 +397,6 @@ impl Replies {
     }
 }
 
-/// Reads the worker's stdout (frames, sent to `tx` as they come) and its stderr (its last
-/// [`STDERR_TAIL`] bytes kept) until both are closed, and returns that tail. Both pipes are
-/// drained as they fill: a worker writing to one never waits on our reading the other, except
-/// in the middle of a frame, which the worker writes whole.
-fn read_output(
-    stdout: &mut (impl Read + AsRawFd),
-    stderr: &mut (impl Read + AsRawFd),
-    tx: &mpsc::Sender<Msg>,
-) -> String {
-    let mut tail: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 8192];
-    // A closed pipe's slot gets fd -1, which poll ignores.
-    let mut fds = [
-        libc::pollfd {
-            fd: stdout.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stderr.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    while fds.iter().any(|p| p.fd >= 0) {
-        // SAFETY: poll on two pollfd structs we own; the descriptors stay open meanwhile.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        let ready = |p: &libc::pollfd| {
-            p.fd >= 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-        };
-        if ready(&fds[1]) {
-            match stderr.read(&mut buf) {
-                Ok(0) | Err(_) => fds[1].fd = -1,
-                Ok(n) => {
-                    tail.extend_from_slice(&buf[..n]);
-                    if tail.len() > STDERR_TAIL * 2 {
-                        tail.drain(..tail.len() - STDERR_TAIL);
-                    }
-                }
-            }
-        }
-        if ready(&fds[0]) {
-            let msg = read_message(stdout);
-            let end = matches!(msg, Msg::End(_));
-            // Nobody listening any more: the run is over and the worker is being killed.
-            if tx.send(msg).is_err() || end {
-                fds[0].fd = -1;
-            }
-        }
-    }
-    let start = tail.len().saturating_sub(STDERR_TAIL);
-    String::from_utf8_lossy(&tail[start..]).into_owned()
-}
-
 /// Runs `request` in a fresh worker process. `on_event` sees every event as it arrives.
 /// `Err` means the worker could not be started or fed; every job outcome is `Ok`.
 pub fn run_worker(
@@ -325,8 +424,8 @@ pub fn run_worker(
         .flatten();
     let Launched {
         mut stdin,
-        mut stdout,
-        mut stderr,
+        stdout,
+        stderr,
         worker,
     } = options.launcher.launch(
         netns.as_ref().map(|lease| lease.raw_fd()),
@@ -334,6 +433,13 @@ pub fn run_worker(
     )?;
     let pgid = worker.pid;
 
+    let mut output = match Output::new(stdout, stderr) {
+        Ok(output) => output,
+        Err(e) => {
+            let _ = worker.kill_and_wait();
+            return Err(e);
+        }
+    };
     if let Err(e) = write_frame(&mut stdin, request) {
         let _ = worker.kill_and_wait();
         return Err(e);
@@ -344,12 +450,10 @@ pub fn run_worker(
     let host = JobHost::new(options.host.clone(), request);
     let mut calls = Calls::default();
 
-    // One thread reads both of the worker's output pipes; this one keeps the deadlines.
+    // This thread reads the worker's output and keeps the deadlines. Answers of host calls come
+    // from the threads that run them, which wake it through a pipe (made at the first call).
     let (tx, rx) = mpsc::channel::<Msg>();
-    let reader = {
-        let tx = tx.clone();
-        std::thread::spawn(move || read_output(&mut stdout, &mut stderr, &tx))
-    };
+    let mut wake: Option<(io::PipeReader, Arc<io::PipeWriter>)> = None;
 
     let mut report = WorkerReport {
         outcome: JobOutcome::Crashed {
@@ -398,8 +502,15 @@ pub fn run_worker(
             break;
         }
         let wait = (deadline - now).min(Duration::from_millis(50));
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Event(ev)) if matches!(*ev, Event::Call { .. }) => {
+        let msg = match rx.try_recv() {
+            Ok(msg) => msg,
+            Err(_) => match output.next(wait, wake.as_mut().map(|(r, _)| r)) {
+                Some(msg) => msg,
+                None => continue,
+            },
+        };
+        match msg {
+            Msg::Event(ev) if matches!(*ev, Event::Call { .. }) => {
                 let Event::Call {
                     id,
                     budget_ms,
@@ -423,6 +534,15 @@ pub fn run_worker(
                     .min(job_deadline);
                 let host = host.clone();
                 let answer_tx = tx.clone();
+                let waker = match &wake {
+                    Some((_, w)) => w.clone(),
+                    None => {
+                        let (r, w) = io::pipe()?;
+                        let w = Arc::new(w);
+                        wake = Some((r, w.clone()));
+                        w
+                    }
+                };
                 // Output lines go straight to the writer, ahead of the answer, which the loop
                 // forwards only after this thread sent them.
                 let progress_tx = replies.sender();
@@ -434,19 +554,21 @@ pub fn run_worker(
                         });
                     };
                     let result = host.dispatch(call, deadline, &mut progress);
-                    let _ = answer_tx.send(Msg::Answer(Reply { id, result }));
+                    if answer_tx.send(Msg::Answer(Reply { id, result })).is_ok() {
+                        let _ = (&*waker).write(&[1]);
+                    }
                 });
             }
-            Ok(Msg::BadCall { id, error }) => {
+            Msg::BadCall { id, error } => {
                 let result = calls.accept(id, None).and(Err(CallError::protocol(error)));
                 calls.answered(id);
                 replies.send(Reply { id, result });
             }
-            Ok(Msg::Answer(reply)) => {
+            Msg::Answer(reply) => {
                 calls.answered(reply.id);
                 replies.send(reply);
             }
-            Ok(Msg::Event(ev)) => {
+            Msg::Event(ev) => {
                 let ev = *ev;
                 match &ev {
                     Event::StageStarted {
@@ -488,12 +610,10 @@ pub fn run_worker(
                     break;
                 }
             }
-            Ok(Msg::End(err)) => {
+            Msg::End(err) => {
                 stream_error = err;
                 break;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     drop(replies);
@@ -504,8 +624,9 @@ pub fn run_worker(
         // that lingers gets a grace period before the kill below. (Answers of calls still
         // running are dropped on the way.)
         let until = Instant::now() + EXIT_GRACE;
-        while let Ok(msg) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            if matches!(msg, Msg::End(_)) {
+        while Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            if let Some(Msg::End(_)) = output.next(left, None) {
                 break;
             }
         }
@@ -530,7 +651,7 @@ pub fn run_worker(
     }
     // The worker is gone, however it ended: remove every container it had the parent create.
     host.finish();
-    report.stderr = reader.join().unwrap_or_default();
+    report.stderr = output.into_tail();
     report.outcome = match (finished, killed) {
         (_, Some(outcome)) => outcome,
         (Some(outcome), None) => outcome,
@@ -587,34 +708,90 @@ mod tests {
         calls.accept(4, http).unwrap();
     }
 
+    /// An [`Output`] over two new pipes, and their write ends.
+    fn pipes() -> (Output, io::PipeWriter, io::PipeWriter) {
+        let (out_r, out_w) = io::pipe().unwrap();
+        let (err_r, err_w) = io::pipe().unwrap();
+        let file = |r: io::PipeReader| File::from(std::os::fd::OwnedFd::from(r));
+        (Output::new(file(out_r), file(err_r)).unwrap(), out_w, err_w)
+    }
+
+    /// The next message within 30 s (a test that waits longer has failed).
+    fn next(output: &mut Output) -> Msg {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Some(msg) = output.next(Duration::from_secs(1), None) {
+                return msg;
+            }
+        }
+        panic!("no message within 30 s");
+    }
+
     #[test]
     fn malformed_call_frames_get_an_answer_other_garbage_ends_the_stream() {
-        let mut buf = Vec::new();
+        let (mut output, mut out_w, _err_w) = pipes();
         write_frame(
-            &mut buf,
+            &mut out_w,
             &serde_json::json!({"event": "call", "id": 7, "budget_ms": 5, "call": {"kind": "teleport"}}),
         )
         .unwrap();
-        write_frame(&mut buf, &serde_json::json!({"event": "nonsense"})).unwrap();
-        let mut r = &buf[..];
-        match read_message(&mut r) {
+        write_frame(&mut out_w, &serde_json::json!({"event": "nonsense"})).unwrap();
+        match next(&mut output) {
             Msg::BadCall { id, error } => {
                 assert_eq!(id, 7);
                 assert!(error.contains("malformed host call"), "{error}");
             }
             _ => panic!("expected a BadCall"),
         }
-        assert!(matches!(read_message(&mut r), Msg::End(Some(_))));
+        assert!(matches!(next(&mut output), Msg::End(Some(_))));
+        assert!(
+            output.next(Duration::ZERO, None).is_none(),
+            "nothing after the end"
+        );
+    }
+
+    #[test]
+    fn a_frame_cut_off_or_too_large_ends_the_stream_with_an_error() {
+        let (mut output, mut out_w, _err_w) = pipes();
+        out_w.write_all(&100u32.to_be_bytes()).unwrap();
+        out_w.write_all(b"{\"event\"").unwrap();
+        // Half a frame: nothing yet, and no wait beyond the timeout.
+        assert!(output.next(Duration::from_millis(20), None).is_none());
+        drop(out_w);
+        match next(&mut output) {
+            Msg::End(Some(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}"),
+            _ => panic!("expected the end with an error"),
+        }
+        let (mut output, mut out_w, _err_w) = pipes();
+        let len = u32::try_from(crate::events::MAX_FRAME + 1).unwrap();
+        out_w.write_all(&len.to_be_bytes()).unwrap();
+        match next(&mut output) {
+            Msg::End(Some(e)) => assert!(e.to_string().contains("exceeds"), "{e}"),
+            _ => panic!("expected the end with an error"),
+        }
+    }
+
+    #[test]
+    fn a_wake_up_returns_at_once_without_a_message() {
+        let (mut output, _out_w, _err_w) = pipes();
+        let (mut wake_r, mut wake_w) = io::pipe().unwrap();
+        wake_w.write_all(&[1]).unwrap();
+        let started = Instant::now();
+        assert!(output
+            .next(Duration::from_secs(30), Some(&mut wake_r))
+            .is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "it waited for the timeout"
+        );
     }
 
     #[test]
     fn one_thread_drains_both_pipes_and_keeps_the_tail_of_stderr() {
-        let (mut out_r, mut out_w) = io::pipe().unwrap();
-        let (mut err_r, mut err_w) = io::pipe().unwrap();
+        let (mut output, mut out_w, mut err_w) = pipes();
         // More than a pipe holds on stderr before the first frame: with nobody draining stderr
         // while waiting for stdout, this writer (and the test) would block for good.
         let writer = std::thread::spawn(move || {
-            use std::io::Write;
             let noise = vec![b'x'; 200 << 10];
             err_w.write_all(&noise).unwrap();
             err_w.write_all(b"\nthe last words").unwrap();
@@ -627,21 +804,14 @@ mod tests {
             )
             .unwrap();
         });
-        let (tx, rx) = mpsc::channel();
-        let (done_tx, done_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done_tx.send(read_output(&mut out_r, &mut err_r, &tx));
-        });
-        let tail = done_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the reader did not finish: a pipe was left undrained");
+        assert!(matches!(
+            next(&mut output),
+            Msg::Event(ev) if matches!(*ev, Event::Finished { outcome: JobOutcome::Succeeded })
+        ));
         writer.join().unwrap();
+        assert!(matches!(next(&mut output), Msg::End(None)));
+        let tail = output.into_tail();
         assert_eq!(tail.len(), STDERR_TAIL);
         assert!(tail.ends_with("xx\nthe last words"), "{tail:?}");
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(Msg::Event(ev)) if matches!(*ev, Event::Finished { outcome: JobOutcome::Succeeded })
-        ));
-        assert!(matches!(rx.try_recv(), Ok(Msg::End(None))));
     }
 }
