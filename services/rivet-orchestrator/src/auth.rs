@@ -17,6 +17,9 @@ pub struct Caller {
     pub is_admin: bool,
     /// The project of a project token; `None` for an admin token (every project).
     pub project_id: Option<Uuid>,
+    /// The hash of a token not yet checked against revocation, on a route whose own statement
+    /// checks it ([`require_token_checked_by_route`]); `None`: checked already.
+    pub unchecked: Option<String>,
 }
 
 /// The project a request acts on (API-01). A project token's is its own: naming another
@@ -184,16 +187,53 @@ pub async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let secret = bearer(req.headers()).ok_or(ApiError::Unauthorized)?;
+    let caller = lookup(&state, hash(secret)).await?;
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Middleware of a route whose one statement checks the token itself (submitting a run: the
+/// job is inserted only while the token is not revoked, `Caller::unchecked`). A token this
+/// orchestrator has seen is not looked up first: what a token is (admin, project) never
+/// changes, only whether it is revoked. Any answer but a success is given only after the
+/// token is looked up, so a revoked token learns nothing but 401.
+pub async fn require_token_checked_by_route(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let secret = bearer(req.headers()).ok_or(ApiError::Unauthorized)?;
+    let hash = hash(secret);
+    let known = state.known_token(&hash);
+    let Some(mut caller) = known else {
+        let caller = lookup(&state, hash).await?;
+        req.extensions_mut().insert(caller);
+        return Ok(next.run(req).await);
+    };
+    caller.unchecked = Some(hash.clone());
+    req.extensions_mut().insert(caller);
+    let response = next.run(req).await;
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    lookup(&state, hash).await?;
+    Ok(response)
+}
+
+/// The caller a live token names (remembered for [`require_token_checked_by_route`]), or 401.
+async fn lookup(state: &AppState, hash: String) -> Result<Caller, ApiError> {
     let row: Option<(bool, Option<Uuid>)> = sqlx::query_as(
         "SELECT is_admin, project_id FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
     )
-    .bind(hash(secret))
+    .bind(&hash)
     .fetch_optional(&state.db)
     .await?;
     let (is_admin, project_id) = row.ok_or(ApiError::Unauthorized)?;
-    req.extensions_mut().insert(Caller {
+    let caller = Caller {
         is_admin,
         project_id,
-    });
-    Ok(next.run(req).await)
+        unchecked: None,
+    };
+    state.remember_token(hash, &caller);
+    Ok(caller)
 }

@@ -74,6 +74,9 @@ pub struct AppState {
     pub latest: Arc<std::sync::Mutex<HashMap<(uuid::Uuid, String), i32>>>,
     /// Project ids by name.
     pub projects: Arc<std::sync::Mutex<HashMap<String, uuid::Uuid>>>,
+    /// What each token hash this orchestrator found live names (admin, project), which never
+    /// changes; whether it is revoked is not kept (`auth::require_token_checked_by_route`).
+    pub tokens: Arc<std::sync::Mutex<TokenCache>>,
     /// Live runners as last read for a submission's schedulability, and when.
     pub runners_seen: Arc<tokio::sync::Mutex<Option<RunnersSeen>>>,
     /// RabbitMQ's management API, making each runner's broker user (`None`: shared users).
@@ -129,6 +132,23 @@ impl AppState {
         Ok(Some((found, guessed)))
     }
 
+    /// The caller a token hash names, if this orchestrator found it live before (it may have
+    /// been revoked since: the caller is not checked).
+    pub fn known_token(&self, hash: &str) -> Option<auth::Caller> {
+        lock(&self.tokens)
+            .get(hash)
+            .map(|&(is_admin, project_id)| auth::Caller {
+                is_admin,
+                project_id,
+                unchecked: None,
+            })
+    }
+
+    /// Remembers what a live token names.
+    pub fn remember_token(&self, hash: String, caller: &auth::Caller) {
+        remember(&self.tokens, hash, (caller.is_admin, caller.project_id));
+    }
+
     /// The id of project `name`, if it exists: from memory once found (projects are never
     /// renamed or deleted, so a found id stays right; a missing one is asked again each time).
     pub async fn project_id(&self, name: &str) -> sqlx::Result<Option<uuid::Uuid>> {
@@ -164,6 +184,9 @@ impl AppState {
 
 /// Pipeline versions by (project, name, version).
 pub type VersionCache = HashMap<(uuid::Uuid, String, i32), Arc<db::pipelines::Version>>;
+
+/// Token hash → (admin, project) of tokens found live.
+pub type TokenCache = HashMap<String, (bool, Option<uuid::Uuid>)>;
 
 /// Entries each in-memory cache keeps at most (emptied when full: every entry can be read
 /// again from PostgreSQL).
@@ -335,6 +358,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         versions: Default::default(),
         latest: Default::default(),
         projects: Default::default(),
+        tokens: Default::default(),
         runners_seen: Default::default(),
         broker_users,
         redis_users: config.redis_users,

@@ -100,6 +100,7 @@ fn version_suffix(v: Option<i32>) -> String {
 
 pub async fn run(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     scope: Scope,
     Path(name): Path<String>,
     Body(body): Body<CreateRun>,
@@ -147,12 +148,14 @@ pub async fn run(
             &spec.retries,
             queue_timeout,
             guessed,
+            caller.unchecked.as_deref(),
         )
         .await?;
         match created {
-            Some(at) => break (version, dispatch, at),
-            None if guessed => guess = false,
-            None => {
+            db::jobs::Created::At(at) => break (version, dispatch, at),
+            db::jobs::Created::Revoked => return Err(ApiError::Unauthorized),
+            db::jobs::Created::NewerVersion if guessed => guess = false,
+            db::jobs::Created::NewerVersion => {
                 return Err(ApiError::Internal(anyhow::anyhow!(
                     "the job insert refused a version it was not asked to check"
                 )))

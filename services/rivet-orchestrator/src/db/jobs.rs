@@ -8,12 +8,24 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// What [`create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The job exists; its creation time (ms).
+    At(i64),
+    /// Nothing: the version was taken to be the latest, and a newer one exists.
+    NewerVersion,
+    /// Nothing: the token to check is revoked (or unknown).
+    Revoked,
+}
+
 /// Creates a queued job, its first attempt, its class (if new) and its outbox row, atomically:
-/// once this returns, the relay will publish it. Returns its creation time (ms).
+/// once this returns, the relay will publish it.
 ///
 /// With `latest`, the job's version was taken to be its pipeline's latest without asking: then
-/// nothing is inserted and `None` is returned when a newer version exists (the caller asks which
-/// is the latest and submits again). Without it, the job is always inserted.
+/// nothing is inserted when a newer version exists (the caller asks which is the latest and
+/// submits again). With `token` (a token hash whose revocation nobody checked yet), nothing is
+/// inserted unless that token is live: the check and the insert are one statement.
 ///
 /// One statement (data-modifying `WITH` clauses), not a transaction of five: one round trip
 /// instead of six on the path of every submit. The foreign keys of the attempt and outbox rows
@@ -25,11 +37,15 @@ pub async fn create(
     retry: &rivet_core::definition::RetrySpec,
     queue_timeout: std::time::Duration,
     latest: bool,
-) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        "WITH ok AS (\
-           SELECT WHERE NOT $11 OR NOT EXISTS (\
-             SELECT FROM pipeline_versions WHERE pipeline_id = $2 AND version > $3)), \
+    token: Option<&str>,
+) -> sqlx::Result<Created> {
+    let (token_ok, version_ok, created): (bool, bool, Option<i64>) = sqlx::query_as(
+        "WITH checks AS (\
+           SELECT ($12::text IS NULL OR EXISTS (\
+                     SELECT FROM tokens WHERE hash = $12 AND revoked_at IS NULL)) AS token_ok, \
+                  (NOT $11 OR NOT EXISTS (\
+                     SELECT FROM pipeline_versions WHERE pipeline_id = $2 AND version > $3)) AS version_ok), \
+         ok AS (SELECT FROM checks WHERE token_ok AND version_ok), \
          class AS (\
            INSERT INTO classes (class_key, requires) SELECT $5, $9 FROM ok \
            ON CONFLICT (class_key) DO NOTHING), \
@@ -40,7 +56,8 @@ pub async fn create(
            INSERT INTO attempts (job_id, attempt, state) SELECT $1, $6, 'queued' FROM ok), \
          outbox AS (\
            INSERT INTO outbox (job_id, attempt, payload) SELECT $1, $6, $10 FROM ok) \
-         SELECT (extract(epoch FROM created_at) * 1000)::bigint FROM job",
+         SELECT token_ok, version_ok, \
+           (SELECT (extract(epoch FROM created_at) * 1000)::bigint FROM job) FROM checks",
     )
     .bind(dispatch.job_id)
     .bind(pipeline_id)
@@ -53,8 +70,19 @@ pub async fn create(
     .bind(&dispatch.requires)
     .bind(Json(dispatch))
     .bind(latest)
-    .fetch_optional(db)
-    .await
+    .bind(token)
+    .fetch_one(db)
+    .await?;
+    Ok(match (token_ok, version_ok, created) {
+        (false, _, _) => Created::Revoked,
+        (true, false, _) => Created::NewerVersion,
+        (true, true, Some(at)) => Created::At(at),
+        (true, true, None) => {
+            return Err(sqlx::Error::Protocol(
+                "the job insert returned no creation time".into(),
+            ))
+        }
+    })
 }
 
 #[derive(sqlx::FromRow)]

@@ -165,6 +165,90 @@ async fn pipelines_are_validated_and_versioned() {
     app.stop().await;
 }
 
+/// Submitting a run checks the token in the statement that inserts the job, not before: a token
+/// the orchestrator has seen and that was revoked since gets 401 and queues nothing, and every
+/// other answer it could get (no such pipeline, wrong inputs, a malformed body) is 401 too.
+#[tokio::test]
+async fn a_revoked_token_submits_nothing_even_once_the_orchestrator_knows_it() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post("/pipelines", json!({"source": PIPELINE}))
+            .await
+            .status(),
+        201
+    );
+    let created: TokenView = app
+        .post("/tokens", json!({"name": "ci"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = created.secret.clone().unwrap();
+    let submit = |path: &str, body: serde_json::Value| {
+        app.http
+            .post(app.url(path))
+            .bearer_auth(&secret)
+            .json(&body)
+            .send()
+    };
+    // Known to the orchestrator from here on.
+    let r = submit("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = submit("/pipelines/nope/runs", json!({"inputs": {}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a live token is told what is wrong");
+    let r = app
+        .http
+        .delete(app.url(&format!("/tokens/{}", created.id)))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for (path, body, what) in [
+        (
+            "/pipelines/hello-fleet/runs",
+            json!({"inputs": {"n": "2"}}),
+            "a valid run",
+        ),
+        (
+            "/pipelines/nope/runs",
+            json!({"inputs": {}}),
+            "no such pipeline",
+        ),
+        (
+            "/pipelines/hello-fleet/runs",
+            json!({"inputs": {"n": "many"}}),
+            "wrong inputs",
+        ),
+        (
+            "/pipelines/hello-fleet/runs",
+            json!({"inputs": 5}),
+            "a malformed body",
+        ),
+    ] {
+        let r = submit(path, body).await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        let err: ApiError = r.json().await.unwrap();
+        assert_eq!(err.code, "unauthorized", "{what}");
+    }
+    let mut db = app.db().await;
+    let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1, "only the run submitted before the revocation");
+    let (outbox,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 1);
+    app.stop().await;
+}
+
 /// A run of "the latest version" takes the version the orchestrator last found (no query), and
 /// the job's insert checks it: after a push of a version with other inputs, a run is checked
 /// against the new version and runs it, and the refused guess left no row behind.
