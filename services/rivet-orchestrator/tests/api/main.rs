@@ -25,6 +25,12 @@ const PIPELINE: &str = r#"return {
   stages = { { name = "greet", script = function() log.info("hi " .. env.get("who")) end } },
 }"#;
 
+/// Pushes [`PIPELINE`] (as `hello-fleet`), which must be accepted.
+async fn push_pipeline(app: &TestApp) {
+    let r = app.post("/pipelines", json!({"source": PIPELINE})).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+}
+
 /// Attempt tokens of the runners the tests play.
 const TOKEN_A: &str = "0123456789abcdef0123456789abcdef";
 const TOKEN_B: &str = "fedcba9876543210fedcba9876543210";
@@ -171,12 +177,7 @@ async fn pipelines_are_validated_and_versioned() {
 #[tokio::test]
 async fn a_revoked_token_submits_nothing_even_once_the_orchestrator_knows_it() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.post("/pipelines", json!({"source": PIPELINE}))
-            .await
-            .status(),
-        201
-    );
+    push_pipeline(&app).await;
     let created: TokenView = app
         .post("/tokens", json!({"name": "ci"}))
         .await
@@ -255,12 +256,7 @@ async fn a_revoked_token_submits_nothing_even_once_the_orchestrator_knows_it() {
 #[tokio::test]
 async fn a_run_takes_the_latest_version_even_when_the_orchestrator_guessed_an_older_one() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.post("/pipelines", json!({"source": PIPELINE}))
-            .await
-            .status(),
-        201
-    );
+    push_pipeline(&app).await;
     let r = app
         .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
         .await;
@@ -329,12 +325,7 @@ async fn a_run_takes_the_latest_version_even_when_the_orchestrator_guessed_an_ol
 #[tokio::test]
 async fn runs_check_inputs_and_queue_an_unschedulable_job_visibly() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.post("/pipelines", json!({"source": PIPELINE}))
-            .await
-            .status(),
-        201
-    );
+    push_pipeline(&app).await;
     let r = app
         .post(
             "/pipelines/hello-fleet/runs",
