@@ -119,8 +119,16 @@ pub async fn run(
                 ))
             })?;
         let spec = &version.view.definition;
-        let values = rivet_core::input::resolve(&spec.inputs, &body.inputs)
-            .map_err(ApiError::InvalidInputs)?;
+        let values = match rivet_core::input::resolve(&spec.inputs, &body.inputs) {
+            Ok(values) => values,
+            // The inputs may be right for a newer version than the guess: ask which is the
+            // latest before saying they are wrong.
+            Err(_) if guessed => {
+                guess = false;
+                continue;
+            }
+            Err(errors) => return Err(ApiError::InvalidInputs(errors)),
+        };
         // The job carries every value as text, defaults included, so a runner needs no
         // definition knowledge beyond the source.
         let inputs = values
