@@ -119,12 +119,19 @@ struct Output {
     /// `None` once closed (or once the stream ended on a bad frame).
     stdout: Option<File>,
     stderr: Option<File>,
-    /// Bytes read from stdout and not decoded yet.
+    /// Bytes read from stdout; those before `start` are decoded already.
     pending: Vec<u8>,
+    start: usize,
     tail: Vec<u8>,
+    /// Why stdout stopped, when reading it failed.
+    error: Option<io::Error>,
     /// Whether `End` was returned.
     ended: bool,
 }
+
+/// Most bytes read from one pipe per wake-up, so that a worker writing without pause cannot
+/// keep the deadline thread from its deadlines.
+const READ_PER_WAKE: usize = 256 << 10;
 
 impl Output {
     fn new(stdout: File, stderr: File) -> io::Result<Self> {
@@ -142,7 +149,9 @@ impl Output {
             stdout: Some(stdout),
             stderr: Some(stderr),
             pending: Vec::new(),
+            start: 0,
             tail: Vec::new(),
+            error: None,
             ended: false,
         })
     }
@@ -196,15 +205,20 @@ impl Output {
         if self.ended {
             return None;
         }
-        if self.pending.len() >= 4 {
-            let len = u32::from_be_bytes(self.pending[..4].try_into().expect("4 bytes")) as usize;
+        let unread = &self.pending[self.start..];
+        if unread.len() >= 4 {
+            let len = u32::from_be_bytes(unread[..4].try_into().expect("4 bytes")) as usize;
             if len > crate::events::MAX_FRAME {
                 let error = format!("frame of {len} bytes exceeds {}", crate::events::MAX_FRAME);
                 return Some(self.end(Some(io::Error::new(io::ErrorKind::InvalidData, error))));
             }
-            if self.pending.len() >= 4 + len {
-                let msg = decode(&self.pending[4..4 + len]);
-                self.pending.drain(..4 + len);
+            if unread.len() >= 4 + len {
+                let msg = decode(&unread[4..4 + len]);
+                self.start += 4 + len;
+                if self.start == self.pending.len() {
+                    self.pending.clear();
+                    self.start = 0;
+                }
                 if let Msg::End(e) = msg {
                     return Some(self.end(e));
                 }
@@ -212,11 +226,13 @@ impl Output {
             }
         }
         if self.stdout.is_none() {
-            let error = (!self.pending.is_empty()).then(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the worker's stdout closed in the middle of a frame",
-                )
+            let error = self.error.take().or_else(|| {
+                (self.start < self.pending.len()).then(|| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the worker's stdout closed in the middle of a frame",
+                    )
+                })
             });
             return Some(self.end(error));
         }
@@ -228,28 +244,43 @@ impl Output {
         // Nothing more is read from stdout; the worker is being killed or is exiting.
         self.stdout = None;
         self.pending = Vec::new();
+        self.start = 0;
         Msg::End(error)
     }
 
     fn read_stdout(&mut self) {
+        // What is decoded already goes before more is read (once per wake-up, not per frame).
+        if self.start > 0 {
+            self.pending.drain(..self.start);
+            self.start = 0;
+        }
         let mut buf = [0u8; 64 << 10];
-        while let Some(stdout) = &mut self.stdout {
+        let mut read = 0;
+        while let (Some(stdout), true) = (&mut self.stdout, read < READ_PER_WAKE) {
             match stdout.read(&mut buf) {
                 Ok(0) => self.stdout = None,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    read += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => self.stdout = None,
+                Err(e) => {
+                    self.error = Some(e);
+                    self.stdout = None;
+                }
             }
         }
     }
 
     fn read_stderr(&mut self) {
         let mut buf = [0u8; 8192];
-        while let Some(stderr) = &mut self.stderr {
+        let mut read = 0;
+        while let (Some(stderr), true) = (&mut self.stderr, read < READ_PER_WAKE) {
             match stderr.read(&mut buf) {
                 Ok(0) => self.stderr = None,
                 Ok(n) => {
+                    read += n;
                     self.tail.extend_from_slice(&buf[..n]);
                     if self.tail.len() > STDERR_TAIL * 2 {
                         self.tail.drain(..self.tail.len() - STDERR_TAIL);
@@ -536,12 +567,23 @@ pub fn run_worker(
                 let answer_tx = tx.clone();
                 let waker = match &wake {
                     Some((_, w)) => w.clone(),
-                    None => {
-                        let (r, w) = io::pipe()?;
-                        let w = Arc::new(w);
-                        wake = Some((r, w.clone()));
-                        w
-                    }
+                    None => match io::pipe() {
+                        Ok((r, w)) => {
+                            let w = Arc::new(w);
+                            wake = Some((r, w.clone()));
+                            w
+                        }
+                        Err(e) => {
+                            calls.answered(id);
+                            replies.send(Reply {
+                                id,
+                                result: Err(CallError::failed(format!(
+                                    "the runner could not start the call ({e})"
+                                ))),
+                            });
+                            continue;
+                        }
+                    },
                 };
                 // Output lines go straight to the writer, ahead of the answer, which the loop
                 // forwards only after this thread sent them.
@@ -769,6 +811,45 @@ mod tests {
             Msg::End(Some(e)) => assert!(e.to_string().contains("exceeds"), "{e}"),
             _ => panic!("expected the end with an error"),
         }
+    }
+
+    #[test]
+    fn frames_written_in_bursts_arrive_whole_and_in_order() {
+        let (mut output, mut out_w, _err_w) = pipes();
+        // Many small frames (several pipe-fulls) and one larger than a pipe, written at once.
+        let log = |seq: u64, line: String| Event::Log {
+            seq,
+            at_ms: 0,
+            stage: None,
+            level: crate::events::Level::Info,
+            source: crate::events::Source::Script,
+            line,
+        };
+        let writer = std::thread::spawn(move || {
+            let mut burst = Vec::new();
+            for i in 0..20_000u64 {
+                write_frame(&mut burst, &log(i, i.to_string())).unwrap();
+            }
+            write_frame(&mut burst, &log(20_000, "x".repeat(300 << 10))).unwrap();
+            out_w.write_all(&burst).unwrap();
+        });
+        for i in 0..20_000u64 {
+            match next(&mut output) {
+                Msg::Event(ev) => match *ev {
+                    Event::Log { line, .. } => assert_eq!(line, i.to_string()),
+                    _ => panic!("expected log line {i}"),
+                },
+                _ => panic!("expected log line {i}"),
+            }
+        }
+        match next(&mut output) {
+            Msg::Event(ev) => {
+                assert!(matches!(*ev, Event::Log { line, .. } if line.len() == 300 << 10))
+            }
+            _ => panic!("expected the large frame"),
+        }
+        writer.join().unwrap();
+        assert!(matches!(next(&mut output), Msg::End(None)));
     }
 
     #[test]
