@@ -204,19 +204,21 @@ pub async fn require_token_checked_by_route(
 ) -> Result<Response, ApiError> {
     let secret = bearer(req.headers()).ok_or(ApiError::Unauthorized)?;
     let hash = hash(secret);
-    let known = state.known_token(&hash);
-    let Some(mut caller) = known else {
-        let caller = lookup(&state, hash).await?;
-        req.extensions_mut().insert(caller);
-        return Ok(next.run(req).await);
+    let (caller, checked) = match state.known_token(&hash) {
+        Some(caller) => (
+            Caller {
+                unchecked: Some(hash.clone()),
+                ..caller
+            },
+            false,
+        ),
+        None => (lookup(&state, hash.clone()).await?, true),
     };
-    caller.unchecked = Some(hash.clone());
     req.extensions_mut().insert(caller);
     let response = next.run(req).await;
-    if response.status().is_success() {
-        return Ok(response);
+    if !checked && !response.status().is_success() {
+        lookup(&state, hash).await?;
     }
-    lookup(&state, hash).await?;
     Ok(response)
 }
 
@@ -234,6 +236,6 @@ async fn lookup(state: &AppState, hash: String) -> Result<Caller, ApiError> {
         project_id,
         unchecked: None,
     };
-    state.remember_token(hash, &caller);
+    state.remember_token(hash, caller.clone());
     Ok(caller)
 }

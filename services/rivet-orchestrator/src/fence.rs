@@ -146,14 +146,18 @@ pub async fn order_cancel(
 mod tests {
     use super::{closed_value, open_value, END, WRITE};
 
-    /// Against the real Redis (scripts/services.sh starts it).
-    #[tokio::test]
-    async fn fences_only_move_forward() {
-        let client = redis::Client::open("redis://127.0.0.1:6379/").expect("a Redis URL");
-        let mut conn = client
+    /// The real Redis (scripts/services.sh starts it).
+    async fn connect() -> redis::aio::MultiplexedConnection {
+        redis::Client::open("redis://127.0.0.1:6379/")
+            .expect("a Redis URL")
             .get_multiplexed_async_connection()
             .await
-            .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
+            .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)")
+    }
+
+    #[tokio::test]
+    async fn fences_only_move_forward() {
+        let mut conn = connect().await;
         let key = format!("rivet-test-fence-{}", uuid::Uuid::new_v4().simple());
         let write = |value: i64| {
             let key = key.clone();
@@ -216,11 +220,7 @@ mod tests {
     /// goes only when it still holds the ending attempt's value.
     #[tokio::test]
     async fn an_attempts_end_moves_the_fence_forward_then_releases_only_its_own_lease() {
-        let client = redis::Client::open("redis://127.0.0.1:6379/").expect("a Redis URL");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
+        let mut conn = connect().await;
         let id = uuid::Uuid::new_v4().simple();
         let (fence, lease) = (
             format!("rivet-test-fence-{id}"),

@@ -135,18 +135,12 @@ impl AppState {
     /// The caller a token hash names, if this orchestrator found it live before (it may have
     /// been revoked since: the caller is not checked).
     pub fn known_token(&self, hash: &str) -> Option<auth::Caller> {
-        lock(&self.tokens)
-            .get(hash)
-            .map(|&(is_admin, project_id)| auth::Caller {
-                is_admin,
-                project_id,
-                unchecked: None,
-            })
+        lock(&self.tokens).get(hash).cloned()
     }
 
     /// Remembers what a live token names.
-    pub fn remember_token(&self, hash: String, caller: &auth::Caller) {
-        remember(&self.tokens, hash, (caller.is_admin, caller.project_id));
+    pub fn remember_token(&self, hash: String, caller: auth::Caller) {
+        remember(&self.tokens, hash, caller);
     }
 
     /// The id of project `name`, if it exists: from memory once found (projects are never
@@ -185,8 +179,8 @@ impl AppState {
 /// Pipeline versions by (project, name, version).
 pub type VersionCache = HashMap<(uuid::Uuid, String, i32), Arc<db::pipelines::Version>>;
 
-/// Token hash → (admin, project) of tokens found live.
-pub type TokenCache = HashMap<String, (bool, Option<uuid::Uuid>)>;
+/// Token hash → the caller of a token found live.
+pub type TokenCache = HashMap<String, auth::Caller>;
 
 /// Entries each in-memory cache keeps at most (emptied when full: every entry can be read
 /// again from PostgreSQL).

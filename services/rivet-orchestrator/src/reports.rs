@@ -542,18 +542,11 @@ async fn refuse_start(
     violation: String,
 ) -> anyhow::Result<Applied> {
     let (job, attempt, runner) = (report.job_id, report.attempt, report.runner_id.as_str());
-    let fence =
-        match db::attempts::refuse_start(&state.db, job, attempt, runner, &violation).await? {
-            db::attempts::Ended::Retrying { attempt: next } => Move::Open(next),
-            db::attempts::Ended::Final(_) => Move::Close(attempt),
-            db::attempts::Ended::Stale => {
-                return Ok(Applied::Ignored("the job is not waiting for this attempt"))
-            }
-        };
-    let lease = lease_value(runner, attempt, &report.token);
-    crate::fence::end_attempt(state, job, fence, &lease).await;
-    if let Move::Open(_) = fence {
-        state.relay_wakeup.notify_one();
+    match db::attempts::refuse_start(&state.db, job, attempt, runner, &violation).await? {
+        db::attempts::Ended::Stale => {
+            return Ok(Applied::Ignored("the job is not waiting for this attempt"))
+        }
+        ended => after_end(state, report, Some(ended)).await,
     }
     crate::fence::order_cancel(state, runner, job, attempt, &violation).await;
     Ok(Applied::Refused(violation))

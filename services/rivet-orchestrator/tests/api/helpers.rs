@@ -1,6 +1,6 @@
 //! The shared harness (`rivet_orchestrator::testing`) plus an HTTP client.
 
-use crate::{PIPELINE, TOKEN_A};
+use crate::TOKEN_A;
 use redis::AsyncCommands;
 use rivet_orchestrator::testing::TestOrchestrator;
 pub use rivet_orchestrator::testing::{self, AMQP, REDIS};
@@ -94,6 +94,18 @@ impl TestApp {
             .expect("connecting to the test database")
     }
 
+    /// Revokes token `id` as the admin; the orchestrator must answer 204.
+    pub async fn revoke_token(&self, id: uuid::Uuid) {
+        let r = self
+            .http
+            .delete(self.url(&format!("/tokens/{id}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
     pub async fn stop(self) {
         self.orchestrator.stop().await;
     }
@@ -113,12 +125,7 @@ pub struct Taken {
 impl Taken {
     /// Pushes the test pipeline, submits a run with `n = 1` and takes its job as `runner-a`.
     pub async fn new(app: &TestApp) -> Self {
-        assert_eq!(
-            app.post("/pipelines", json!({"source": PIPELINE}))
-                .await
-                .status(),
-            201
-        );
+        crate::push_pipeline(app).await;
         let submitted: JobView = app
             .post("/pipelines/hello-fleet/runs", json!({"inputs": {"n": "1"}}))
             .await

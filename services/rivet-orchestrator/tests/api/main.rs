@@ -95,14 +95,7 @@ async fn tokens_are_created_once_listed_and_revoked() {
         "secrets are never listed"
     );
     assert!(listed.iter().any(|t| t.id == created.id));
-    let r = app
-        .http
-        .delete(app.url(&format!("/tokens/{}", created.id)))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    app.revoke_token(created.id).await;
     let r = app
         .http
         .get(app.url("/pipelines"))
@@ -201,14 +194,7 @@ async fn a_revoked_token_submits_nothing_even_once_the_orchestrator_knows_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "a live token is told what is wrong");
-    let r = app
-        .http
-        .delete(app.url(&format!("/tokens/{}", created.id)))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    app.revoke_token(created.id).await;
     for (path, body, what) in [
         (
             "/pipelines/hello-fleet/runs",
