@@ -40,21 +40,24 @@ fn die_with(parent: i32) {
     }
 }
 
-/// Runs in a worker just forked by the zygote `parent`, with its pipes on fds 0, 1 and 2:
-/// dies with the zygote, then reads the request, isolates, runs the job and exits. `netns`
-/// is a network namespace descriptor lent by the process that asked for the worker, as (its
-/// pid, the descriptor's number there); `maps` the socket on which the zygote writes the
-/// worker's uid and gid maps (closed once isolated, before any job code runs).
-pub(super) fn become_worker(parent: i32, netns: Option<(i32, i32)>, maps: OwnedFd) -> ! {
-    die_with(parent);
+/// Runs in a worker just made by the zygote `parent` as `start` says, with its pipes on fds 0,
+/// 1 and 2: dies with the zygote, then reads the request, isolates, runs the job and exits.
+/// `maps` is the socket on which the zygote says the worker's maps are written (closed once
+/// isolated, before any job code runs).
+pub(super) fn become_worker(parent: i32, start: zygote::Start, maps: OwnedFd) -> ! {
+    if let zygote::Start::Namespaced { .. } = start {
+        // The parent is outside our pid namespace (`getppid()` reads 0): whether it died
+        // before the signal was armed, the map socket tells (`isolation.rs`).
+        // SAFETY: prctl on this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    } else {
+        die_with(parent);
+    }
     let mapper = isolation::Mapper {
         socket: maps,
         zygote: parent,
     };
-    worker_main(
-        netns.map(|(parent, fd)| isolation::LentNetns { parent, fd }),
-        mapper,
-    )
+    worker_main(start, mapper)
 }
 
 /// Applies the policy's rlimits to this process (and so to everything it starts).
@@ -80,7 +83,7 @@ fn apply_rlimits(policy: &rivet_core::policy::ProcessPolicy) -> std::io::Result<
     Ok(())
 }
 
-fn worker_main(netns: Option<isolation::LentNetns>, mapper: isolation::Mapper) -> ! {
+fn worker_main(start: zygote::Start, mapper: isolation::Mapper) -> ! {
     // SAFETY: fd 0 and 1 are the pipes the parent set up; nothing else in this process owns them.
     let stdin = unsafe { File::from_raw_fd(0) };
     let stdout = unsafe { File::from_raw_fd(1) };
@@ -104,7 +107,7 @@ fn worker_main(netns: Option<isolation::LentNetns>, mapper: isolation::Mapper) -
     ));
     let isolated = apply_rlimits(&request.policy.process)
         .map_err(|e| format!("setting the worker's resource limits: {e}"))
-        .and_then(|()| isolation::enter(&request, netns, mapper));
+        .and_then(|()| isolation::enter(&request, start, mapper));
     let outcome = match isolated {
         Ok(iso) => {
             let cleanup = iso.cleanup.clone();

@@ -3,9 +3,12 @@
 //! `netns.rs`, or a fresh one), with a private `/proc` whose `/proc/sys` is read-only, private
 //! temporary directories, the host filesystem read-only and only the workspace writable.
 //!
-//! Everything here runs while the worker is still single-threaded (a requirement of
-//! `unshare(CLONE_NEWUSER)`).
+//! The zygote makes the user and pid namespaces (and joins a lent network namespace) with the
+//! `clone` that makes the worker, and writes its maps (`zygote.rs`); the worker, pid 1 of its
+//! pid namespace and root of its user namespace, makes the rest here, while it is still
+//! single-threaded.
 
+use super::zygote::Start;
 use crate::execute::Isolation;
 use crate::job::{JobRequest, Mode};
 use rivet_core::policy::{NamespaceMode, NetworkMode};
@@ -36,58 +39,73 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("paths used here contain no NUL byte")
 }
 
-/// A network namespace the parent lent (`/proc/PARENT/fd/N`), for `network = "none"`.
-#[derive(Debug, Clone, Copy)]
-pub struct LentNetns {
-    /// The parent's pid.
-    pub parent: i32,
-    /// The descriptor's number in the parent.
-    pub fd: i32,
-}
-
-/// The worker's way to its zygote, which writes the maps of a user namespace whose uid 0 is
-/// another host uid (`zygote.rs`).
+/// The worker's end of its map socket (`zygote.rs`): the zygote's word that the worker's maps
+/// are written, then, by its hang-up, whether the zygote is still alive.
 #[derive(Debug)]
 pub struct Mapper {
     /// The worker's end of its map socket.
     pub socket: std::os::fd::OwnedFd,
-    /// The zygote's pid (this process's parent).
+    /// The zygote's pid (this process's parent; as seen from the host's pid namespace).
     pub zygote: i32,
 }
 
-/// Sets up isolation for `request`. Returns what was set up, or an error that fails the job.
-/// `mapper` is closed before this returns, whatever happened: no job code ever holds it.
-pub fn enter(
-    request: &JobRequest,
-    netns: Option<LentNetns>,
-    mapper: Mapper,
-) -> Result<Isolation, String> {
-    let zygote = mapper.zygote;
-    if request.mode == Mode::Lint {
-        // A definition's top level has no host access at all (no core modules): rlimits, the
-        // process group and the hard deadline suffice, and linting stays fast.
-        return fallback(request, zygote, Vec::new());
-    }
-    match request.policy.sandbox.namespaces {
-        NamespaceMode::Off => fallback(request, zygote, vec!["isolation: namespaces are disabled by policy (sandbox.namespaces = \"off\")".into()]),
-        mode => match namespaces(request, netns, mapper) {
-            Ok(iso) => Ok(iso),
-            Err(Failure::Unavailable(why)) if mode == NamespaceMode::Auto => fallback(request, zygote, vec![format!(
-                "isolation: fresh namespaces are unavailable here ({why}); this job runs with rlimits and a process group only"
-            )]),
-            Err(Failure::Unavailable(why)) => {
-                Err(format!("policy violation [sandbox.namespaces]: namespaces are required by policy but unavailable: {why}"))
-            }
-            Err(Failure::Fatal(why)) => Err(format!("setting up the job sandbox failed: {why}")),
-        },
+impl Mapper {
+    /// Whether the zygote still holds its end: it sends one message only, so anything to read
+    /// after that is its hang-up.
+    fn zygote_alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own, without waiting.
+        unsafe { libc::poll(&mut p, 1, 0) == 0 }
     }
 }
 
-enum Failure {
-    /// Nothing was changed; running without namespaces is possible.
-    Unavailable(String),
-    /// The process is half-isolated; the job cannot run.
-    Fatal(String),
+/// Why namespaced workers cannot be made on this kernel, if they cannot: the mounts need
+/// `mount_setattr(2)` (Linux 5.12). Asked by the zygote, before it makes any.
+pub(super) fn unavailable() -> Option<String> {
+    (!has_mount_setattr())
+        .then(|| "mount_setattr(2) is missing (Linux 5.12 or later is required)".into())
+}
+
+/// Sets up isolation for `request`, in a worker the zygote started as `start`. Returns what
+/// was set up, or an error that fails the job. `mapper` is closed before this returns,
+/// whatever happened: no job code ever holds it.
+pub(super) fn enter(
+    request: &JobRequest,
+    start: Start,
+    mapper: Mapper,
+) -> Result<Isolation, String> {
+    let zygote = mapper.zygote;
+    // The launcher asked the zygote for namespaces from this same request (`Spawn`): a worker
+    // made otherwise is a bug, and runs nothing.
+    let wanted = super::zygote::Spawn::for_request(request, None).namespaces;
+    let mode = request.policy.sandbox.namespaces;
+    match start {
+        Start::Namespaced {
+            lent_network,
+            host_uid,
+        } if wanted => namespaces(request, lent_network, host_uid, mapper)
+            .map_err(|why| format!("setting up the job sandbox failed: {why}")),
+        Start::Plain if request.mode == Mode::Lint => {
+            // A definition's top level has no host access at all (no core modules): rlimits,
+            // the process group and the hard deadline suffice, and linting stays fast.
+            fallback(request, zygote, Vec::new())
+        }
+        Start::Plain if mode == NamespaceMode::Off => fallback(request, zygote, vec!["isolation: namespaces are disabled by policy (sandbox.namespaces = \"off\")".into()]),
+        Start::Unavailable(why) if wanted && mode == NamespaceMode::Auto => fallback(request, zygote, vec![format!(
+            "isolation: fresh namespaces are unavailable here ({why}); this job runs with rlimits and a process group only"
+        )]),
+        Start::Unavailable(why) if wanted => {
+            Err(format!("policy violation [sandbox.namespaces]: namespaces are required by policy but unavailable: {why}"))
+        }
+        start => Err(format!(
+            "setting up the job sandbox failed: the worker was started as {start:?}, which its request does not ask for"
+        )),
+    }
 }
 
 /// Without namespaces: private home and temporary directories, and, when the policy names
@@ -101,7 +119,8 @@ fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Iso
         if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
             return Err(errno("dropping supplementary groups"));
         }
-        take_uid(uid, zygote)?;
+        // SAFETY: getppid has no preconditions (this process is in the zygote's pid namespace).
+        take_uid(uid, || unsafe { libc::getppid() } == zygote)?;
     }
     let base = std::env::temp_dir().join(format!("rivet-job-{}", std::process::id()));
     let home = base.join("home");
@@ -119,145 +138,94 @@ fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Iso
 }
 
 /// Becomes `uid` and gid `uid` (in this process's user namespace), for good, and stays killed
-/// with `zygote`: the change of credentials clears the parent-death signal (prctl(2)), so it is
-/// armed again (or the job would outlive its runner), and if the zygote died meanwhile this
-/// process stops. Supplementary groups are the caller's to drop first.
-fn take_uid(uid: u32, zygote: i32) -> Result<(), String> {
+/// with the zygote: the change of credentials clears the parent-death signal (prctl(2)), so it
+/// is armed again (or the job would outlive its runner), and if the zygote died meanwhile
+/// (`zygote_alive` says no) this process stops. Supplementary groups are the caller's to drop
+/// first.
+fn take_uid(uid: u32, zygote_alive: impl Fn() -> bool) -> Result<(), String> {
     // SAFETY: credential syscalls and prctl on this single-threaded process.
     unsafe {
         if libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
             return Err(errno("taking the job's uid"));
         }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() != zygote {
-            libc::_exit(super::EXIT_PARENT_GONE);
-        }
+    }
+    if !zygote_alive() {
+        // SAFETY: ending this process.
+        unsafe { libc::_exit(super::EXIT_PARENT_GONE) };
     }
     Ok(())
 }
 
-/// Joins the network namespace the parent lent. On success returns a descriptor of the
-/// namespace this process was in, to go back to if the rest of the isolation is unavailable.
-fn join_lent(lent: LentNetns) -> Option<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let ns = super::netns::open_lent(lent.parent, lent.fd).ok()?;
-    let own = std::fs::File::open("/proc/self/ns/net").ok()?;
-    // SAFETY: setns with a descriptor we own, on this single-threaded process.
-    (unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0).then_some(own)
-}
-
+/// The namespaced path: this process is pid 1 of a fresh pid namespace and root of a fresh
+/// user namespace (the zygote's `clone`), in the lent network namespace if `lent_network`.
+/// `host_uid` is the zygote's uid, this process's on the host unless root remapped it.
 fn namespaces(
     request: &JobRequest,
-    netns: Option<LentNetns>,
+    lent_network: bool,
+    host_uid: u32,
     mapper: Mapper,
-) -> Result<Isolation, Failure> {
-    // The mounts need mount_setattr (Linux 5.12). Where it is missing, say so before anything
-    // changed, so `auto` can still fall back.
-    if !has_mount_setattr() {
-        return Err(Failure::Unavailable(
-            "mount_setattr(2) is missing (Linux 5.12 or later is required)".into(),
+) -> Result<Isolation, String> {
+    use std::os::fd::AsRawFd;
+    // The zygote's word that our maps are written; until then this process is nobody here.
+    match super::zygote::recv_i32(mapper.socket.as_raw_fd()) {
+        Ok(Some(0)) => {}
+        Ok(Some(errno)) => {
+            return Err(format!(
+                "the launcher could not write the job's uid map: {}",
+                io::Error::from_raw_os_error(errno)
+            ))
+        }
+        // The zygote died before it answered (and before our parent-death signal was armed).
+        // SAFETY: ending this process, which has run no job code.
+        Ok(None) => unsafe { libc::_exit(super::EXIT_PARENT_GONE) },
+        Err(e) => {
+            return Err(format!(
+                "the launcher's answer about the job's uid map: {e}"
+            ))
+        }
+    }
+    if !mapper.zygote_alive() {
+        // It answered, then died before our parent-death signal was armed.
+        // SAFETY: as above.
+        unsafe { libc::_exit(super::EXIT_PARENT_GONE) };
+    }
+    // The map must be the one this request asks for: root remaps the job to the policy's uid,
+    // anyone else runs it as themselves. (Read from inside, the map names host ids.)
+    let remap = request
+        .policy
+        .sandbox
+        .job_uid
+        .filter(|&u| host_uid == 0 && u != 0);
+    let expected = format!("0 {} 1", remap.unwrap_or(host_uid));
+    let map = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+        .map_err(|e| format!("reading the job's uid map: {e}"))?;
+    if map != expected {
+        return Err(format!(
+            "the launcher could not write the job's uid map: it maps {map:?} where the policy needs {expected:?}"
         ));
     }
-    let isolate_network = request.policy.sandbox.network == NetworkMode::None;
-    // The lent namespace is joined first, while this process is still privileged over it (it
-    // belongs to the parent's user namespace): after `unshare(CLONE_NEWUSER)` it could not, and
-    // for the same reason the job can change nothing in it. Without one, a fresh namespace.
-    let joined = match netns {
-        Some(lent) if isolate_network => join_lent(lent),
-        _ => None,
-    };
-    let fresh_network = isolate_network && joined.is_none();
-    let zygote = mapper.zygote;
-    // SAFETY: plain syscalls on this process; arguments are constants or owned C strings.
-    unsafe {
-        let uid = libc::geteuid();
-        let gid = libc::getegid();
-        let mut flags =
-            libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
-        if fresh_network {
-            flags |= libc::CLONE_NEWNET;
-        }
-        // Another host uid for the job (only root may map one, and only from outside the new
-        // user namespace): the zygote, root there, writes our maps.
-        let remap = request
-            .policy
-            .sandbox
-            .job_uid
-            .is_some_and(|u| uid == 0 && u != 0);
-        if remap && libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(Failure::Fatal(errno("dropping supplementary groups")));
-        }
-        let entered = (libc::unshare(flags) == 0)
-            .then_some(())
-            .ok_or_else(|| errno("unshare"));
-        match entered {
-            Ok(()) => {}
-            Err(why) => {
-                if let Some(own) = &joined {
-                    // Leave the lent namespace before running without namespaces: a job that is
-                    // not in a pid namespace could leave processes behind in it.
-                    use std::os::fd::AsRawFd;
-                    if libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(Failure::Fatal(errno("leaving the lent network namespace")));
-                    }
-                }
-                return Err(Failure::Unavailable(why));
-            }
-        };
-        drop(joined);
-        if remap {
-            mapped_by_zygote(&mapper).map_err(Failure::Fatal)?;
-            drop(mapper);
-            // Our maps are written: become uid and gid 0 inside, the job's uid outside.
-            take_uid(0, zygote).map_err(Failure::Fatal)?;
-        } else {
-            drop(mapper);
-            let write = |path: &str, text: String| {
-                std::fs::write(path, text)
-                    .map_err(|e| Failure::Fatal(format!("writing {path}: {e}")))
-            };
-            write("/proc/self/setgroups", "deny".into())?;
-            write("/proc/self/uid_map", format!("0 {uid} 1"))?;
-            write("/proc/self/gid_map", format!("0 {gid} 1"))?;
-        }
-
-        // The new pid namespace applies to children: fork, and let the child be its pid 1. The
-        // parent only relays the child's exit status. When pid 1 dies, the kernel kills every
-        // process left in the namespace, `setsid` escapees included.
-        // A pipe whose write end only the relay keeps: it reads as hung up once the relay is
-        // gone, which is how the child learns that its parent died before it could arm its
-        // parent-death signal (the relay is outside the child's pid namespace, so getppid()
-        // reads 0 there either way).
-        let mut alive = [0; 2];
-        if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(Failure::Fatal(errno("making the relay's pipe")));
-        }
-        match libc::fork() {
-            -1 => return Err(Failure::Fatal(errno("fork"))),
-            0 => {}
-            child => {
-                libc::close(alive[0]);
-                relay_exit(child)
-            }
-        }
-        libc::close(alive[1]);
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let mut relay = libc::pollfd {
-            fd: alive[0],
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        if libc::poll(&mut relay, 1, 0) != 0 {
-            libc::_exit(super::EXIT_PARENT_GONE);
-        }
-        libc::close(alive[0]);
+    if remap.is_some() {
+        // Our host uid (root) is not in the map: become its uid 0, the job's uid outside.
+        take_uid(0, || mapper.zygote_alive())?;
+    }
+    drop(mapper);
+    let fresh_network = request.policy.sandbox.network == NetworkMode::None && !lent_network;
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC;
+    if fresh_network {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: unshare on this single-threaded process, root of its own user namespace.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(errno("unshare"));
     }
     let mut notes = Vec::new();
     // No nested user namespaces: their root would hold capabilities again (over nothing of
     // ours, but over a large kernel surface). Written before `/proc` turns read-only.
     std::fs::write("/proc/sys/user/max_user_namespaces", "0")
-        .map_err(|e| Failure::Fatal(format!("forbidding nested user namespaces: {e}")))?;
-    let pid_namespace = mounts(&request.workspace, &mut notes).map_err(Failure::Fatal)?;
+        .map_err(|e| format!("forbidding nested user namespaces: {e}"))?;
+    let pid_namespace = mounts(&request.workspace, &mut notes)?;
     if fresh_network {
         if let Err(e) = loopback_up() {
             notes.push(format!(
@@ -266,9 +234,8 @@ fn namespaces(
         }
     }
     let home = PathBuf::from("/tmp/home");
-    std::fs::create_dir_all(&home)
-        .map_err(|e| Failure::Fatal(format!("creating {}: {e}", home.display())))?;
-    drop_capabilities().map_err(Failure::Fatal)?;
+    std::fs::create_dir_all(&home).map_err(|e| format!("creating {}: {e}", home.display()))?;
+    drop_capabilities()?;
     Ok(Isolation {
         home,
         tmp: PathBuf::from("/tmp"),
@@ -343,55 +310,6 @@ fn drop_capabilities() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Asks the zygote to write this process's uid and gid maps (uid and gid 0 inside, the
-/// launcher's job uid outside) now that it is in its new user namespace, and waits for the
-/// answer.
-fn mapped_by_zygote(mapper: &Mapper) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let sock = mapper.socket.as_raw_fd();
-    super::zygote::send_with_fds(sock, &[1], &[])
-        .map_err(|e| format!("asking the launcher for the job's uid map: {e}"))?;
-    match super::zygote::recv_i32(sock) {
-        Ok(Some(0)) => Ok(()),
-        Ok(Some(errno)) => Err(format!(
-            "the launcher could not write the job's uid map: {}",
-            io::Error::from_raw_os_error(errno)
-        )),
-        Ok(None) => Err("the launcher ended before it wrote the job's uid map".into()),
-        Err(e) => Err(format!(
-            "the launcher's answer about the job's uid map: {e}"
-        )),
-    }
-}
-
-/// Waits for the namespaced child and exits with its status. Never returns.
-unsafe fn relay_exit(child: libc::pid_t) -> ! {
-    // SAFETY: closing our copies of the event pipes, so the parent sees EOF when the child ends;
-    // then waiting on our own child.
-    unsafe {
-        libc::close(0);
-        libc::close(1);
-        let mut status = 0;
-        loop {
-            let r = libc::waitpid(child, &mut status, 0);
-            if r == child {
-                break;
-            }
-            if r == -1 && *libc::__errno_location() != libc::EINTR {
-                libc::_exit(1);
-            }
-        }
-        if libc::WIFEXITED(status) {
-            libc::_exit(libc::WEXITSTATUS(status));
-        }
-        // Die the way the child died, so the parent's report names the signal.
-        let sig = libc::WTERMSIG(status);
-        libc::signal(sig, libc::SIG_DFL);
-        libc::kill(libc::getpid(), sig);
-        libc::_exit(128 + sig);
-    }
 }
 
 /// `mount_setattr(2)` (Linux 5.12): sets (`set`) or clears (`clear`) mount attributes of the

@@ -22,7 +22,7 @@ mod zygote;
 pub use child::maybe_run_worker;
 pub use netns::{NetnsLease, NetworkNamespaces};
 pub use parent::{run_worker, WorkerOptions, WorkerReport};
-pub use zygote::{pidfd, readable_within, Launched, Launcher, Worker, Zygote, ZYGOTE_ARG};
+pub use zygote::{pidfd, readable_within, Launched, Launcher, Spawn, Worker, Zygote, ZYGOTE_ARG};
 
 /// Worker exit status when the parent stopped reading its events.
 pub const EXIT_PARENT_GONE: i32 = 70;

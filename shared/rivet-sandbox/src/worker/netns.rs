@@ -90,7 +90,7 @@ impl NetworkNamespaces {
 }
 
 impl NetnsLease<'_> {
-    /// The descriptor, open in this process (the worker opens `/proc/PARENT/fd/N`).
+    /// The descriptor, open in this process (the zygote opens `/proc/PARENT/fd/N`).
     pub fn raw_fd(&self) -> i32 {
         self.ns.fd.as_raw_fd()
     }
@@ -213,11 +213,6 @@ fn tcp_in_use(sockstat: &str, row: &str) -> Option<u64> {
     };
     let tw = if row == "TCP:" { value("tw")? } else { 0 };
     Some(value("inuse")? + tw)
-}
-
-/// Opens the namespace a parent lent, from the worker: `/proc/PARENT/fd/N`.
-pub(crate) fn open_lent(parent: i32, fd: i32) -> io::Result<File> {
-    File::open(format!("/proc/{parent}/fd/{fd}"))
 }
 
 #[cfg(test)]

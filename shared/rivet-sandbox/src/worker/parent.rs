@@ -2,12 +2,12 @@
 //! calls, enforce the hard deadline, kill it, and say how it ended.
 
 use super::netns::NetworkNamespaces;
-use super::zygote::{pidfd, readable_within, Launched, Launcher};
+use super::zygote::{pidfd, readable_within, Launched, Launcher, Spawn};
 use crate::events::{write_frame, Event, Reply};
 use crate::host::{CallError, HostServices, JobHost};
 use crate::job::{JobRequest, Mode};
 use rivet_core::input::InputError;
-use rivet_core::policy::{NamespaceMode, NetworkMode};
+use rivet_core::policy::NetworkMode;
 use rivet_core::{JobOutcome, PipelineSpec, Problem, RequirementSet};
 use serde::Deserialize;
 use std::fs::File;
@@ -446,10 +446,9 @@ pub fn run_worker(
     };
     let mut phase_deadline = started + limits.definition_timeout + grace + STARTUP_ALLOWANCE;
 
-    // A network namespace to join instead of making one (the worker opens it through our
-    // /proc entry; the descriptor itself is not inherited).
-    let netns = (request.mode == Mode::Run
-        && policy.sandbox.namespaces != NamespaceMode::Off
+    // A network namespace to make the worker in instead of a fresh one (the zygote opens it
+    // through our /proc entry; the descriptor itself is not inherited).
+    let netns = (Spawn::for_request(request, None).namespaces
         && policy.sandbox.network == NetworkMode::None)
         .then(|| options.network.take())
         .flatten();
@@ -458,10 +457,10 @@ pub fn run_worker(
         stdout,
         stderr,
         worker,
-    } = options.launcher.launch(
+    } = options.launcher.launch(Spawn::for_request(
+        request,
         netns.as_ref().map(|lease| lease.raw_fd()),
-        policy.sandbox.job_uid,
-    )?;
+    ))?;
     let pgid = worker.pid;
 
     let mut output = match Output::new(stdout, stderr) {
@@ -673,8 +672,9 @@ pub fn run_worker(
             }
         }
         // Its stdout closes before its pid namespace is emptied: wait (within the same grace)
-        // for the process we started, which exits only after its namespaced child and so
-        // after every process of the job.
+        // for the process we started, the namespace's pid 1, whose exit completes only once
+        // the kernel has killed and reaped every other process there, every process of the
+        // job.
         exited_alone = netns.is_some() && exits_by(pgid, until);
     }
     // The zygote kills the group before it reaps the leader: until then the leader's pid keeps

@@ -8,9 +8,19 @@
 //! gets its own stdin, stdout and stderr pipes and process group, dies with its parent, and
 //! enters its namespaces itself (`child.rs`, `isolation.rs`).
 //!
-//! The zygote never sees a job: it receives three pipe ends, a socket and at most a host uid,
-//! never a request. Its one privileged act is writing the uid and gid maps of its own child,
-//! once, to the uid its launcher named (the map socket, below).
+//! The zygote never sees a job: it receives three pipe ends, a socket, whether to make the
+//! worker in fresh namespaces, at most a network namespace to make it in and at most a host
+//! uid, never a request. Its privileged acts are the `clone` itself and writing the uid and gid
+//! maps of the child it just made, once, to the uid its launcher named (or its own).
+//!
+//! A namespaced worker is cloned straight into a fresh user namespace and a fresh pid
+//! namespace, whose pid 1 it is: one process per job. (Before, the worker made its namespaces
+//! itself and, since a new pid namespace only applies to children, forked again to get its
+//! pid 1, and stayed only to relay that child's exit: a second fork and exit per job, about a
+//! fifth of a worker's CPU time; docs/benchmarks.md.) A lent network namespace is joined by the
+//! zygote just for the `clone`, then left: the worker is born in it, and, its user namespace
+//! being the worker's own, cannot change it. The worker makes the rest (mount, IPC, and a
+//! fresh network namespace when none was lent) itself, as root of its own user namespace.
 //! What children of one zygote share is what `exec` would have re-randomised: the address
 //! layout and the stack canary. So that a crash cannot be used as an oracle to guess them one
 //! job at a time, the parent retires a zygote as soon as one of its workers crashes
@@ -18,22 +28,24 @@
 //!
 //! Protocol (`SOCK_SEQPACKET`, so every message arrives whole):
 //! - control socket, launcher → zygote: the lent network namespace's descriptor number in the
-//!   parent (`i32`, -1 for none) and the host uid the job runs as (`u32`, `u32::MAX`, which is
-//!   never a uid, for none: no uid remap), with `SCM_RIGHTS` the worker's stdin, stdout and stderr and one end of a per-job
-//!   socket;
+//!   parent (`i32`, -1 for none), the host uid the job runs as (`u32`, `u32::MAX`, which is
+//!   never a uid, for none: no uid remap) and whether to make the worker in fresh namespaces
+//!   (`u32`, 0 or 1), with `SCM_RIGHTS` the worker's stdin, stdout and stderr and one end of a
+//!   per-job socket;
 //! - job socket, zygote → launcher: the worker's pid (`i32`), or `-errno` if `fork` failed;
 //! - job socket, launcher → zygote: one byte, "kill and reap": the zygote SIGKILLs the worker's
 //!   process group, then reaps it (in that order: an unreaped leader keeps the group id from
 //!   being reused) and answers with the raw wait status (`i32`). A job socket closed without
 //!   that request is treated the same way, without an answer, so a worker never outlives the
 //!   handle its parent holds.
-//! - map socket, worker → zygote (a pair the zygote makes for each worker; the worker holds its
-//!   end on fd 3 until its isolation is set up, never while job code runs): one byte, "my user
-//!   namespace is made, write its maps". Once, and only with a uid from the launcher's request:
-//!   the zygote, root in the parent user namespace, writes the worker's `uid_map` and `gid_map`
-//!   (`0 UID 1`, `setgroups` denied) and answers `0` or an errno (`i32`). A worker cannot write
-//!   a map to another uid itself (`user_namespaces(7)`); before the zygote did, a third
-//!   process per job did it (`isolation.rs`).
+//! - map socket, zygote → worker (a pair the zygote makes for each worker; the worker holds its
+//!   end on fd 3 until its isolation is set up, never while job code runs): for a namespaced
+//!   worker, right after the `clone`, `0` once its `uid_map` and `gid_map` are written (`0 UID
+//!   1`, `setgroups` denied; UID the launcher's uid where root remaps, else the zygote's own),
+//!   or an errno (`i32`). A worker cannot write a map to another uid itself
+//!   (`user_namespaces(7)`). The zygote keeps its end until it reaps the worker: the worker,
+//!   whose parent is outside its pid namespace (`getppid()` reads 0 there), learns from the
+//!   hang-up that the zygote died before its parent-death signal was armed.
 //!
 //! The zygote dies with its parent (and its workers with it: their parent-death signal). The
 //! parent starts it from a thread of its own that lives as long as the zygote, because the
@@ -52,6 +64,8 @@ pub const ZYGOTE_ARG: &str = "__rivet-sandbox-zygote";
 
 /// Descriptors passed with each spawn request: stdin, stdout, stderr, the job socket.
 const SPAWN_FDS: usize = 4;
+/// A spawn request's length: the lent namespace, the uid, the namespaces flag.
+const REQUEST_LEN: usize = 12;
 /// The worker's end of its map socket, in the worker.
 const MAP_FD: RawFd = 3;
 /// "No uid" in a spawn request: `(uid_t) -1` is never a uid.
@@ -90,6 +104,49 @@ pub struct Worker {
     /// The zygote that forked it.
     pub zygote: Arc<Zygote>,
     job: OwnedFd,
+}
+
+/// What a worker is made in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spawn {
+    /// Fresh user and pid namespaces, made by the zygote's `clone` (the worker makes the rest).
+    pub namespaces: bool,
+    /// A network namespace descriptor this process lends: a namespaced worker is made in it.
+    pub netns: Option<RawFd>,
+    /// The host uid the worker's user namespace maps its root to, when the zygote is root (the
+    /// policy's `sandbox.job_uid`).
+    pub job_uid: Option<u32>,
+}
+
+impl Spawn {
+    /// What `request` needs: namespaces for a run unless its policy turns them off (a lint has
+    /// no host access to isolate), its policy's job uid, and `netns` if one is lent.
+    pub fn for_request(request: &crate::job::JobRequest, netns: Option<RawFd>) -> Self {
+        let sandbox = &request.policy.sandbox;
+        Self {
+            namespaces: request.mode == crate::job::Mode::Run
+                && sandbox.namespaces != rivet_core::policy::NamespaceMode::Off,
+            netns,
+            job_uid: sandbox.job_uid,
+        }
+    }
+}
+
+/// How the zygote started a worker, as the worker learns it (it runs on a copy of the zygote's
+/// memory, so this is simply handed over).
+#[derive(Debug)]
+pub(super) enum Start {
+    /// A plain fork: no namespaces were asked for.
+    Plain,
+    /// Namespaces were asked for and could not be made: why.
+    Unavailable(String),
+    /// In fresh user and pid namespaces (pid 1 there).
+    Namespaced {
+        /// Made in the network namespace the launcher lent.
+        lent_network: bool,
+        /// The zygote's effective uid: the worker's on the host unless remapped.
+        host_uid: u32,
+    },
 }
 
 fn last_error(what: &str) -> io::Error {
@@ -258,19 +315,17 @@ impl Launcher {
         }
     }
 
-    /// Starts a worker. `netns` is the number of a network namespace descriptor this process
-    /// lends (the worker opens it through this process's `/proc` entry); `job_uid` the host uid
-    /// the zygote maps the worker's user namespace to when the worker asks (the policy's
-    /// `sandbox.job_uid`). A zygote that died is replaced once.
-    pub fn launch(&self, netns: Option<RawFd>, job_uid: Option<u32>) -> io::Result<Launched> {
+    /// Starts a worker as `spawn` says (a lent network namespace is opened by the zygote
+    /// through this process's `/proc` entry). A zygote that died is replaced once.
+    pub fn launch(&self, spawn: Spawn) -> io::Result<Launched> {
         let zygote = self.zygote()?;
-        match zygote.fork(Pipes::new()?, netns, job_uid) {
+        match zygote.fork(Pipes::new()?, spawn) {
             Ok(launched) => Ok(launched),
             Err(Failed::Refused(e)) => Err(e),
             Err(Failed::Gone) => {
                 self.retire(&zygote);
                 self.zygote()?
-                    .fork(Pipes::new()?, netns, job_uid)
+                    .fork(Pipes::new()?, spawn)
                     .map_err(|e| match e {
                         Failed::Refused(e) => e,
                         Failed::Gone => io::Error::other("the worker launcher ended at once"),
@@ -353,12 +408,7 @@ impl Zygote {
         self.pid
     }
 
-    fn fork(
-        self: &Arc<Self>,
-        pipes: Pipes,
-        netns: Option<RawFd>,
-        job_uid: Option<u32>,
-    ) -> Result<Launched, Failed> {
+    fn fork(self: &Arc<Self>, pipes: Pipes, spawn: Spawn) -> Result<Launched, Failed> {
         let Pipes {
             stdin,
             stdout,
@@ -371,10 +421,10 @@ impl Zygote {
             stderr.1.as_raw_fd(),
             job.1.as_raw_fd(),
         ];
-        let uid = job_uid.unwrap_or(NO_UID);
-        let mut request = [0u8; 8];
-        request[..4].copy_from_slice(&netns.unwrap_or(-1).to_le_bytes());
-        request[4..].copy_from_slice(&uid.to_le_bytes());
+        let mut request = [0u8; REQUEST_LEN];
+        request[..4].copy_from_slice(&spawn.netns.unwrap_or(-1).to_le_bytes());
+        request[4..8].copy_from_slice(&spawn.job_uid.unwrap_or(NO_UID).to_le_bytes());
+        request[8..].copy_from_slice(&u32::from(spawn.namespaces).to_le_bytes());
         send_with_fds(self.control.as_raw_fd(), &request, &fds).map_err(|_| Failed::Gone)?;
         // Only the worker holds these ends now: its exit closes our stdout and stderr.
         drop((stdin.1, stdout.1, stderr.1, job.1));
@@ -464,10 +514,22 @@ struct Child {
     exited: Option<OwnedFd>,
     /// Whether the launcher waits for the status (it asked, rather than closing the socket).
     answer: bool,
-    /// Our end of its map socket, until it asked once or closed it.
-    maps: Option<OwnedFd>,
-    /// The host uid its maps may name (the launcher's word), if any.
-    job_uid: Option<u32>,
+    /// Our end of its map socket, held until it is reaped: its hang-up tells the worker that
+    /// this process died.
+    maps: OwnedFd,
+}
+
+/// What the zygote learns about itself once, at start.
+struct Zygote0 {
+    /// The launcher's pid.
+    parent: i32,
+    /// This process's effective uid and gid.
+    uid: u32,
+    gid: u32,
+    /// Its own network namespace, to come back to after making a worker in a lent one.
+    own_network: Option<OwnedFd>,
+    /// Why namespaced workers cannot be made here, if they cannot.
+    unavailable: Option<String>,
 }
 
 /// The zygote's loop: fork a worker per request, kill and reap on request, exit when the
@@ -475,6 +537,27 @@ struct Child {
 pub(super) fn zygote_main(parent: i32) -> ! {
     // Whatever the parent let us inherit besides stdin, stdout and stderr, we do not need.
     let _ = close_from(3);
+    // SAFETY: plain syscalls on this single-threaded process.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // A worker is born with our supplementary groups and, once its user namespace denies
+    // `setgroups`, cannot drop them: root drops them here, for every worker (a job remapped
+    // to another uid must not keep root's groups). Without root there is nothing to drop to.
+    // SAFETY: as above.
+    if uid == 0 && unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        eprintln!(
+            "rivet worker launcher: dropping supplementary groups: {}",
+            io::Error::last_os_error()
+        );
+        // SAFETY: ending this process.
+        unsafe { libc::_exit(super::EXIT_BAD_REQUEST) };
+    }
+    let me = Zygote0 {
+        parent,
+        uid,
+        gid,
+        own_network: File::open("/proc/self/ns/net").ok().map(OwnedFd::from),
+        unavailable: super::isolation::unavailable(),
+    };
     let mut children: Vec<Child> = Vec::new();
     let mut control_open = true;
     loop {
@@ -482,24 +565,20 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             // SAFETY: ending this process.
             unsafe { libc::_exit(0) };
         }
-        // fds[0] is the control socket; then each child's job socket (or pidfd once killed),
-        // and its map socket while it has one; `who` says whose each is.
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2 * children.len() + 1);
-        let mut who: Vec<(usize, bool)> = Vec::with_capacity(2 * children.len());
+        // fds[0] is the control socket; then each child's job socket (or pidfd once killed).
         let pollin = |fd: RawFd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         };
-        fds.push(pollin(if control_open { 0 } else { -1 }));
-        for (i, c) in children.iter().enumerate() {
-            fds.push(pollin(c.exited.as_ref().unwrap_or(&c.job).as_raw_fd()));
-            who.push((i, false));
-            if let Some(maps) = &c.maps {
-                fds.push(pollin(maps.as_raw_fd()));
-                who.push((i, true));
-            }
-        }
+        let mut fds: Vec<libc::pollfd> = std::iter::once(if control_open { 0 } else { -1 })
+            .chain(
+                children
+                    .iter()
+                    .map(|c| c.exited.as_ref().unwrap_or(&c.job).as_raw_fd()),
+            )
+            .map(pollin)
+            .collect();
         // SAFETY: poll over pollfd structs we own.
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } < 0 {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
@@ -508,16 +587,10 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             // SAFETY: ending this process; its workers die with it (parent-death signal).
             unsafe { libc::_exit(1) };
         }
-        // Map requests first: they remove no child, so `who`'s indices stay valid.
-        for (k, &(i, maps)) in who.iter().enumerate() {
-            if maps && fds[k + 1].revents != 0 {
-                write_maps(&mut children[i]);
-            }
-        }
-        // Then job sockets, backwards, so that removing one does not move those still to be
-        // looked at.
-        for (k, &(i, maps)) in who.iter().enumerate().rev() {
-            if maps || fds[k + 1].revents == 0 {
+        // Job sockets, backwards, so that removing one does not move those still to be looked
+        // at.
+        for i in (0..children.len()).rev() {
+            if fds[i + 1].revents == 0 {
                 continue;
             }
             let child = &mut children[i];
@@ -531,7 +604,7 @@ pub(super) fn zygote_main(parent: i32) -> ! {
             finish(children.swap_remove(i));
         }
         if fds[0].fd >= 0 && fds[0].revents != 0 {
-            let mut buf = [0u8; 8];
+            let mut buf = [0u8; REQUEST_LEN];
             match recv_with_fds(0, &mut buf) {
                 // A message that did not fit (its descriptors, if any came, are closed): that
                 // request only is dropped; its launcher sees its job socket closed.
@@ -543,12 +616,15 @@ pub(super) fn zygote_main(parent: i32) -> ! {
                     // SAFETY: closing our own control socket; nothing else refers to fd 0.
                     unsafe { libc::close(0) };
                 }
-                Ok((8, fds)) if fds.len() == SPAWN_FDS => {
-                    let [n0, n1, n2, n3, u0, u1, u2, u3] = buf;
-                    let netns = i32::from_le_bytes([n0, n1, n2, n3]);
-                    let job_uid =
-                        Some(u32::from_le_bytes([u0, u1, u2, u3])).filter(|&u| u != NO_UID);
-                    if let Some(child) = spawn(parent, netns, job_uid, fds) {
+                Ok((REQUEST_LEN, fds)) if fds.len() == SPAWN_FDS => {
+                    let word = |i: usize| [buf[i], buf[i + 1], buf[i + 2], buf[i + 3]];
+                    let netns = i32::from_le_bytes(word(0));
+                    let spawn = Spawn {
+                        netns: (netns >= 0).then_some(netns),
+                        job_uid: Some(u32::from_le_bytes(word(4))).filter(|&u| u != NO_UID),
+                        namespaces: u32::from_le_bytes(word(8)) != 0,
+                    };
+                    if let Some(child) = self::spawn(&me, spawn, fds) {
                         children.push(child);
                     }
                 }
@@ -560,31 +636,53 @@ pub(super) fn zygote_main(parent: i32) -> ! {
     }
 }
 
-/// Answers the child's map request, if its map socket carries one (rather than being closed):
-/// writes its user namespace's maps to the launcher's uid, once. The socket is closed after
-/// either, so a child asks at most once.
-fn write_maps(child: &mut Child) {
-    let Some(maps) = child.maps.take() else {
-        return;
-    };
-    if !got_byte(maps.as_raw_fd()) {
-        return;
+/// Writes the maps of child `pid`'s fresh user namespace: its root is `uid` and `gid` on the
+/// host, `setgroups` denied.
+fn write_maps(pid: i32, uid: u32, gid: u32) -> io::Result<()> {
+    [
+        ("setgroups", "deny".to_owned()),
+        ("uid_map", format!("0 {uid} 1")),
+        ("gid_map", format!("0 {gid} 1")),
+    ]
+    .iter()
+    .try_for_each(|(file, text)| std::fs::write(format!("/proc/{pid}/{file}"), text))
+}
+
+/// Joins the network namespace the launcher lent (its descriptor `fd`, through its `/proc`
+/// entry), when this process can come back to its own.
+fn join_lent(me: &Zygote0, fd: RawFd) -> bool {
+    if me.own_network.is_none() {
+        return false;
     }
-    let written = match child.job_uid {
-        None => Err(io::Error::from_raw_os_error(libc::EPERM)),
-        Some(uid) => [
-            ("setgroups", "deny".to_owned()),
-            ("uid_map", format!("0 {uid} 1")),
-            ("gid_map", format!("0 {uid} 1")),
-        ]
-        .iter()
-        .try_for_each(|(file, text)| std::fs::write(format!("/proc/{}/{file}", child.pid), text)),
+    let Ok(ns) = File::open(format!("/proc/{}/fd/{fd}", me.parent)) else {
+        return false;
     };
-    let answer: i32 = match written {
-        Ok(()) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
-    };
-    let _ = send_with_fds(maps.as_raw_fd(), &answer.to_le_bytes(), &[]);
+    // SAFETY: setns on this single-threaded process, with a descriptor we own.
+    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 }
+}
+
+/// `fork`, or with `namespaces` a `clone` into a fresh user and pid namespace (the child is
+/// that namespace's pid 1). The raw system call, as glibc's `fork` makes it, without glibc's
+/// bookkeeping for threads: this process has one thread and holds no lock here, and since
+/// glibc 2.34 a thread that signals itself asks the kernel for its id.
+fn fork_into(namespaces: bool) -> libc::pid_t {
+    if !namespaces {
+        // SAFETY: this process is single-threaded, so fork is safe.
+        return unsafe { libc::fork() };
+    }
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::SIGCHLD;
+    // SAFETY: clone without CLONE_VM and with no new stack is fork: the child continues here
+    // on its own copy of this single-threaded process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as libc::pid_t
+    }
 }
 
 /// Whether a one-byte message could be read from `sock` at once (rather than its end closed).
@@ -636,28 +734,71 @@ fn close_from(first: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks one worker: in the child, `fds` become its stdin, stdout and stderr, its map socket
-/// fd 3, and it runs the job as an executed worker would; here, the job socket gets its pid.
-fn spawn(parent: i32, netns: i32, job_uid: Option<u32>, fds: Vec<OwnedFd>) -> Option<Child> {
+/// Forks one worker as `spawn` says: in the child, `fds` become its stdin, stdout and stderr,
+/// its map socket fd 3, and it runs the job as an executed worker would; here, the job socket
+/// gets its pid.
+fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
     let [stdin, stdout, stderr, job]: [OwnedFd; SPAWN_FDS] = fds.try_into().ok()?;
     let zygote = std::process::id() as i32;
+    let refuse = |job: &OwnedFd, e: io::Error| {
+        let errno = -e.raw_os_error().unwrap_or(libc::EAGAIN);
+        let _ = send_with_fds(job.as_raw_fd(), &errno.to_le_bytes(), &[]);
+    };
     let (maps, worker_maps) = match seqpacket_pair() {
         Ok(pair) => pair,
         Err(e) => {
-            let errno = -e.raw_os_error().unwrap_or(libc::EMFILE);
-            let _ = send_with_fds(job.as_raw_fd(), &errno.to_le_bytes(), &[]);
+            refuse(&job, e);
             return None;
         }
     };
-    // SAFETY: this process is single-threaded, so fork is safe; the child only rearranges its
-    // descriptors before becoming a worker, and never returns.
-    let pid = unsafe { libc::fork() };
+    let unavailable = match (&me.unavailable, spawn.namespaces) {
+        (Some(why), true) => Some(why.clone()),
+        _ => None,
+    };
+    let namespaces = spawn.namespaces && unavailable.is_none();
+    let lent_network = namespaces && spawn.netns.is_some_and(|fd| join_lent(me, fd));
+    let mut pid = fork_into(namespaces);
+    let mut errno = io::Error::last_os_error();
+    if lent_network && pid != 0 {
+        let back = me.own_network.as_ref().map(|own| {
+            // SAFETY: setns on this single-threaded process, with a descriptor we own.
+            unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) }
+        });
+        if back != Some(0) {
+            // Every later worker would be made in the lent namespace: stop instead (the
+            // worker, if any, dies with us; the launcher starts another zygote).
+            eprintln!(
+                "rivet worker launcher: leaving a lent network namespace: {}",
+                io::Error::last_os_error()
+            );
+            // SAFETY: ending this process.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    let mut start = if namespaces {
+        Start::Namespaced {
+            lent_network,
+            host_uid: me.uid,
+        }
+    } else if let Some(why) = unavailable {
+        Start::Unavailable(why)
+    } else {
+        Start::Plain
+    };
+    if pid < 0 && namespaces {
+        // No namespaces here after all (the kernel or a limit refused them): a plain worker,
+        // which runs without them only where its policy allows.
+        start = Start::Unavailable(format!("clone: {errno}"));
+        pid = fork_into(false);
+        errno = io::Error::last_os_error();
+    }
     if pid == 0 {
         // SAFETY: in the fresh child: dup2 onto 0, 1, 2 (which clears close-on-exec there)
         // and the map socket onto 3 (close-on-exec set again: it is closed before any job
         // code runs, and must never reach a program the job starts), then close everything
         // else the zygote held (its control socket was fd 0, now replaced; other workers' job
-        // and map sockets; pidfds); the OwnedFds are never dropped here.
+        // and map sockets; pidfds; its own network namespace); the OwnedFds are never dropped
+        // here.
         unsafe {
             if libc::dup2(stdin.as_raw_fd(), 0) < 0
                 || libc::dup2(stdout.as_raw_fd(), 1) < 0
@@ -677,33 +818,41 @@ fn spawn(parent: i32, netns: i32, job_uid: Option<u32>, fds: Vec<OwnedFd>) -> Op
         let _ = std::panic::catch_unwind(|| {
             // SAFETY: fd 3 is the map socket set up above, owned by nothing else here.
             let maps = unsafe { OwnedFd::from_raw_fd(MAP_FD) };
-            super::child::become_worker(zygote, (netns >= 0).then_some((parent, netns)), maps)
+            super::child::become_worker(zygote, start, maps)
         });
         // SAFETY: ending this process.
         unsafe { libc::_exit(101) };
     }
     drop((stdin, stdout, stderr, worker_maps));
-    if pid > 0 {
-        // Here too, so that the group exists before the launcher learns the pid (a kill of the
-        // group must not miss a child that has not run yet).
-        // SAFETY: setpgid on our own child.
-        unsafe { libc::setpgid(pid, pid) };
-    }
     if pid < 0 {
-        let errno = -io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EAGAIN);
-        let _ = send_with_fds(job.as_raw_fd(), &errno.to_le_bytes(), &[]);
+        refuse(&job, errno);
         return None;
     }
+    // Here too, so that the group exists before the launcher learns the pid (a kill of the
+    // group must not miss a child that has not run yet).
+    // SAFETY: setpgid on our own child.
+    unsafe { libc::setpgid(pid, pid) };
     let mut child = Child {
         pid,
         job,
         exited: None,
         answer: false,
-        maps: Some(maps),
-        job_uid,
+        maps,
     };
+    if matches!(start, Start::Namespaced { .. }) {
+        // Root maps the job to the uid its launcher named; anyone else to themselves (the
+        // only map an unprivileged process may write). The worker checks the map against its
+        // request before it goes on.
+        let (uid, gid) = match spawn.job_uid {
+            Some(u) if me.uid == 0 && u != 0 => (u, u),
+            _ => (me.uid, me.gid),
+        };
+        let answer: i32 = match write_maps(pid, uid, gid) {
+            Ok(()) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        };
+        let _ = send_with_fds(child.maps.as_raw_fd(), &answer.to_le_bytes(), &[]);
+    }
     if send_with_fds(child.job.as_raw_fd(), &pid.to_le_bytes(), &[]).is_err() {
         // The launcher is gone already: kill and reap at once.
         kill_group(&mut child);

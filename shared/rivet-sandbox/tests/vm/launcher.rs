@@ -4,14 +4,22 @@
 use super::helpers::*;
 use rivet_core::JobOutcome;
 use rivet_sandbox::events::{read_frame, write_frame, Event};
-use rivet_sandbox::worker::{Launched, Launcher, EXIT_BAD_REQUEST};
+use rivet_sandbox::worker::{Launched, Launcher, Spawn, EXIT_BAD_REQUEST};
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
 fn launcher() -> Launcher {
     Launcher::new(env!("CARGO_BIN_EXE_rivet-sandbox-worker").into())
+}
+
+/// A worker in fresh namespaces, remapped to `job_uid` where the zygote is root.
+fn namespaced(job_uid: Option<u32>) -> Spawn {
+    Spawn {
+        namespaces: true,
+        netns: None,
+        job_uid,
+    }
 }
 
 /// Reads `stdout` to its end on a thread, holding `stderr` open meanwhile (a worker whose
@@ -106,59 +114,46 @@ fn proc_file(pid: i32, file: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Under a uid remap the zygote writes the worker's maps, to the uid the launcher named, over
-/// a socket the worker closes before job code runs: once the job runs, neither the worker
-/// (which relays the namespace's exit) nor the job's process holds a socket, and both are the
-/// launcher's uid on the host.
+/// Under a uid remap the zygote writes the worker's maps, to the uid the launcher named, and
+/// says so over a socket the worker closes before job code runs: once the job runs, the
+/// worker, pid 1 of its own pid namespace and the job's one process, holds no socket and is
+/// the launcher's uid on the host.
 #[test]
 fn a_remapped_worker_runs_as_the_launchers_uid_and_holds_no_socket() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "a remap needs root");
     let launcher = launcher();
-    let mut launched = launcher.launch(None, Some(65534)).unwrap();
+    let mut launched = launcher.launch(namespaced(Some(65534))).unwrap();
     let mut spin = spinning_job();
     spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
     spin.request.policy.sandbox.job_uid = Some(65534);
     std::os::unix::fs::chown(&spin.request.workspace, Some(65534), Some(65534)).unwrap();
     start(&mut launched, &spin).unwrap_or_else(|events| panic!("the job did not run: {events:?}"));
     let worker = launched.worker.pid;
+    assert_eq!(
+        status_field(worker, "NSpid"),
+        format!("{worker} 1"),
+        "the worker is its pid namespace's pid 1"
+    );
     let children =
         std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children")).unwrap();
-    let job: Vec<i32> = children
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(
-        job.len(),
-        1,
-        "the worker's one child is the namespace's pid 1: {job:?}"
+    assert_eq!(children.trim(), "", "one process per job");
+    let pid = worker;
+    assert_eq!(status_field(pid, "Uid"), "65534 65534 65534 65534");
+    assert_eq!(status_field(pid, "Gid"), "65534 65534 65534 65534");
+    assert_eq!(status_field(pid, "Groups"), "");
+    assert_eq!(proc_file(pid, "uid_map"), "0 65534 1");
+    assert_eq!(proc_file(pid, "gid_map"), "0 65534 1");
+    assert_eq!(proc_file(pid, "setgroups"), "deny");
+    let fds = descriptors(pid);
+    assert!(
+        !fds.iter().any(|t| t.starts_with("socket:")),
+        "the worker holds a socket: {fds:?}"
     );
-    for pid in [worker, job[0]] {
-        assert_eq!(
-            status_field(pid, "Uid"),
-            "65534 65534 65534 65534",
-            "process {pid}"
-        );
-        assert_eq!(
-            status_field(pid, "Gid"),
-            "65534 65534 65534 65534",
-            "process {pid}"
-        );
-        assert_eq!(status_field(pid, "Groups"), "", "process {pid}");
-        assert_eq!(proc_file(pid, "uid_map"), "0 65534 1", "process {pid}");
-        assert_eq!(proc_file(pid, "gid_map"), "0 65534 1", "process {pid}");
-        assert_eq!(proc_file(pid, "setgroups"), "deny", "process {pid}");
-        let fds = descriptors(pid);
-        assert!(
-            !fds.iter().any(|t| t.starts_with("socket:")),
-            "process {pid} holds a socket: {fds:?}"
-        );
-    }
     launched.worker.kill_and_wait().unwrap();
 }
 
-/// Workers started at once, each remapped to another uid: the zygote serves their map
-/// requests in whatever order and rounds they come, each with its own launcher's uid.
+/// Workers started at once, each remapped to another uid: each gets its own launcher's uid.
 #[test]
 fn remapped_workers_started_at_once_each_get_their_launchers_uid() {
     // SAFETY: geteuid has no preconditions.
@@ -167,7 +162,7 @@ fn remapped_workers_started_at_once_each_get_their_launchers_uid() {
     let mut workers: Vec<(u32, Launched, Job)> = [65534, 65533, 65532]
         .into_iter()
         .map(|uid| {
-            let mut launched = launcher.launch(None, Some(uid)).unwrap();
+            let mut launched = launcher.launch(namespaced(Some(uid))).unwrap();
             let mut spin = spinning_job();
             spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
             spin.request.policy.sandbox.job_uid = Some(uid);
@@ -188,33 +183,10 @@ fn remapped_workers_started_at_once_each_get_their_launchers_uid() {
     }
 }
 
-/// Copies (`pidfd_getfd`, Linux 5.6) of every socket process `pid` holds.
-fn sockets_of(pid: i32) -> Vec<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let pidfd = rivet_sandbox::worker::pidfd(pid).unwrap();
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
-            if !target.to_string_lossy().starts_with("socket:") {
-                return None;
-            }
-            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
-            // SAFETY: pidfd_getfd copies descriptor `fd` of the process into this one, or fails.
-            let copy =
-                unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) } as i32;
-            // SAFETY: a new descriptor owned by nobody else.
-            (copy >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
-        })
-        .collect()
-}
-
-/// A worker waiting for its zygote to write its maps ends when the zygote dies (its
-/// parent-death signal; the closed socket would fail the job too) and runs no job code: it is
-/// in its new user namespace, unmapped, and must neither run on nor hang there.
+/// A namespaced worker (pid 1 of its own pid namespace, so its parent is outside it) dies with
+/// its zygote, whether it already had its request or not, and runs no job code after.
 #[test]
-fn a_worker_waiting_for_its_maps_dies_with_its_zygote() {
+fn a_namespaced_worker_dies_with_its_zygote_and_runs_no_job_code() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "a remap needs root");
     let launcher = launcher();
@@ -223,36 +195,12 @@ fn a_worker_waiting_for_its_maps_dies_with_its_zygote() {
         stdout,
         stderr,
         worker,
-    } = launcher.launch(None, Some(65534)).unwrap();
+    } = launcher.launch(namespaced(Some(65534))).unwrap();
     let zygote = worker.zygote.pid();
-    // A stopped zygote cannot answer: the worker unshares, asks, and waits.
-    // SAFETY: signalling the zygote this test started.
-    unsafe { libc::kill(zygote, libc::SIGSTOP) };
-    let mut spin = spinning_job();
-    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
-    spin.request.policy.sandbox.job_uid = Some(65534);
-    write_frame(&mut stdin, &spin.request).unwrap();
-    // The map request is a message waiting in one of the stopped zygote's sockets: copies of
-    // them (`pidfd_getfd`) become readable when it arrives.
-    let sockets = sockets_of(zygote);
-    let mut polled: Vec<libc::pollfd> = sockets
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: poll over pollfd structs we own.
-    let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 10_000) };
-    assert!(
-        ready > 0,
-        "the worker did not reach its map request within 10 s"
-    );
-    let alive = rivet_sandbox::worker::pidfd(worker.pid).unwrap();
-    assert!(
-        !rivet_sandbox::worker::readable_within(&alive, Duration::ZERO),
-        "the worker waits for its maps, alive"
+    assert_eq!(
+        stat_field(worker.pid, 1),
+        zygote,
+        "the zygote is its parent"
     );
     // Every event the worker still writes, once its stdout closes.
     let (tx, events) = mpsc::channel();
@@ -265,16 +213,26 @@ fn a_worker_waiting_for_its_maps_dies_with_its_zygote() {
         drop(stderr);
         let _ = tx.send(seen);
     });
-    // SAFETY: as above.
+    // SAFETY: killing the zygote this test started.
     unsafe { libc::kill(zygote, libc::SIGKILL) };
+    let alive = rivet_sandbox::worker::pidfd(worker.pid).unwrap();
+    assert!(
+        rivet_sandbox::worker::readable_within(&alive, Duration::from_secs(10)),
+        "the worker ends with its zygote"
+    );
+    // Too late for anything to run: the request finds nobody (or a closed pipe).
+    let mut spin = spinning_job();
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+    spin.request.policy.sandbox.job_uid = Some(65534);
+    let _ = write_frame(&mut stdin, &spin.request);
     let seen = events
         .recv_timeout(Duration::from_secs(10))
-        .expect("the worker ends with its zygote while waiting for its maps");
+        .expect("the worker's stdout closes");
     assert!(
         !seen
             .iter()
             .any(|e| matches!(e, Event::Log { line, .. } if line == "ready")),
-        "job code ran without its maps: {seen:?}"
+        "job code ran after the zygote died: {seen:?}"
     );
     drop(stdin);
 }
@@ -284,13 +242,9 @@ fn a_worker_waiting_for_its_maps_dies_with_its_zygote() {
 #[test]
 fn a_worker_is_not_mapped_to_a_uid_its_launcher_did_not_name() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "only root asks its zygote for maps"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "a remap needs root");
     let launcher = launcher();
-    let mut launched = launcher.launch(None, None).unwrap();
+    let mut launched = launcher.launch(namespaced(None)).unwrap();
     let mut spin = spinning_job();
     spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
     spin.request.policy.sandbox.job_uid = Some(65534);
@@ -310,6 +264,32 @@ fn a_worker_is_not_mapped_to_a_uid_its_launcher_did_not_name() {
     launched.worker.kill_and_wait().unwrap();
 }
 
+/// A worker made otherwise than its request asks (here: without the namespaces its policy
+/// requires) runs nothing and says why: the launcher derives both from the same request, so
+/// this is a bug, never a reason to run a job less isolated.
+#[test]
+fn a_worker_made_without_the_namespaces_its_request_asks_for_runs_nothing() {
+    let launcher = launcher();
+    let mut launched = launcher.launch(Spawn::default()).unwrap();
+    let mut spin = spinning_job();
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+    let events = start(&mut launched, &spin).expect_err("the job must not run");
+    let failed = events.iter().find_map(|e| match e {
+        Event::Finished {
+            outcome: JobOutcome::Failed { error, .. },
+        } => Some(error.clone()),
+        _ => None,
+    });
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|e| e.contains("setting up the job sandbox failed")
+                && e.contains("which its request does not ask for")),
+        "{events:?}"
+    );
+    launched.worker.kill_and_wait().unwrap();
+}
+
 /// A worker waiting for its request: its stdin (kept open), the signal of its end, its handle.
 fn waiting_worker(
     launcher: &Launcher,
@@ -323,7 +303,7 @@ fn waiting_worker(
         stdout,
         stderr,
         worker,
-    } = launcher.launch(None, None).unwrap();
+    } = launcher.launch(Spawn::default()).unwrap();
     (stdin, ended(stdout, stderr), worker)
 }
 
@@ -342,8 +322,8 @@ fn stat_field(pid: i32, index: usize) -> i32 {
 fn a_forked_worker_holds_only_its_own_pipes_and_leads_its_own_group() {
     let launcher = launcher();
     // Two at once: the second must not hold the first one's descriptors, nor the zygote's.
-    let first = launcher.launch(None, None).unwrap();
-    let second = launcher.launch(None, None).unwrap();
+    let first = launcher.launch(Spawn::default()).unwrap();
+    let second = launcher.launch(Spawn::default()).unwrap();
     let zygote = first.worker.zygote.pid();
     assert_eq!(second.worker.zygote.pid(), zygote);
     // The zygote leads a group of its own: a signal to its parent's group (a Ctrl-C) must not
@@ -425,7 +405,7 @@ fn workers_die_with_their_zygote_and_the_next_worker_gets_a_new_one() {
         .expect("the worker dies with its zygote");
     assert!(worker.kill_and_wait().is_err(), "nobody is left to reap it");
     drop(stdin);
-    let next = launcher.launch(None, None).unwrap();
+    let next = launcher.launch(Spawn::default()).unwrap();
     assert_ne!(next.worker.zygote.pid(), old);
     assert!(next.worker.pid > 0);
 }
