@@ -13,8 +13,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// a worker launcher (`zygote.rs`) it forks workers until its parent is done with it and
 /// never returns; otherwise it returns at once.
 ///
-/// It must run before any thread is started: the workers it forks enter a user namespace,
-/// which requires a single-threaded process.
+/// It must run before any thread is started: the zygote forks, which is safe only in a
+/// single-threaded process, and its workers enter new namespaces, which needs one too.
 pub fn maybe_run_worker() {
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|a| a == zygote::ZYGOTE_ARG) {

@@ -544,3 +544,36 @@ pub(super) fn loopback_up() -> io::Result<()> {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::zygote::{recv_i32, send_with_fds, seqpacket_pair};
+    use std::os::fd::AsRawFd;
+
+    /// A namespaced worker's parent is outside its pid namespace, so it learns from the map
+    /// socket whether the zygote died before its parent-death signal was armed: the answer,
+    /// then the hang-up (or the hang-up with no answer).
+    #[test]
+    fn a_dead_zygote_is_heard_on_the_map_socket() {
+        let (zygote, worker) = seqpacket_pair().unwrap();
+        let mapper = Mapper {
+            socket: worker,
+            zygote: 0,
+        };
+        send_with_fds(zygote.as_raw_fd(), &0i32.to_le_bytes(), &[]).unwrap();
+        assert_eq!(recv_i32(mapper.socket.as_raw_fd()).unwrap(), Some(0));
+        assert!(mapper.zygote_alive(), "the zygote holds its end");
+        assert!(mapper.zygote_alive(), "asking again changes nothing");
+        drop(zygote);
+        assert!(!mapper.zygote_alive(), "its end closed with it");
+
+        let (zygote, worker) = seqpacket_pair().unwrap();
+        drop(zygote);
+        assert_eq!(
+            recv_i32(worker.as_raw_fd()).unwrap(),
+            None,
+            "died before it answered"
+        );
+    }
+}

@@ -3,8 +3,9 @@
 //! Making a network namespace and tearing it down again is the largest kernel cost of a
 //! worker (registering and later unregistering a loopback device and every per-namespace
 //! sysctl table). The parent therefore keeps a few: one per job running at once, each with
-//! nothing in it but `lo`, up. A worker joins the one it is given (`setns`) before it enters
-//! its user namespace, so the job is not privileged over it: it cannot add interfaces,
+//! nothing in it but `lo`, up. A worker is made in the one it is given (the zygote joins it for
+//! the `clone` that makes the worker's user namespace, `zygote.rs`), so the job is not
+//! privileged over it: it cannot add interfaces,
 //! routes or addresses, nor take `lo` down. The worker also mounts `/proc/sys` read-only, so
 //! a job cannot change the namespace's sysctls for the next one.
 //!

@@ -5,8 +5,9 @@
 //! of a fresh image; docs/benchmarks.md). A [`Launcher`] instead executes the binary once, with
 //! [`ZYGOTE_ARG`]: that process (the zygote) does nothing but wait on a socket and fork. Each
 //! fork becomes one job's worker exactly as an executed one would: it has run no job code, it
-//! gets its own stdin, stdout and stderr pipes and process group, dies with its parent, and
-//! enters its namespaces itself (`child.rs`, `isolation.rs`).
+//! gets its own stdin, stdout and stderr pipes and process group, and dies with its parent; a
+//! run's worker is born in its user and pid namespaces (below) and makes the rest itself
+//! (`child.rs`, `isolation.rs`).
 //!
 //! The zygote never sees a job: it receives three pipe ends, a socket, whether to make the
 //! worker in fresh namespaces, at most a network namespace to make it in and at most a host
@@ -17,7 +18,10 @@
 //! namespace, whose pid 1 it is: one process per job. (Before, the worker made its namespaces
 //! itself and, since a new pid namespace only applies to children, forked again to get its
 //! pid 1, and stayed only to relay that child's exit: a second fork and exit per job, about a
-//! fifth of a worker's CPU time; docs/benchmarks.md.) A lent network namespace is joined by the
+//! quarter of a worker's CPU time; docs/benchmarks.md.) The `clone` has the kernel write the
+//! child's thread id where glibc keeps it, as glibc's `fork` does ([`tid_field`]); at start
+//! the zygote makes one test worker that way ([`probe`]), and where that fails, namespaced
+//! workers are unavailable (a run's policy decides whether it may go without). A lent network namespace is joined by the
 //! zygote just for the `clone`, then left: the worker is born in it, and, its user namespace
 //! being the worker's own, cannot change it. The worker makes the rest (mount, IPC, and a
 //! fresh network namespace when none was lent) itself, as root of its own user namespace.
@@ -32,7 +36,8 @@
 //!   never a uid, for none: no uid remap) and whether to make the worker in fresh namespaces
 //!   (`u32`, 0 or 1), with `SCM_RIGHTS` the worker's stdin, stdout and stderr and one end of a
 //!   per-job socket;
-//! - job socket, zygote → launcher: the worker's pid (`i32`), or `-errno` if `fork` failed;
+//! - job socket, zygote → launcher: the worker's pid (`i32`), or `-errno` if `fork` (or
+//!   `clone`, other than for want of namespaces) failed;
 //! - job socket, launcher → zygote: one byte, "kill and reap": the zygote SIGKILLs the worker's
 //!   process group, then reaps it (in that order: an unreaped leader keeps the group id from
 //!   being reused) and answers with the raw wait status (`i32`). A job socket closed without
@@ -154,7 +159,7 @@ fn last_error(what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: socketpair fills the two-element array we own.
     if unsafe {
@@ -514,9 +519,9 @@ struct Child {
     exited: Option<OwnedFd>,
     /// Whether the launcher waits for the status (it asked, rather than closing the socket).
     answer: bool,
-    /// Our end of its map socket, held until it is reaped: its hang-up tells the worker that
-    /// this process died.
-    maps: OwnedFd,
+    /// Our end of a namespaced worker's map socket, held until it is reaped: its hang-up tells
+    /// the worker that this process died.
+    maps: Option<OwnedFd>,
 }
 
 /// What the zygote learns about itself once, at start.
@@ -528,8 +533,9 @@ struct Zygote0 {
     gid: u32,
     /// Its own network namespace, to come back to after making a worker in a lent one.
     own_network: Option<OwnedFd>,
-    /// Why namespaced workers cannot be made here, if they cannot.
-    unavailable: Option<String>,
+    /// Where namespaced workers can be made: glibc's thread id field (`tid_field`); otherwise
+    /// why not.
+    namespaces: Result<usize, String>,
 }
 
 /// The zygote's loop: fork a worker per request, kill and reap on request, exit when the
@@ -556,7 +562,7 @@ pub(super) fn zygote_main(parent: i32) -> ! {
         uid,
         gid,
         own_network: File::open("/proc/self/ns/net").ok().map(OwnedFd::from),
-        unavailable: super::isolation::unavailable(),
+        namespaces: probe(),
     };
     let mut children: Vec<Child> = Vec::new();
     let mut control_open = true;
@@ -661,28 +667,147 @@ fn join_lent(me: &Zygote0, fd: RawFd) -> bool {
     unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 }
 }
 
-/// `fork`, or with `namespaces` a `clone` into a fresh user and pid namespace (the child is
-/// that namespace's pid 1). The raw system call, as glibc's `fork` makes it, without glibc's
-/// bookkeeping for threads: this process has one thread and holds no lock here, and since
-/// glibc 2.34 a thread that signals itself asks the kernel for its id.
-fn fork_into(namespaces: bool) -> libc::pid_t {
-    if !namespaces {
+/// The head of `struct clone_args` (`<linux/sched.h>`, `CLONE_ARGS_SIZE_VER0`): the same on
+/// every architecture, unlike the argument order of `clone`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// Where glibc keeps this (the main) thread's kernel id, in its thread descriptor.
+///
+/// glibc's `fork` has the kernel write the child's id there (`CLONE_CHILD_SETTID`), and a
+/// `clone` made here must do the same: glibc's recursive locks (the dynamic loader's, taken by
+/// `pthread_create`, `dlopen` and unwinding) name their owner by that id, so a worker whose
+/// main thread kept the zygote's id would share it with whichever of its own threads came to
+/// hold that number in its pid namespace. glibc says where the field is to debuggers
+/// (`_thread_db_pthread_tid`: bit size, count, offset); the answer is checked against this
+/// thread's id from the kernel.
+fn tid_field() -> Result<usize, String> {
+    // SAFETY: dlsym with a NUL-terminated name; RTLD_DEFAULT is the null handle in glibc.
+    let desc = unsafe { libc::dlsym(std::ptr::null_mut(), c"_thread_db_pthread_tid".as_ptr()) }
+        as *const u32;
+    if desc.is_null() {
+        return Err(
+            "glibc's thread descriptor layout is unknown (no _thread_db_pthread_tid)".into(),
+        );
+    }
+    // SAFETY: the symbol is glibc's `db_desc_t`, three u32s.
+    let (bits, count, offset) = unsafe { (desc.read(), desc.add(1).read(), desc.add(2).read()) };
+    // SAFETY: pthread_self is this thread's descriptor; gettid has no preconditions.
+    let (field, tid) = unsafe {
+        (
+            (libc::pthread_self() as *mut u8).wrapping_add(offset as usize) as *mut libc::pid_t,
+            libc::syscall(libc::SYS_gettid) as libc::pid_t,
+        )
+    };
+    // SAFETY: only read once the descriptor says the field is one 32-bit value inside it.
+    if bits == 32 && count == 1 && offset < 4096 && unsafe { field.read() } == tid {
+        Ok(field as usize)
+    } else {
+        Err(format!(
+            "glibc's thread id field is not where it says ({bits} bits x {count} at {offset})"
+        ))
+    }
+}
+
+/// A plain `fork`, or with `tid_field` (see [`tid_field`]) a `clone3` into a fresh user and pid
+/// namespace (the child is that namespace's pid 1) that, like glibc's `fork`, has the kernel
+/// write the child's thread id into glibc's descriptor. This process has one thread and holds
+/// no lock here, so glibc's other bookkeeping in `fork` (for locks other threads might hold)
+/// has nothing to do.
+fn fork_into(tid_field: Option<usize>) -> io::Result<libc::pid_t> {
+    let Some(field) = tid_field else {
         // SAFETY: this process is single-threaded, so fork is safe.
-        return unsafe { libc::fork() };
-    }
-    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::SIGCHLD;
-    // SAFETY: clone without CLONE_VM and with no new stack is fork: the child continues here
-    // on its own copy of this single-threaded process.
-    unsafe {
+        let pid = unsafe { libc::fork() };
+        return if pid < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        };
+    };
+    let args = CloneArgs {
+        flags: (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_CHILD_SETTID
+            | libc::CLONE_CHILD_CLEARTID) as u64,
+        child_tid: field as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack is fork: the child continues here on
+    // its own copy of this single-threaded process; `args` outlives the call.
+    let pid = unsafe {
         libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        ) as libc::pid_t
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid as libc::pid_t)
     }
+}
+
+/// Why namespaced workers cannot be made here, if they cannot: asked once, at start. Beyond
+/// what the worker needs of the kernel (`isolation::unavailable`), one test worker is made as
+/// every namespaced worker will be and tries the namespaces it makes itself, so that a kernel
+/// (or a security module) that allows a user namespace but not what the worker does in it is
+/// found before any job, where `auto` can still run jobs without namespaces.
+fn probe() -> Result<usize, String> {
+    if let Some(why) = super::isolation::unavailable() {
+        return Err(why);
+    }
+    let field = tid_field()?;
+    match fork_into(Some(field)) {
+        Err(e) => Err(format!("clone: {e}")),
+        Ok(0) => {
+            let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
+            // SAFETY: in the test child: one system call, then its end.
+            unsafe {
+                let code = if libc::unshare(flags) == 0 {
+                    0
+                } else {
+                    *libc::__errno_location()
+                };
+                libc::_exit(code)
+            }
+        }
+        Ok(pid) => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe {
+                while libc::waitpid(pid, &mut status, 0) < 0
+                    && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+                {
+                }
+            }
+            match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+                (true, 0) => Ok(field),
+                (true, errno) => Err(format!("unshare: {}", io::Error::from_raw_os_error(errno))),
+                _ => Err(format!("the test worker ended with wait status {status}")),
+            }
+        }
+    }
+}
+
+/// Whether `clone` failing with `e` means namespaces are not to be had here (rather than, say,
+/// no memory, which fails the start as a failed `fork` would).
+fn means_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS | libc::ENOSYS)
+    )
 }
 
 /// Whether a one-byte message could be read from `sock` at once (rather than its end closed).
@@ -751,15 +876,13 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
             return None;
         }
     };
-    let unavailable = match (&me.unavailable, spawn.namespaces) {
-        (Some(why), true) => Some(why.clone()),
+    let tid_field = match (&me.namespaces, spawn.namespaces) {
+        (Ok(field), true) => Some(*field),
         _ => None,
     };
-    let namespaces = spawn.namespaces && unavailable.is_none();
-    let lent_network = namespaces && spawn.netns.is_some_and(|fd| join_lent(me, fd));
-    let mut pid = fork_into(namespaces);
-    let mut errno = io::Error::last_os_error();
-    if lent_network && pid != 0 {
+    let lent_network = tid_field.is_some() && spawn.netns.is_some_and(|fd| join_lent(me, fd));
+    let made = fork_into(tid_field);
+    if lent_network && !matches!(made, Ok(0)) {
         let back = me.own_network.as_ref().map(|own| {
             // SAFETY: setns on this single-threaded process, with a descriptor we own.
             unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) }
@@ -775,23 +898,32 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
             unsafe { libc::_exit(1) };
         }
     }
-    let mut start = if namespaces {
-        Start::Namespaced {
-            lent_network,
-            host_uid: me.uid,
-        }
-    } else if let Some(why) = unavailable {
-        Start::Unavailable(why)
-    } else {
-        Start::Plain
-    };
-    if pid < 0 && namespaces {
+    let (made, start) = match (made, &me.namespaces) {
+        (Ok(pid), _) if tid_field.is_some() => (
+            Ok(pid),
+            Start::Namespaced {
+                lent_network,
+                host_uid: me.uid,
+            },
+        ),
         // No namespaces here after all (the kernel or a limit refused them): a plain worker,
         // which runs without them only where its policy allows.
-        start = Start::Unavailable(format!("clone: {errno}"));
-        pid = fork_into(false);
-        errno = io::Error::last_os_error();
-    }
+        (Err(e), _) if tid_field.is_some() && means_unavailable(&e) => {
+            (fork_into(None), Start::Unavailable(format!("clone: {e}")))
+        }
+        (made, Err(why)) if spawn.namespaces && tid_field.is_none() => {
+            (made, Start::Unavailable(why.clone()))
+        }
+        (made, _) => (made, Start::Plain),
+    };
+    let pid = match made {
+        Ok(pid) => pid,
+        Err(e) => {
+            drop((stdin, stdout, stderr, worker_maps, maps));
+            refuse(&job, e);
+            return None;
+        }
+    };
     if pid == 0 {
         // SAFETY: in the fresh child: dup2 onto 0, 1, 2 (which clears close-on-exec there)
         // and the map socket onto 3 (close-on-exec set again: it is closed before any job
@@ -824,10 +956,6 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
         unsafe { libc::_exit(101) };
     }
     drop((stdin, stdout, stderr, worker_maps));
-    if pid < 0 {
-        refuse(&job, errno);
-        return None;
-    }
     // Here too, so that the group exists before the launcher learns the pid (a kill of the
     // group must not miss a child that has not run yet).
     // SAFETY: setpgid on our own child.
@@ -837,9 +965,10 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
         job,
         exited: None,
         answer: false,
-        maps,
+        // Only a namespaced worker hears from us on it.
+        maps: matches!(start, Start::Namespaced { .. }).then_some(maps),
     };
-    if matches!(start, Start::Namespaced { .. }) {
+    if let (Start::Namespaced { .. }, Some(maps)) = (&start, &child.maps) {
         // Root maps the job to the uid its launcher named; anyone else to themselves (the
         // only map an unprivileged process may write). The worker checks the map against its
         // request before it goes on.
@@ -851,7 +980,7 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
             Ok(()) => 0,
             Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
         };
-        let _ = send_with_fds(child.maps.as_raw_fd(), &answer.to_le_bytes(), &[]);
+        let _ = send_with_fds(maps.as_raw_fd(), &answer.to_le_bytes(), &[]);
     }
     if send_with_fds(child.job.as_raw_fd(), &pid.to_le_bytes(), &[]).is_err() {
         // The launcher is gone already: kill and reap at once.
@@ -860,4 +989,57 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
         return None;
     }
     Some(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `child` in a process made by `fork_into(tid_field)` and returns its exit code.
+    fn exit_code_of(tid_field: Option<usize>, child: fn() -> i32) -> i32 {
+        match fork_into(tid_field).expect("fork or clone") {
+            0 => {
+                // SAFETY: in the child, which only reads memory and makes system calls.
+                unsafe { libc::_exit(child()) }
+            }
+            pid => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFEXITED(status), "wait status {status}");
+                libc::WEXITSTATUS(status)
+            }
+        }
+    }
+
+    /// glibc's record of the thread's id in a namespaced worker is the worker's own (1, its pid
+    /// namespace's first), as after glibc's `fork`, not the zygote's: glibc's recursive locks
+    /// compare it with their owner's.
+    #[test]
+    fn a_namespaced_clone_leaves_glibcs_thread_id_right() {
+        let field = tid_field().expect("glibc says where its thread id is");
+        // This thread's, here; the clone child runs on a copy of this thread.
+        // SAFETY: tid_field checked the address.
+        let here = unsafe { (field as *const libc::pid_t).read() };
+        // SAFETY: gettid has no preconditions.
+        assert_eq!(here, unsafe { libc::syscall(libc::SYS_gettid) }
+            as libc::pid_t);
+        fn check() -> i32 {
+            let field = tid_field();
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+            match field {
+                Ok(_) if tid == 1 => 0,
+                Ok(_) => 2,
+                Err(_) => 1,
+            }
+        }
+        assert_eq!(
+            exit_code_of(Some(field), check),
+            0,
+            "1: glibc's thread id field holds another id; 2: not pid 1"
+        );
+        // And the probe a zygote makes at start finds namespaced workers possible here.
+        assert_eq!(probe(), Ok(field));
+    }
 }

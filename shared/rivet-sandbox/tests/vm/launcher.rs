@@ -184,7 +184,7 @@ fn remapped_workers_started_at_once_each_get_their_launchers_uid() {
 }
 
 /// A namespaced worker (pid 1 of its own pid namespace, so its parent is outside it) dies with
-/// its zygote, whether it already had its request or not, and runs no job code after.
+/// its zygote and runs no job code after, however its request and the zygote's death cross.
 #[test]
 fn a_namespaced_worker_dies_with_its_zygote_and_runs_no_job_code() {
     // SAFETY: geteuid has no preconditions.
@@ -215,16 +215,16 @@ fn a_namespaced_worker_dies_with_its_zygote_and_runs_no_job_code() {
     });
     // SAFETY: killing the zygote this test started.
     unsafe { libc::kill(zygote, libc::SIGKILL) };
+    // The request may find the worker gone already (a closed pipe), or alive and about to go.
+    let mut spin = spinning_job();
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+    spin.request.policy.sandbox.job_uid = Some(65534);
+    let _ = write_frame(&mut stdin, &spin.request);
     let alive = rivet_sandbox::worker::pidfd(worker.pid).unwrap();
     assert!(
         rivet_sandbox::worker::readable_within(&alive, Duration::from_secs(10)),
         "the worker ends with its zygote"
     );
-    // Too late for anything to run: the request finds nobody (or a closed pipe).
-    let mut spin = spinning_job();
-    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
-    spin.request.policy.sandbox.job_uid = Some(65534);
-    let _ = write_frame(&mut stdin, &spin.request);
     let seen = events
         .recv_timeout(Duration::from_secs(10))
         .expect("the worker's stdout closes");
@@ -235,6 +235,48 @@ fn a_namespaced_worker_dies_with_its_zygote_and_runs_no_job_code() {
         "job code ran after the zygote died: {seen:?}"
     );
     drop(stdin);
+}
+
+/// A network namespace the launcher lends holds the worker, made in it by the zygote, and not
+/// the zygote, which joins it only for the `clone` (a zygote left in it would make every later
+/// worker there, `network = "host"` ones included).
+#[test]
+fn a_lent_network_namespace_holds_the_worker_not_its_zygote() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "lending a namespace needs root"
+    );
+    let pool = rivet_sandbox::worker::NetworkNamespaces::default();
+    let lease = pool.take().expect("root can make network namespaces");
+    let ns = |path: String| std::fs::read_link(path).unwrap();
+    let lent = ns(format!("/proc/self/fd/{}", lease.raw_fd()));
+    let ours = ns("/proc/self/ns/net".into());
+    assert_ne!(lent, ours);
+    let launcher = launcher();
+    let mut launched = launcher
+        .launch(Spawn {
+            namespaces: true,
+            netns: Some(lease.raw_fd()),
+            job_uid: Some(65534),
+        })
+        .unwrap();
+    let mut spin = spinning_job();
+    spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
+    spin.request.policy.sandbox.job_uid = Some(65534);
+    std::os::unix::fs::chown(&spin.request.workspace, Some(65534), Some(65534)).unwrap();
+    start(&mut launched, &spin).unwrap_or_else(|events| panic!("the job did not run: {events:?}"));
+    let zygote = launched.worker.zygote.pid();
+    assert_eq!(ns(format!("/proc/{}/ns/net", launched.worker.pid)), lent);
+    assert_eq!(ns(format!("/proc/{zygote}/ns/net")), ours);
+    // The next worker, without a lent namespace, is not made in it either.
+    let mut plain = launcher.launch(Spawn::default()).unwrap();
+    running_job_code(&mut plain);
+    assert_eq!(ns(format!("/proc/{}/ns/net", plain.worker.pid)), ours);
+    launched.worker.kill_and_wait().unwrap();
+    plain.worker.kill_and_wait().unwrap();
+    drop(lease);
 }
 
 /// The zygote maps a worker only to the uid its launcher named: a worker whose request asks for
