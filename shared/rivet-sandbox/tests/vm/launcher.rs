@@ -291,12 +291,7 @@ fn a_worker_is_not_mapped_to_a_uid_its_launcher_did_not_name() {
     spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
     spin.request.policy.sandbox.job_uid = Some(65534);
     let events = start(&mut launched, &spin).expect_err("the job must not run");
-    let failed = events.iter().find_map(|e| match e {
-        Event::Finished {
-            outcome: JobOutcome::Failed { error, .. },
-        } => Some(error.clone()),
-        _ => None,
-    });
+    let failed = failure(&events);
     assert!(
         failed
             .as_deref()
@@ -316,12 +311,7 @@ fn a_worker_made_without_the_namespaces_its_request_asks_for_runs_nothing() {
     let mut spin = spinning_job();
     spin.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Required;
     let events = start(&mut launched, &spin).expect_err("the job must not run");
-    let failed = events.iter().find_map(|e| match e {
-        Event::Finished {
-            outcome: JobOutcome::Failed { error, .. },
-        } => Some(error.clone()),
-        _ => None,
-    });
+    let failed = failure(&events);
     assert!(
         failed
             .as_deref()
@@ -330,6 +320,16 @@ fn a_worker_made_without_the_namespaces_its_request_asks_for_runs_nothing() {
         "{events:?}"
     );
     launched.worker.kill_and_wait().unwrap();
+}
+
+/// The error of the failure `events` end with, if they end so.
+fn failure(events: &[Event]) -> Option<String> {
+    events.iter().find_map(|e| match e {
+        Event::Finished {
+            outcome: JobOutcome::Failed { error, .. },
+        } => Some(error.clone()),
+        _ => None,
+    })
 }
 
 /// A worker waiting for its request: its stdin (kept open), the signal of its end, its handle.
