@@ -82,6 +82,8 @@ const NO_UID: u32 = u32::MAX;
 pub struct Launcher {
     program: PathBuf,
     current: Mutex<Option<Arc<Zygote>>>,
+    /// How long a zygote may take to answer a request with the worker's pid.
+    pid_timeout: std::time::Duration,
 }
 
 /// A running zygote: the parent's end of its control socket. Dropping the last reference
@@ -297,6 +299,16 @@ impl Launcher {
         Self {
             program,
             current: Mutex::new(None),
+            pid_timeout: PID_TIMEOUT,
+        }
+    }
+
+    /// The same, with another limit on how long a zygote may take to answer a request with
+    /// the worker's pid (30 s by default: a fork answers at once).
+    pub fn with_pid_timeout(self, pid_timeout: std::time::Duration) -> Self {
+        Self {
+            pid_timeout,
+            ..self
         }
     }
 
@@ -321,19 +333,31 @@ impl Launcher {
     }
 
     /// Starts a worker as `spawn` says (a lent network namespace is opened by the zygote
-    /// through this process's `/proc` entry). A zygote that died is replaced once.
+    /// through this process's `/proc` entry). A zygote that died or did not answer is
+    /// replaced once.
     pub fn launch(&self, spawn: Spawn) -> io::Result<Launched> {
         let zygote = self.zygote()?;
-        match zygote.fork(Pipes::new()?, spawn) {
+        match zygote.fork(Pipes::new()?, spawn, self.pid_timeout) {
             Ok(launched) => Ok(launched),
             Err(Failed::Refused(e)) => Err(e),
-            Err(Failed::Gone) => {
+            Err(Failed::Gone | Failed::Silent) => {
                 self.retire(&zygote);
-                self.zygote()?
-                    .fork(Pipes::new()?, spawn)
+                let zygote = self.zygote()?;
+                zygote
+                    .fork(Pipes::new()?, spawn, self.pid_timeout)
                     .map_err(|e| match e {
                         Failed::Refused(e) => e,
                         Failed::Gone => io::Error::other("the worker launcher ended at once"),
+                        Failed::Silent => {
+                            self.retire(&zygote);
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "the worker launcher did not answer within {:?}",
+                                    self.pid_timeout
+                                ),
+                            )
+                        }
                     })
             }
         }
@@ -367,6 +391,8 @@ enum Failed {
     Gone,
     /// `fork` failed there.
     Refused(io::Error),
+    /// It did not answer in time.
+    Silent,
 }
 
 impl Zygote {
@@ -413,7 +439,12 @@ impl Zygote {
         self.pid
     }
 
-    fn fork(self: &Arc<Self>, pipes: Pipes, spawn: Spawn) -> Result<Launched, Failed> {
+    fn fork(
+        self: &Arc<Self>,
+        pipes: Pipes,
+        spawn: Spawn,
+        pid_timeout: std::time::Duration,
+    ) -> Result<Launched, Failed> {
         let Pipes {
             stdin,
             stdout,
@@ -435,8 +466,8 @@ impl Zygote {
         drop((stdin.1, stdout.1, stderr.1, job.1));
         // A fork answers at once; a launcher that does not (a program that is no launcher)
         // must not hang the job.
-        if !readable_within(&job.0, PID_TIMEOUT) {
-            return Err(Failed::Gone);
+        if !readable_within(&job.0, pid_timeout) {
+            return Err(Failed::Silent);
         }
         let answer = recv_i32(job.0.as_raw_fd());
         match answer {
@@ -458,7 +489,7 @@ impl Zygote {
     }
 }
 
-/// How long the launcher may take to answer a request for a worker with its pid.
+/// How long a zygote may take, by default, to answer a request for a worker with its pid.
 const PID_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A pidfd of process `pid` (Linux 5.3): readable once the process has ended.

@@ -322,6 +322,25 @@ fn a_worker_made_without_the_namespaces_its_request_asks_for_runs_nothing() {
     launched.worker.kill_and_wait().unwrap();
 }
 
+/// A launcher that never answers (a program that is no launcher, or one that hangs) fails the
+/// start once it was given the pid timeout twice (it is replaced once), with an error that
+/// says so, and does not hang the job. (`sleep` outlives both timeouts by far: a launcher that
+/// ended instead would fail differently.)
+#[test]
+fn a_launcher_that_never_answers_fails_the_start_with_a_timeout() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("silent");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 20\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let launcher = Launcher::new(script).with_pid_timeout(Duration::from_millis(300));
+    let Err(err) = launcher.launch(Spawn::default()) else {
+        panic!("a worker from a launcher that never answers");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains("did not answer within"), "{err}");
+}
+
 /// The error of the failure `events` end with, if they end so.
 fn failure(events: &[Event]) -> Option<String> {
     events.iter().find_map(|e| match e {
