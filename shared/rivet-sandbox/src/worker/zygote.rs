@@ -3,7 +3,8 @@
 //! Executing the runner's binary for every job cost about a third of a worker's CPU time
 //! (the kernel's `execve`, the dynamic loader's relocations and `cpuid` probes, the page faults
 //! of a fresh image; docs/benchmarks.md). A [`Launcher`] instead executes the binary once, with
-//! [`ZYGOTE_ARG`]: that process (the zygote) does nothing but wait on a socket and fork. Each
+//! [`ZYGOTE_ARG`]: that process (the zygote) does nothing but wait on a socket and fork (and,
+//! at the first request for a namespaced worker, make one test worker, [`probe`]). Each
 //! fork becomes one job's worker exactly as an executed one would: it has run no job code, it
 //! gets its own stdin, stdout and stderr pipes and process group, and dies with its parent; a
 //! run's worker is born in its user and pid namespaces (below) and makes the rest itself
@@ -18,10 +19,13 @@
 //! namespace, whose pid 1 it is: one process per job. (Before, the worker made its namespaces
 //! itself and, since a new pid namespace only applies to children, forked again to get its
 //! pid 1, and stayed only to relay that child's exit: a second fork and exit per job, about a
-//! quarter of a worker's CPU time; docs/benchmarks.md.) The `clone` has the kernel write the
-//! child's thread id where glibc keeps it, as glibc's `fork` does ([`tid_field`]); at start
-//! the zygote makes one test worker that way ([`probe`]), and where that fails, namespaced
-//! workers are unavailable (a run's policy decides whether it may go without). A lent network namespace is joined by the
+//! quarter of a worker's CPU time; docs/benchmarks.md.) The `clone` does in the child what
+//! glibc's `fork` does ([`fork_into`], [`tid_field`]). At the first request for a namespaced
+//! worker the zygote makes one test worker that way ([`probe`]): where the kernel, a security
+//! module or glibc refuses, namespaced workers are unavailable for this zygote (a run's policy
+//! decides whether it may go without); where the failure may pass (no memory, a process
+//! limit), that start is refused and the next request tries again. Once the test worker was
+//! made, a `clone` that fails refuses the start, whatever the error. A lent network namespace is joined by the
 //! zygote just for the `clone`, then left: the worker is born in it, and, its user namespace
 //! being the worker's own, cannot change it. The worker makes the rest (mount, IPC, and a
 //! fresh network namespace when none was lent) itself, as root of its own user namespace.
@@ -36,8 +40,8 @@
 //!   never a uid, for none: no uid remap) and whether to make the worker in fresh namespaces
 //!   (`u32`, 0 or 1), with `SCM_RIGHTS` the worker's stdin, stdout and stderr and one end of a
 //!   per-job socket;
-//! - job socket, zygote → launcher: the worker's pid (`i32`), or `-errno` if `fork` (or
-//!   `clone`, other than for want of namespaces) failed;
+//! - job socket, zygote → launcher: the worker's pid (`i32`), or `-errno` if `fork` or `clone`
+//!   (or the test worker, when its failure may pass) failed;
 //! - job socket, launcher → zygote: one byte, "kill and reap": the zygote SIGKILLs the worker's
 //!   process group, then reaps it (in that order: an unreaped leader keeps the group id from
 //!   being reused) and answers with the raw wait status (`i32`). A job socket closed without
@@ -48,7 +52,8 @@
 //!   worker, right after the `clone`, `0` once its `uid_map` and `gid_map` are written (`0 UID
 //!   1`, `setgroups` denied; UID the launcher's uid where root remaps, else the zygote's own),
 //!   or an errno (`i32`). A worker cannot write a map to another uid itself
-//!   (`user_namespaces(7)`). The zygote keeps its end until it reaps the worker: the worker,
+//!   (`user_namespaces(7)`). The zygote keeps its end of a namespaced worker's socket until it
+//!   reaps the worker (a plain worker's it closes at once): the worker,
 //!   whose parent is outside its pid namespace (`getppid()` reads 0 there), learns from the
 //!   hang-up that the zygote died before its parent-death signal was armed.
 //!
@@ -347,7 +352,10 @@ impl Launcher {
                     .fork(Pipes::new()?, spawn, self.pid_timeout)
                     .map_err(|e| match e {
                         Failed::Refused(e) => e,
-                        Failed::Gone => io::Error::other("the worker launcher ended at once"),
+                        Failed::Gone => {
+                            self.retire(&zygote);
+                            io::Error::other("the worker launcher ended at once")
+                        }
                         Failed::Silent => {
                             self.retire(&zygote);
                             io::Error::new(
@@ -565,8 +573,10 @@ struct Zygote0 {
     /// Its own network namespace, to come back to after making a worker in a lent one.
     own_network: Option<OwnedFd>,
     /// Where namespaced workers can be made: glibc's thread id field (`tid_field`); otherwise
-    /// why not.
-    namespaces: Result<usize, String>,
+    /// why not. Learnt at the first request for one ([`probe`]).
+    namespaces: Option<Result<usize, String>>,
+    /// The main thread's robust futex list, registered again in each namespaced worker.
+    robust_list: (usize, usize),
 }
 
 /// The zygote's loop: fork a worker per request, kill and reap on request, exit when the
@@ -588,12 +598,13 @@ pub(super) fn zygote_main(parent: i32) -> ! {
         // SAFETY: ending this process.
         unsafe { libc::_exit(super::EXIT_BAD_REQUEST) };
     }
-    let me = Zygote0 {
+    let mut me = Zygote0 {
         parent,
         uid,
         gid,
         own_network: File::open("/proc/self/ns/net").ok().map(OwnedFd::from),
-        namespaces: probe(),
+        namespaces: None,
+        robust_list: robust_list(),
     };
     let mut children: Vec<Child> = Vec::new();
     let mut control_open = true;
@@ -661,7 +672,7 @@ pub(super) fn zygote_main(parent: i32) -> ! {
                         job_uid: Some(u32::from_le_bytes(word(4))).filter(|&u| u != NO_UID),
                         namespaces: u32::from_le_bytes(word(8)) != 0,
                     };
-                    if let Some(child) = self::spawn(&me, spawn, fds) {
+                    if let Some(child) = self::spawn(&mut me, spawn, fds) {
                         children.push(child);
                     }
                 }
@@ -750,13 +761,30 @@ fn tid_field() -> Result<usize, String> {
     }
 }
 
-/// A plain `fork`, or with `tid_field` (see [`tid_field`]) a `clone3` into a fresh user and pid
-/// namespace (the child is that namespace's pid 1) that, like glibc's `fork`, has the kernel
-/// write the child's thread id into glibc's descriptor. This process has one thread and holds
-/// no lock here, so glibc's other bookkeeping in `fork` (for locks other threads might hold)
-/// has nothing to do.
-fn fork_into(tid_field: Option<usize>) -> io::Result<libc::pid_t> {
-    let Some(field) = tid_field else {
+/// This thread's robust futex list (its head and length), as glibc registered it.
+fn robust_list() -> (usize, usize) {
+    let (mut head, mut len) = (0usize, 0usize);
+    // SAFETY: get_robust_list of this thread into two words we own.
+    unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut usize,
+            &mut len as *mut usize,
+        )
+    };
+    (head, len)
+}
+
+/// A plain `fork`, or with `namespaced` (glibc's thread id field, see [`tid_field`], and the
+/// robust futex list) a `clone3` into a fresh user and pid namespace (the child is that
+/// namespace's pid 1) that does in the child what glibc's `_Fork` does: the kernel writes the
+/// child's thread id into glibc's descriptor, and the child registers the robust futex list
+/// again (the kernel clears it). glibc's other work in `fork` is for locks other threads might
+/// hold and for `pthread_atfork` handlers: this process has one thread, holds no lock here and
+/// registers no handler (nothing in the zygote may).
+fn fork_into(namespaced: Option<(usize, (usize, usize))>) -> io::Result<libc::pid_t> {
+    let Some((field, (head, len))) = namespaced else {
         // SAFETY: this process is single-threaded, so fork is safe.
         let pid = unsafe { libc::fork() };
         return if pid < 0 {
@@ -765,75 +793,129 @@ fn fork_into(tid_field: Option<usize>) -> io::Result<libc::pid_t> {
             Ok(pid)
         };
     };
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_CHILD_SETTID
+        | libc::CLONE_CHILD_CLEARTID;
     let args = CloneArgs {
-        flags: (libc::CLONE_NEWUSER
-            | libc::CLONE_NEWPID
-            | libc::CLONE_CHILD_SETTID
-            | libc::CLONE_CHILD_CLEARTID) as u64,
+        flags: flags as u64,
         child_tid: field as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
     // SAFETY: clone3 without CLONE_VM and without a stack is fork: the child continues here on
     // its own copy of this single-threaded process; `args` outlives the call.
-    let pid = unsafe {
+    let mut pid = unsafe {
         libc::syscall(
             libc::SYS_clone3,
             &args as *const CloneArgs,
             size_of::<CloneArgs>(),
         )
     };
+    if pid < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // Some seccomp filters refuse clone3 so that callers fall back to clone, whose flags
+        // they can inspect; glibc does the same.
+        pid = legacy_clone(flags | libc::SIGCHLD, field);
+    }
     if pid < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(pid as libc::pid_t)
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: set_robust_list of this (the child's only) thread to glibc's own list.
+        unsafe { libc::syscall(libc::SYS_set_robust_list, head, len) };
+    }
+    Ok(pid as libc::pid_t)
+}
+
+/// `clone` with no new stack and `child_tid`, in this architecture's argument order
+/// (clone(2)); -1 with ENOSYS where that order is not known here.
+fn legacy_clone(flags: libc::c_int, child_tid: usize) -> libc::c_long {
+    let flags = flags as libc::c_ulong;
+    // SAFETY: as clone3 above: fork semantics, the child on its own copy of this process.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        return libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, child_tid, 0usize);
+        #[cfg(target_arch = "aarch64")]
+        return libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, child_tid);
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (flags, child_tid);
+            *libc::__errno_location() = libc::ENOSYS;
+            -1
+        }
     }
 }
 
-/// Why namespaced workers cannot be made here, if they cannot: asked once, at start. Beyond
-/// what the worker needs of the kernel (`isolation::unavailable`), one test worker is made as
-/// every namespaced worker will be and tries the namespaces it makes itself, so that a kernel
-/// (or a security module) that allows a user namespace but not what the worker does in it is
-/// found before any job, where `auto` can still run jobs without namespaces.
-fn probe() -> Result<usize, String> {
+/// What the first request for a namespaced worker learns, once for this zygote.
+enum Probed {
+    /// They can be made: glibc's thread id field.
+    Able(usize),
+    /// They cannot be made here, and why: for good (the kernel, a security module, glibc).
+    Unable(String),
+    /// This attempt failed for a reason that may pass (no memory, a process limit): the start
+    /// is refused, as a failed `fork` would be, and the next request asks again.
+    Passing(io::Error),
+}
+
+/// Whether namespaced workers can be made here. Beyond what the worker needs of the kernel
+/// (`isolation::unavailable`) and of glibc ([`tid_field`]), one test worker is made as every
+/// namespaced worker will be and tries the namespaces it makes itself, so that a kernel (or a
+/// security module) that allows a user namespace but not what the worker does in it is found
+/// before any job runs there, and `auto` can run jobs without namespaces instead of failing
+/// each.
+fn probe(robust: (usize, usize)) -> Probed {
     if let Some(why) = super::isolation::unavailable() {
-        return Err(why);
+        return Probed::Unable(why);
     }
-    let field = tid_field()?;
-    match fork_into(Some(field)) {
-        Err(e) => Err(format!("clone: {e}")),
-        Ok(0) => {
-            let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
-            // SAFETY: in the test child: one system call, then its end.
-            unsafe {
-                let code = if libc::unshare(flags) == 0 {
-                    0
-                } else {
-                    *libc::__errno_location()
-                };
-                libc::_exit(code)
+    let field = match tid_field() {
+        Ok(field) => field,
+        Err(why) => return Probed::Unable(why),
+    };
+    let pid = match fork_into(Some((field, robust))) {
+        Err(e) if means_unavailable(&e) => return Probed::Unable(format!("clone: {e}")),
+        Err(e) => return Probed::Passing(e),
+        Ok(pid) => pid,
+    };
+    if pid == 0 {
+        let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
+        // SAFETY: in the test child: one system call, then its end.
+        unsafe {
+            let code = if libc::unshare(flags) == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            };
+            libc::_exit(code)
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let waited = loop {
+        match unsafe { libc::waitpid(pid, &mut status, 0) } {
+            r if r == pid => break Ok(()),
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => break Err(io::Error::last_os_error()),
+        }
+    };
+    match (waited, libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (Err(e), _, _) => Probed::Passing(e),
+        (Ok(()), true, 0) => Probed::Able(field),
+        (Ok(()), true, errno) => {
+            let e = io::Error::from_raw_os_error(errno);
+            if means_unavailable(&e) {
+                Probed::Unable(format!("unshare: {e}"))
+            } else {
+                Probed::Passing(e)
             }
         }
-        Ok(pid) => {
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe {
-                while libc::waitpid(pid, &mut status, 0) < 0
-                    && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-                {
-                }
-            }
-            match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
-                (true, 0) => Ok(field),
-                (true, errno) => Err(format!("unshare: {}", io::Error::from_raw_os_error(errno))),
-                _ => Err(format!("the test worker ended with wait status {status}")),
-            }
-        }
+        (Ok(()), false, _) => Probed::Passing(io::Error::other(format!(
+            "the test worker ended with wait status {status}"
+        ))),
     }
 }
 
-/// Whether `clone` failing with `e` means namespaces are not to be had here (rather than, say,
-/// no memory, which fails the start as a failed `fork` would).
+/// Whether a namespace system call failing with `e` means namespaces are not to be had here
+/// (rather than, say, no memory, which may pass).
 fn means_unavailable(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -893,7 +975,7 @@ fn close_from(first: RawFd) -> io::Result<()> {
 /// Forks one worker as `spawn` says: in the child, `fds` become its stdin, stdout and stderr,
 /// its map socket fd 3, and it runs the job as an executed worker would; here, the job socket
 /// gets its pid.
-fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
+fn spawn(me: &mut Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
     let [stdin, stdout, stderr, job]: [OwnedFd; SPAWN_FDS] = fds.try_into().ok()?;
     let zygote = std::process::id() as i32;
     let refuse = |job: &OwnedFd, e: io::Error| {
@@ -907,12 +989,25 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
             return None;
         }
     };
-    let tid_field = match (&me.namespaces, spawn.namespaces) {
-        (Ok(field), true) => Some(*field),
+    if spawn.namespaces && me.namespaces.is_none() {
+        me.namespaces = match probe(me.robust_list) {
+            Probed::Able(field) => Some(Ok(field)),
+            Probed::Unable(why) => Some(Err(why)),
+            Probed::Passing(e) => {
+                refuse(&job, e);
+                return None;
+            }
+        };
+    }
+    let namespaced = match (&me.namespaces, spawn.namespaces) {
+        (Some(Ok(field)), true) => Some((*field, me.robust_list)),
         _ => None,
     };
-    let lent_network = tid_field.is_some() && spawn.netns.is_some_and(|fd| join_lent(me, fd));
-    let made = fork_into(tid_field);
+    let lent_network = namespaced.is_some() && spawn.netns.is_some_and(|fd| join_lent(me, fd));
+    // Once a test worker showed that namespaces can be made here, a `clone` that fails is
+    // refused like a failed `fork` (a namespace count reached under load must not make a job
+    // run without them).
+    let made = fork_into(namespaced);
     if lent_network && !matches!(made, Ok(0)) {
         let back = me.own_network.as_ref().map(|own| {
             // SAFETY: setns on this single-threaded process, with a descriptor we own.
@@ -929,23 +1024,13 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
             unsafe { libc::_exit(1) };
         }
     }
-    let (made, start) = match (made, &me.namespaces) {
-        (Ok(pid), _) if tid_field.is_some() => (
-            Ok(pid),
-            Start::Namespaced {
-                lent_network,
-                host_uid: me.uid,
-            },
-        ),
-        // No namespaces here after all (the kernel or a limit refused them): a plain worker,
-        // which runs without them only where its policy allows.
-        (Err(e), _) if tid_field.is_some() && means_unavailable(&e) => {
-            (fork_into(None), Start::Unavailable(format!("clone: {e}")))
-        }
-        (made, Err(why)) if spawn.namespaces && tid_field.is_none() => {
-            (made, Start::Unavailable(why.clone()))
-        }
-        (made, _) => (made, Start::Plain),
+    let start = match (&me.namespaces, spawn.namespaces) {
+        (_, true) if namespaced.is_some() => Start::Namespaced {
+            lent_network,
+            host_uid: me.uid,
+        },
+        (Some(Err(why)), true) => Start::Unavailable(why.clone()),
+        _ => Start::Plain,
     };
     let pid = match made {
         Ok(pid) => pid,
@@ -1025,52 +1110,56 @@ fn spawn(me: &Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Runs `child` in a process made by `fork_into(tid_field)` and returns its exit code.
-    fn exit_code_of(tid_field: Option<usize>, child: fn() -> i32) -> i32 {
-        match fork_into(tid_field).expect("fork or clone") {
+    /// glibc's thread id field, as the parent found it, for the child to read (the child of a
+    /// multi-threaded test process must not call into glibc: another thread may have held one
+    /// of its locks at the clone).
+    static FIELD: AtomicUsize = AtomicUsize::new(0);
+
+    /// glibc's record of the thread's id in a namespaced worker is the worker's own (1, its pid
+    /// namespace's first), as after glibc's `fork`, not the zygote's: glibc's recursive locks
+    /// compare it with their owner's. And its robust futex list is glibc's again.
+    #[test]
+    fn a_namespaced_clone_leaves_glibcs_thread_id_right() {
+        let field = tid_field().expect("glibc says where its thread id is");
+        FIELD.store(field, Ordering::SeqCst);
+        let robust = robust_list();
+        assert_ne!(
+            robust.0, 0,
+            "glibc registers a robust list for every thread"
+        );
+        match fork_into(Some((field, robust))).expect("clone") {
             0 => {
-                // SAFETY: in the child, which only reads memory and makes system calls.
-                unsafe { libc::_exit(child()) }
+                // SAFETY: in the child: memory reads and raw system calls only, then its end.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+                    let recorded = (FIELD.load(Ordering::SeqCst) as *const libc::pid_t).read();
+                    let code = if recorded != tid {
+                        1
+                    } else if tid != 1 {
+                        2
+                    } else if robust_list() != robust {
+                        3
+                    } else {
+                        0
+                    };
+                    libc::_exit(code)
+                }
             }
             pid => {
                 let mut status = 0;
                 // SAFETY: waiting for our own child.
                 assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
                 assert!(libc::WIFEXITED(status), "wait status {status}");
-                libc::WEXITSTATUS(status)
+                assert_eq!(
+                    libc::WEXITSTATUS(status),
+                    0,
+                    "1: glibc's thread id field holds another id; 2: not pid 1; 3: no robust list"
+                );
             }
         }
-    }
-
-    /// glibc's record of the thread's id in a namespaced worker is the worker's own (1, its pid
-    /// namespace's first), as after glibc's `fork`, not the zygote's: glibc's recursive locks
-    /// compare it with their owner's.
-    #[test]
-    fn a_namespaced_clone_leaves_glibcs_thread_id_right() {
-        let field = tid_field().expect("glibc says where its thread id is");
-        // This thread's, here; the clone child runs on a copy of this thread.
-        // SAFETY: tid_field checked the address.
-        let here = unsafe { (field as *const libc::pid_t).read() };
-        // SAFETY: gettid has no preconditions.
-        assert_eq!(here, unsafe { libc::syscall(libc::SYS_gettid) }
-            as libc::pid_t);
-        fn check() -> i32 {
-            let field = tid_field();
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
-            match field {
-                Ok(_) if tid == 1 => 0,
-                Ok(_) => 2,
-                Err(_) => 1,
-            }
-        }
-        assert_eq!(
-            exit_code_of(Some(field), check),
-            0,
-            "1: glibc's thread id field holds another id; 2: not pid 1"
-        );
-        // And the probe a zygote makes at start finds namespaced workers possible here.
-        assert_eq!(probe(), Ok(field));
+        // And the probe a zygote makes finds namespaced workers possible here.
+        assert!(matches!(probe(robust), Probed::Able(f) if f == field));
     }
 }
