@@ -800,17 +800,22 @@ impl Inner {
                     other => (other, Ok(-1)),
                 },
                 code = &mut waiting => {
+                    // A followed stream still open after the drain is not the end of the output:
+                    // under load it can lag behind the exit, and what it had not delivered yet
+                    // would be lost. The stored logs are read again below, past what it gave.
                     let streamed = match tokio::time::timeout(OUTPUT_DRAIN, &mut streaming).await {
                         Ok(streamed) => streamed,
-                        Err(_) => Streamed::Ended,
+                        Err(_) => Streamed::Broken(format!(
+                            "the followed output was still open {OUTPUT_DRAIN:?} after the exit"
+                        )),
                     };
                     (streamed, code)
                 }
             }
         };
         // The followed stream failed (Podman, when a short-lived container exits before its
-        // log stream reads it): the container has exited now, so its stored logs are read
-        // again, past what was already captured. (When waiting for the exit failed, that error
+        // log stream reads it) or did not end after the exit: the container has exited now, so
+        // its stored logs are read again, past what was already captured. (When waiting for the exit failed, that error
         // is the answer, as it was before.)
         let streamed = match (streamed, &code) {
             (Streamed::Broken(_), Err(_)) => Streamed::Ended,
