@@ -112,9 +112,9 @@ pub(super) fn enter(
 /// another host uid and this process may take it (root), that uid: a root runner's job is
 /// never host root, with or without namespaces.
 fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Isolation, String> {
-    let job_uid = request.policy.sandbox.job_uid;
     // SAFETY: geteuid has no preconditions.
-    if let Some(uid) = job_uid.filter(|&u| u != 0 && unsafe { libc::geteuid() } == 0) {
+    let host_uid = unsafe { libc::geteuid() };
+    if let Some(uid) = super::zygote::remapped_uid(request.policy.sandbox.job_uid, host_uid) {
         // SAFETY: setgroups on this single-threaded process.
         if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
             return Err(errno("dropping supplementary groups"));
@@ -192,11 +192,7 @@ fn namespaces(
     }
     // The map must be the one this request asks for: root remaps the job to the policy's uid,
     // anyone else runs it as themselves. (Read from inside, the map names host ids.)
-    let remap = request
-        .policy
-        .sandbox
-        .job_uid
-        .filter(|&u| host_uid == 0 && u != 0);
+    let remap = super::zygote::remapped_uid(request.policy.sandbox.job_uid, host_uid);
     let expected = format!("0 {} 1", remap.unwrap_or(host_uid));
     let map = std::fs::read_to_string("/proc/self/uid_map")
         .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))

@@ -144,6 +144,14 @@ impl Spawn {
     }
 }
 
+/// The host uid a job runs as instead of `host_uid`, the uid of the process that starts it:
+/// the policy's `job_uid`, where that process is root (only root may take or map another uid)
+/// and it names another uid than root's. The one rule the zygote's maps, the worker's check of
+/// them and the worker without namespaces all follow.
+pub(super) fn remapped_uid(job_uid: Option<u32>, host_uid: u32) -> Option<u32> {
+    job_uid.filter(|&u| host_uid == 0 && u != 0)
+}
+
 /// How the zygote started a worker, as the worker learns it (it runs on a copy of the zygote's
 /// memory, so this is simply handed over).
 #[derive(Debug)]
@@ -341,34 +349,28 @@ impl Launcher {
     /// through this process's `/proc` entry). A zygote that died or did not answer is
     /// replaced once.
     pub fn launch(&self, spawn: Spawn) -> io::Result<Launched> {
-        let zygote = self.zygote()?;
-        match zygote.fork(Pipes::new()?, spawn, self.pid_timeout) {
-            Ok(launched) => Ok(launched),
-            Err(Failed::Refused(e)) => Err(e),
-            Err(Failed::Gone | Failed::Silent) => {
-                self.retire(&zygote);
-                let zygote = self.zygote()?;
-                zygote
-                    .fork(Pipes::new()?, spawn, self.pid_timeout)
-                    .map_err(|e| match e {
-                        Failed::Refused(e) => e,
-                        Failed::Gone => {
-                            self.retire(&zygote);
-                            io::Error::other("the worker launcher ended at once")
-                        }
-                        Failed::Silent => {
-                            self.retire(&zygote);
-                            io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!(
-                                    "the worker launcher did not answer within {:?}",
-                                    self.pid_timeout
-                                ),
-                            )
-                        }
-                    })
+        let mut failed = Failed::Gone;
+        for _ in 0..2 {
+            let zygote = self.zygote()?;
+            match zygote.fork(Pipes::new()?, spawn, self.pid_timeout) {
+                Ok(launched) => return Ok(launched),
+                Err(Failed::Refused(e)) => return Err(e),
+                Err(gone_or_silent) => {
+                    self.retire(&zygote);
+                    failed = gone_or_silent;
+                }
             }
         }
+        Err(match failed {
+            Failed::Silent => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the worker launcher did not answer within {:?}",
+                    self.pid_timeout
+                ),
+            ),
+            _ => io::Error::other("the worker launcher ended at once"),
+        })
     }
 }
 
@@ -1088,9 +1090,9 @@ fn spawn(me: &mut Zygote0, spawn: Spawn, fds: Vec<OwnedFd>) -> Option<Child> {
         // Root maps the job to the uid its launcher named; anyone else to themselves (the
         // only map an unprivileged process may write). The worker checks the map against its
         // request before it goes on.
-        let (uid, gid) = match spawn.job_uid {
-            Some(u) if me.uid == 0 && u != 0 => (u, u),
-            _ => (me.uid, me.gid),
+        let (uid, gid) = match remapped_uid(spawn.job_uid, me.uid) {
+            Some(u) => (u, u),
+            None => (me.uid, me.gid),
         };
         let answer: i32 = match write_maps(pid, uid, gid) {
             Ok(()) => 0,

@@ -328,24 +328,22 @@ fn a_worker_made_without_the_namespaces_its_request_asks_for_runs_nothing() {
 /// instead would fail differently.)
 #[test]
 fn a_launcher_that_never_answers_fails_the_start_with_a_timeout() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("silent");
-    std::fs::write(&script, "#!/bin/sh\nexec sleep 5\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by another process: a script this (multi-threaded) process had open for writing
+    // could be inherited by another test's child between its fork and its exec, and then
+    // refused execution (ETXTBSY).
+    let written = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("printf '#!/bin/sh\\nexec sleep 5\\n' > \"$1\" && chmod 755 \"$1\"")
+        .arg("sh")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(written.success());
     let launcher = Launcher::new(script).with_pid_timeout(Duration::from_millis(300));
-    // Another test's child, forked while the script was open for writing and not yet
-    // executed, can make the kernel refuse to execute it for a moment (ETXTBSY).
-    let mut tries = 0;
-    let err = loop {
-        match launcher.launch(Spawn::default()) {
-            Ok(_) => panic!("a worker from a launcher that never answers"),
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => break e,
-        }
+    let Err(err) = launcher.launch(Spawn::default()) else {
+        panic!("a worker from a launcher that never answers");
     };
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     assert!(err.to_string().contains("did not answer within"), "{err}");
