@@ -4,6 +4,7 @@
 //!
 //! - [`api`]: the axum router and handlers; [`error`]: the one `ApiError` response.
 //! - [`db`]: plain query functions per table (no repository trait).
+//! - [`inserts`]: submissions' job inserts, grouped into shared statements.
 //! - [`relay`]: publishes outbox rows with publisher confirms.
 //! - [`reports`]: applies runner reports (fenced by attempt and runner in PostgreSQL).
 //! - [`reaper`]: declares attempts lost when their lease is gone, expires queued jobs, repairs
@@ -23,6 +24,7 @@ pub mod db;
 mod error;
 mod fence;
 pub mod fleet;
+pub mod inserts;
 mod lint;
 pub mod reaper;
 pub mod redis_users;
@@ -53,6 +55,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 pub struct AppState {
     /// PostgreSQL.
     pub db: PgPool,
+    /// Job inserts, grouped.
+    pub inserts: inserts::Inserts,
     /// Redis.
     pub redis: redis::aio::ConnectionManager,
     /// RabbitMQ.
@@ -341,6 +345,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         ),
     }
     let state = AppState {
+        inserts: inserts::Inserts::start(db.clone()),
         db,
         redis,
         broker: Arc::new(broker),

@@ -149,16 +149,17 @@ pub async fn run(
             timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
         };
         let queue_timeout = spec.queue_timeout.unwrap_or(state.queue_timeout);
-        let created = db::jobs::create(
-            &state.db,
-            version.pipeline_id,
-            &dispatch,
-            &spec.retries,
-            queue_timeout,
-            guessed,
-            caller.unchecked.as_deref(),
-        )
-        .await?;
+        let created = state
+            .inserts
+            .create(db::jobs::NewJob::new(
+                version.pipeline_id,
+                &dispatch,
+                &spec.retries,
+                queue_timeout,
+                guessed,
+                caller.unchecked.as_deref(),
+            ))
+            .await?;
         match created {
             db::jobs::Created::At(at) => break (version, dispatch, at),
             db::jobs::Created::Revoked => return Err(ApiError::Unauthorized),

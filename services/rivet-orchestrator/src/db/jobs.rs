@@ -19,70 +19,139 @@ pub enum Created {
     Revoked,
 }
 
-/// Creates a queued job, its first attempt, its class (if new) and its outbox row, atomically:
-/// once this returns, the relay will publish it.
+/// A job to create: its row, first attempt and outbox message, as [`create`] inserts them.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its pipeline.
+    pub pipeline_id: Uuid,
+    /// The pipeline's version it runs.
+    pub version: i32,
+    /// Its first attempt's number.
+    pub attempt: i32,
+    /// Its class.
+    pub class_key: String,
+    /// The class's requirement set (stored with the class, if the class is new).
+    requires: String,
+    /// Its inputs, as JSON.
+    inputs: String,
+    /// Its retry rule, as JSON.
+    retry: String,
+    /// How long it may wait in its queue.
+    queue_timeout_ms: i64,
+    /// The dispatch message the relay publishes, as JSON.
+    payload: String,
+    /// Whether `version` was taken to be the pipeline's latest without asking: then nothing is
+    /// inserted when a newer version exists (the caller asks which is the latest and submits
+    /// again).
+    pub latest: bool,
+    /// A token hash whose revocation nobody checked yet: then nothing is inserted unless that
+    /// token is live (the check and the insert are one statement).
+    pub token: Option<String>,
+}
+
+impl NewJob {
+    /// The job `dispatch` describes, of pipeline `pipeline_id`.
+    pub fn new(
+        pipeline_id: Uuid,
+        dispatch: &JobDispatch,
+        retry: &rivet_core::definition::RetrySpec,
+        queue_timeout: std::time::Duration,
+        latest: bool,
+        token: Option<&str>,
+    ) -> Self {
+        let json = |v: serde_json::Result<String>| v.expect("plain data serialises to JSON");
+        NewJob {
+            job_id: dispatch.job_id,
+            pipeline_id,
+            version: dispatch.pipeline_version,
+            attempt: dispatch.attempt as i32,
+            class_key: dispatch.class_key.clone(),
+            requires: json(serde_json::to_string(&dispatch.requires)),
+            inputs: json(serde_json::to_string(&dispatch.inputs)),
+            retry: json(serde_json::to_string(retry)),
+            queue_timeout_ms: i64::try_from(queue_timeout.as_millis()).unwrap_or(i64::MAX),
+            payload: json(serde_json::to_string(dispatch)),
+            latest,
+            token: token.map(str::to_owned),
+        }
+    }
+}
+
+/// Creates queued jobs, each with its first attempt, its class (if new) and its outbox row:
+/// once this returns, the relay will publish them. One answer per job, in order; each job's
+/// checks ([`NewJob::latest`], [`NewJob::token`]) decide for that job alone. Atomic as a
+/// whole: an error inserted nothing (callers that group submissions try each job again on its
+/// own, so that one job's error stays its own).
 ///
-/// With `latest`, the job's version was taken to be its pipeline's latest without asking: then
-/// nothing is inserted when a newer version exists (the caller asks which is the latest and
-/// submits again). With `token` (a token hash whose revocation nobody checked yet), nothing is
-/// inserted unless that token is live: the check and the insert are one statement.
-///
-/// One statement (data-modifying `WITH` clauses), not a transaction of five: one round trip
-/// instead of six on the path of every submit. The foreign keys of the attempt and outbox rows
-/// are checked at the end of the statement, when the job row exists.
-pub async fn create(
-    db: &PgPool,
-    pipeline_id: Uuid,
-    dispatch: &JobDispatch,
-    retry: &rivet_core::definition::RetrySpec,
-    queue_timeout: std::time::Duration,
-    latest: bool,
-    token: Option<&str>,
-) -> sqlx::Result<Created> {
-    let (token_ok, version_ok, created): (bool, bool, Option<i64>) = sqlx::query_as(
-        "WITH checks AS (\
-           SELECT ($12::text IS NULL OR EXISTS (\
-                     SELECT FROM tokens WHERE hash = $12 AND revoked_at IS NULL)) AS token_ok, \
-                  (NOT $11 OR NOT EXISTS (\
-                     SELECT FROM pipeline_versions WHERE pipeline_id = $2 AND version > $3)) AS version_ok), \
-         ok AS (SELECT FROM checks WHERE token_ok AND version_ok), \
+/// One statement (data-modifying `WITH` clauses) for any number of jobs: one round trip and one
+/// commit. The foreign keys of the attempt and outbox rows are checked at the end of the
+/// statement, when the job rows exist.
+pub async fn create(db: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<Created>> {
+    let column = |f: fn(&NewJob) -> &str| jobs.iter().map(f).collect::<Vec<&str>>();
+    let rows: Vec<(bool, bool, Option<i64>)> = sqlx::query_as(
+        "WITH input AS (\
+           SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], \
+                                $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[], $12::text[]) \
+           WITH ORDINALITY AS i(id, pipeline_id, version, attempt, class_key, requires, \
+                                inputs, retry, queue_timeout_ms, payload, latest, token, n)), \
+         checks AS (\
+           SELECT i.*, \
+             (i.token IS NULL OR EXISTS (\
+                SELECT FROM tokens WHERE hash = i.token AND revoked_at IS NULL)) AS token_ok, \
+             (NOT i.latest OR NOT EXISTS (\
+                SELECT FROM pipeline_versions v \
+                WHERE v.pipeline_id = i.pipeline_id AND v.version > i.version)) AS version_ok \
+           FROM input i), \
+         ok AS (SELECT * FROM checks WHERE token_ok AND version_ok), \
          class AS (\
-           INSERT INTO classes (class_key, requires) SELECT $5, $9 FROM ok \
+           INSERT INTO classes (class_key, requires) \
+           SELECT DISTINCT ON (class_key) class_key, \
+             ARRAY(SELECT jsonb_array_elements_text(requires::jsonb)) FROM ok \
            ON CONFLICT (class_key) DO NOTHING), \
          job AS (\
            INSERT INTO jobs (id, pipeline_id, pipeline_version, inputs, class_key, state, attempt, retry, queue_timeout_ms) \
-           SELECT $1, $2, $3, $4, $5, 'queued', $6, $7, $8 FROM ok RETURNING created_at), \
+           SELECT id, pipeline_id, version, inputs::jsonb, class_key, 'queued', attempt, retry::jsonb, queue_timeout_ms \
+           FROM ok RETURNING id, created_at), \
          attempt AS (\
-           INSERT INTO attempts (job_id, attempt, state) SELECT $1, $6, 'queued' FROM ok), \
+           INSERT INTO attempts (job_id, attempt, state) SELECT id, attempt, 'queued' FROM ok), \
          outbox AS (\
-           INSERT INTO outbox (job_id, attempt, payload) SELECT $1, $6, $10 FROM ok) \
-         SELECT token_ok, version_ok, \
-           (SELECT (extract(epoch FROM created_at) * 1000)::bigint FROM job) FROM checks",
+           INSERT INTO outbox (job_id, attempt, payload) SELECT id, attempt, payload::jsonb FROM ok ORDER BY n) \
+         SELECT c.token_ok, c.version_ok, (extract(epoch FROM j.created_at) * 1000)::bigint \
+         FROM checks c LEFT JOIN job j ON j.id = c.id ORDER BY c.n",
     )
-    .bind(dispatch.job_id)
-    .bind(pipeline_id)
-    .bind(dispatch.pipeline_version)
-    .bind(Json(&dispatch.inputs))
-    .bind(&dispatch.class_key)
-    .bind(dispatch.attempt as i32)
-    .bind(Json(retry))
-    .bind(i64::try_from(queue_timeout.as_millis()).unwrap_or(i64::MAX))
-    .bind(&dispatch.requires)
-    .bind(Json(dispatch))
-    .bind(latest)
-    .bind(token)
-    .fetch_one(db)
+    .bind(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.pipeline_id).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.version).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.attempt).collect::<Vec<_>>())
+    .bind(column(|j| &j.class_key))
+    .bind(column(|j| &j.requires))
+    .bind(column(|j| &j.inputs))
+    .bind(column(|j| &j.retry))
+    .bind(jobs.iter().map(|j| j.queue_timeout_ms).collect::<Vec<_>>())
+    .bind(column(|j| &j.payload))
+    .bind(jobs.iter().map(|j| j.latest).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.token.as_deref()).collect::<Vec<_>>())
+    .fetch_all(db)
     .await?;
-    Ok(match (token_ok, version_ok, created) {
-        (false, _, _) => Created::Revoked,
-        (true, false, _) => Created::NewerVersion,
-        (true, true, Some(at)) => Created::At(at),
-        (true, true, None) => {
-            return Err(sqlx::Error::Protocol(
+    if rows.len() != jobs.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "the job insert answered {} rows for {} jobs",
+            rows.len(),
+            jobs.len()
+        )));
+    }
+    rows.into_iter()
+        .map(|row| match row {
+            (false, _, _) => Ok(Created::Revoked),
+            (true, false, _) => Ok(Created::NewerVersion),
+            (true, true, Some(at)) => Ok(Created::At(at)),
+            (true, true, None) => Err(sqlx::Error::Protocol(
                 "the job insert returned no creation time".into(),
-            ))
-        }
-    })
+            )),
+        })
+        .collect()
 }
 
 #[derive(sqlx::FromRow)]

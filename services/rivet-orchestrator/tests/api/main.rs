@@ -4,6 +4,7 @@ mod auth;
 mod dashboard;
 mod forgery;
 mod helpers;
+mod inserts;
 mod runner_users;
 mod sources;
 

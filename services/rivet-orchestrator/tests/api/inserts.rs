@@ -1,0 +1,260 @@
+//! Grouped job inserts (`rivet_orchestrator::inserts`) and the statement they share
+//! (`db::jobs::create`), against the orchestrator's real database.
+
+use crate::helpers::*;
+use crate::push_pipeline;
+use rivet_orchestrator::db::jobs::{self, Created, NewJob};
+use rivet_orchestrator::inserts::{Inserts, LANES};
+use rivet_protocol::messages::JobDispatch;
+use rivet_protocol::SCHEMA_VERSION;
+use sqlx::{Connection, PgPool};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The pushed pipeline's id and version.
+async fn pipeline(db: &PgPool) -> (Uuid, i32) {
+    sqlx::query_as("SELECT pipeline_id, version FROM pipeline_versions")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+fn new_job(pipeline: (Uuid, i32), class_key: &str, latest: bool, token: Option<&str>) -> NewJob {
+    let dispatch = JobDispatch {
+        schema: SCHEMA_VERSION,
+        job_id: Uuid::new_v4(),
+        attempt: 1,
+        pipeline: "hello-fleet".into(),
+        pipeline_version: pipeline.1,
+        file_name: "hello.lua".into(),
+        source: "return {}".into(),
+        inputs: [("n".to_owned(), "1".to_owned())].into(),
+        class_key: class_key.into(),
+        requires: class_key.split('+').map(str::to_owned).collect(),
+        timeout_ms: None,
+    };
+    NewJob::new(
+        pipeline.0,
+        &dispatch,
+        &Default::default(),
+        Duration::from_secs(60),
+        latest,
+        token,
+    )
+}
+
+/// Rows of `table` whose job is one of `jobs`.
+async fn rows(db: &PgPool, table: &str, jobs: &[Uuid]) -> i64 {
+    let column = if table == "jobs" { "id" } else { "job_id" };
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {table} WHERE {column} = ANY($1)"
+    ))
+    .bind(jobs)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Holds a lock that makes every job insert wait, until `COMMIT` on the connection returned.
+async fn block_job_inserts(app: &TestApp) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    for statement in ["BEGIN", "LOCK TABLE jobs IN EXCLUSIVE MODE"] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    conn
+}
+
+async fn release(mut lock: sqlx::PgConnection) {
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+}
+
+/// Waits (at most 20 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("waited 20 s for {what}"));
+}
+
+type Submitted = tokio::task::JoinHandle<sqlx::Result<Created>>;
+
+fn submit(inserts: &Inserts, job: &NewJob) -> Submitted {
+    let (inserts, job) = (inserts.clone(), job.clone());
+    tokio::spawn(async move { inserts.create(job).await })
+}
+
+/// Submits one job per lane, each once the previous one's lane started its statement: every
+/// lane then waits on the lock with one job.
+async fn occupy_every_lane(inserts: &Inserts, version: (Uuid, i32)) -> Vec<Submitted> {
+    let mut occupied = Vec::new();
+    for lane in 1..=LANES {
+        occupied.push(submit(inserts, &new_job(version, "process", false, None)));
+        until("a lane to take the job", || {
+            inserts.statements() == lane as u64
+        })
+        .await;
+    }
+    occupied
+}
+
+/// An orchestrator with its pipeline, and insert lanes of the test's own, every lane holding
+/// one job and waiting on a lock the test holds.
+struct Busy {
+    app: TestApp,
+    db: PgPool,
+    version: (Uuid, i32),
+    inserts: Inserts,
+    lock: sqlx::PgConnection,
+    occupied: Vec<Submitted>,
+}
+
+async fn busy_lanes() -> Busy {
+    let app = spawn_app().await;
+    push_pipeline(&app).await;
+    let db = PgPool::connect(&app.database_url).await.unwrap();
+    let version = pipeline(&db).await;
+    let inserts = Inserts::start(db.clone());
+    let lock = block_job_inserts(&app).await;
+    let occupied = occupy_every_lane(&inserts, version).await;
+    Busy {
+        app,
+        db,
+        version,
+        inserts,
+        lock,
+        occupied,
+    }
+}
+
+#[tokio::test]
+async fn each_job_of_one_statement_gets_its_own_checks() {
+    let app = spawn_app().await;
+    push_pipeline(&app).await;
+    let db = PgPool::connect(&app.database_url).await.unwrap();
+    let first = pipeline(&db).await;
+    // A second version, so that a job taking the first for the latest is refused.
+    push_pipeline(&app).await;
+    let latest: i32 = sqlx::query_scalar("SELECT max(version) FROM pipeline_versions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let second = (first.0, latest);
+    sqlx::query(
+        "INSERT INTO tokens (id, name, hash, is_admin, revoked_at) VALUES ($1, 'old', 'revoked-hash', true, now())",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&db)
+    .await
+    .unwrap();
+
+    let batch = [
+        new_job(second, "process", true, Some("revoked-hash")),
+        new_job(first, "process", true, None),
+        new_job(second, "process", true, None),
+        new_job(first, "process", false, None),
+        new_job(second, "http+process", false, None),
+    ];
+    let created = jobs::create(&db, &batch).await.unwrap();
+    assert!(matches!(
+        created[..],
+        [
+            Created::Revoked,
+            Created::NewerVersion,
+            Created::At(_),
+            Created::At(_),
+            Created::At(_)
+        ]
+    ));
+    let ids: Vec<Uuid> = batch.iter().map(|j| j.job_id).collect();
+    let inserted = &ids[2..];
+    for table in ["jobs", "attempts", "outbox"] {
+        assert_eq!(rows(&db, table, &ids).await, 3, "{table}");
+        assert_eq!(rows(&db, table, inserted).await, 3, "{table}");
+    }
+    // The new class came with its job, its requirement set stored.
+    let requires: Vec<String> =
+        sqlx::query_scalar("SELECT requires FROM classes WHERE class_key = 'http+process'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(requires, ["http", "process"]);
+    // Each outbox row carries its own job's dispatch.
+    let payloads: Vec<(Uuid, serde_json::Value)> =
+        sqlx::query_as("SELECT job_id, payload FROM outbox WHERE job_id = ANY($1)")
+            .bind(inserted)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    for (job, payload) in payloads {
+        assert_eq!(payload["job_id"], job.to_string());
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_queued_behind_busy_lanes_share_one_statement() {
+    let b = busy_lanes().await;
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|_| new_job(b.version, "process", false, None))
+        .collect();
+    let submitted: Vec<Submitted> = jobs.iter().map(|job| submit(&b.inserts, job)).collect();
+    until("every job to be queued", || {
+        b.inserts.queued() == jobs.len()
+    })
+    .await;
+    release(b.lock).await;
+    for created in b.occupied.into_iter().chain(submitted) {
+        assert!(matches!(created.await.unwrap(), Ok(Created::At(_))));
+    }
+    // The first lane free took all that waited.
+    assert_eq!(b.inserts.statements(), LANES as u64 + 1);
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
+    assert_eq!(rows(&b.db, "jobs", &ids).await, 40);
+    assert_eq!(rows(&b.db, "outbox", &ids).await, 40);
+    b.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fails_its_group_fails_alone() {
+    let b = busy_lanes().await;
+    // Queued together, so taken as one group: the middle job names a version that does not
+    // exist (its foreign key fails the statement).
+    let group = [
+        new_job(b.version, "process", false, None),
+        new_job((b.version.0, b.version.1 + 7), "process", false, None),
+        new_job(b.version, "process", false, None),
+    ];
+    let submitted: Vec<Submitted> = group.iter().map(|job| submit(&b.inserts, job)).collect();
+    until("the group to be queued", || {
+        b.inserts.queued() == group.len()
+    })
+    .await;
+    release(b.lock).await;
+    for created in b.occupied {
+        assert!(matches!(created.await.unwrap(), Ok(Created::At(_))));
+    }
+    let mut answers = Vec::new();
+    for created in submitted {
+        answers.push(created.await.unwrap());
+    }
+    assert!(matches!(answers[0], Ok(Created::At(_))), "{:?}", answers[0]);
+    let error = answers[1]
+        .as_ref()
+        .expect_err("a version that does not exist");
+    assert!(
+        error.to_string().contains("foreign key"),
+        "the job's own error: {error}"
+    );
+    assert!(matches!(answers[2], Ok(Created::At(_))), "{:?}", answers[2]);
+    // The group's statement, then each of its jobs alone.
+    assert_eq!(b.inserts.statements(), LANES as u64 + 1 + 3);
+    let ids: Vec<Uuid> = group.iter().map(|j| j.job_id).collect();
+    assert_eq!(rows(&b.db, "jobs", &ids).await, 2);
+    assert_eq!(rows(&b.db, "outbox", &ids).await, 2);
+    b.app.stop().await;
+}
