@@ -3,15 +3,22 @@
 //! submissions then costs PostgreSQL a few statements instead of one each, and a lone submission
 //! waits for nothing: a group is whatever is queued when a lane comes free.
 //!
-//! A failed group is tried again job by job, so that one job's error (a foreign key its
-//! pipeline version broke, say) reaches that job's caller alone.
+//! A group refused for something a job can cause (a constraint or a value PostgreSQL refused:
+//! SQLSTATE classes 22 and 23) is tried again job by job, so that one job's error reaches that
+//! job's caller alone. Any other failure (PostgreSQL unreachable, the pool out of connections,
+//! an answer lost on the way) is every job's: each caller gets it at once, and nothing is tried
+//! again, which could only wait out the same trouble once per job, or insert a group whose
+//! commit went through and answer "duplicate key".
+//!
+//! The lanes wake the outbox relay after each statement that inserted jobs, whether or not
+//! their callers are still waiting.
 
 use crate::db;
 use crate::db::jobs::{Created, NewJob};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 /// Statements in flight at once: enough to overlap one group's commit with the next group's
 /// statement.
@@ -30,7 +37,15 @@ struct Pending {
 #[derive(Clone)]
 pub struct Inserts {
     queue: mpsc::Sender<Pending>,
-    statements: Arc<AtomicU64>,
+    lanes: Arc<Lanes>,
+}
+
+/// What the lanes share.
+struct Lanes {
+    db: PgPool,
+    relay: Arc<Notify>,
+    receiver: Mutex<mpsc::Receiver<Pending>>,
+    statements: AtomicU64,
 }
 
 impl std::fmt::Debug for Inserts {
@@ -43,21 +58,27 @@ impl std::fmt::Debug for Inserts {
 }
 
 impl Inserts {
-    /// Starts [`LANES`] lanes on the current tokio runtime.
-    pub fn start(db: PgPool) -> Self {
+    /// Starts [`LANES`] lanes on the current tokio runtime; `relay` is woken after each
+    /// statement that inserted jobs.
+    pub fn start(db: PgPool, relay: Arc<Notify>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let statements = Arc::new(AtomicU64::new(0));
+        let lanes = Arc::new(Lanes {
+            db,
+            relay,
+            receiver: Mutex::new(receiver),
+            statements: AtomicU64::new(0),
+        });
         for _ in 0..LANES {
-            tokio::spawn(lane(db.clone(), receiver.clone(), statements.clone()));
+            tokio::spawn(lane(lanes.clone()));
         }
-        Inserts { queue, statements }
+        Inserts { queue, lanes }
     }
 
     /// Creates `job` ([`db::jobs::create`]), in a statement it may share with other jobs.
     pub async fn create(&self, job: NewJob) -> sqlx::Result<Created> {
         let (answer, answered) = oneshot::channel();
-        let gone = || sqlx::Error::Protocol("the job insert lanes stopped".into());
+        // Only if the lanes' runtime ended: unavailable (503), as a closed pool.
+        let gone = || sqlx::Error::Io(std::io::Error::other("the job insert lanes stopped"));
         self.queue
             .send(Pending { job, answer })
             .await
@@ -72,21 +93,17 @@ impl Inserts {
 
     /// Insert statements run so far (groups, and jobs tried again alone).
     pub fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
+        self.lanes.statements.load(Ordering::Relaxed)
     }
 }
 
 /// Takes whatever is queued (at least one job, at most [`MOST`]) and inserts it, until every
 /// [`Inserts`] handle is gone.
-async fn lane(
-    db: PgPool,
-    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
-    statements: Arc<AtomicU64>,
-) {
+async fn lane(lanes: Arc<Lanes>) {
     loop {
         let mut group = Vec::new();
         {
-            let mut receiver = receiver.lock().await;
+            let mut receiver = lanes.receiver.lock().await;
             match receiver.recv().await {
                 Some(first) => group.push(first),
                 None => return,
@@ -98,15 +115,14 @@ async fn lane(
                 }
             }
         }
-        insert(&db, group, &statements).await;
+        insert(&lanes, group).await;
     }
 }
 
-async fn insert(db: &PgPool, group: Vec<Pending>, statements: &AtomicU64) {
+async fn insert(lanes: &Lanes, group: Vec<Pending>) {
     let (jobs, answers): (Vec<NewJob>, Vec<_>) =
         group.into_iter().map(|p| (p.job, p.answer)).unzip();
-    statements.fetch_add(1, Ordering::Relaxed);
-    match db::jobs::create(db, &jobs).await {
+    match lanes.create(&jobs).await {
         Ok(created) => {
             for (answer, created) in answers.into_iter().zip(created) {
                 // A caller that went away (its request dropped) has its job anyway, as when it
@@ -114,14 +130,11 @@ async fn insert(db: &PgPool, group: Vec<Pending>, statements: &AtomicU64) {
                 let _ = answer.send(Ok(created));
             }
         }
-        Err(e) if jobs.len() == 1 => {
-            let _ = answers.into_iter().next().map(|answer| answer.send(Err(e)));
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, jobs = jobs.len(), "A grouped job insert failed; inserting each job alone.");
+        Err(e) if jobs.len() > 1 && a_jobs_own(&e) => {
+            tracing::debug!(error = %e, jobs = jobs.len(), "A grouped job insert was refused; inserting each job alone.");
             for (job, answer) in jobs.iter().zip(answers) {
-                statements.fetch_add(1, Ordering::Relaxed);
-                let one = db::jobs::create(db, std::slice::from_ref(job))
+                let one = lanes
+                    .create(std::slice::from_ref(job))
                     .await
                     .and_then(|mut created| {
                         created.pop().ok_or_else(|| {
@@ -131,5 +144,49 @@ async fn insert(db: &PgPool, group: Vec<Pending>, statements: &AtomicU64) {
                 let _ = answer.send(one);
             }
         }
+        Err(e) => {
+            let mut answers = answers.into_iter();
+            let first = answers.next();
+            for answer in answers {
+                let _ = answer.send(Err(same(&e)));
+            }
+            if let Some(first) = first {
+                let _ = first.send(Err(e));
+            }
+        }
+    }
+}
+
+impl Lanes {
+    /// One statement for `jobs`, counted; wakes the relay when it inserted any.
+    async fn create(&self, jobs: &[NewJob]) -> sqlx::Result<Vec<Created>> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let created = db::jobs::create(&self.db, jobs).await?;
+        if created.iter().any(|c| matches!(c, Created::At(_))) {
+            self.relay.notify_one();
+        }
+        Ok(created)
+    }
+}
+
+/// Whether a group's statement failed for something one of its jobs can cause: a constraint
+/// it broke or a value refused (SQLSTATE classes 23 and 22). Then nothing was committed.
+fn a_jobs_own(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// `e` again, for another caller of the same group: the same kind where the API tells kinds
+/// apart (unreachable is 503, see `ApiError`), its text otherwise.
+fn same(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        other => sqlx::Error::Protocol(other.to_string()),
     }
 }

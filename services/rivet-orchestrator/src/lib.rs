@@ -344,13 +344,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
              write every key, other runners' presence and fences included."
         ),
     }
+    let relay_wakeup = Arc::new(Notify::new());
     let state = AppState {
-        inserts: inserts::Inserts::start(db.clone()),
+        inserts: inserts::Inserts::start(db.clone(), relay_wakeup.clone()),
         db,
         redis,
         broker: Arc::new(broker),
         keys: Keys::new(&config.namespace),
-        relay_wakeup: Arc::new(Notify::new()),
+        relay_wakeup,
         linter: Arc::new(linter),
         fences_dirty: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         queue_timeout: config.queue_timeout,

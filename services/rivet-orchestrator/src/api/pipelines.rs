@@ -171,7 +171,6 @@ pub async fn run(
             }
         }
     };
-    state.relay_wakeup.notify_one();
     let runners = state.recent_runners().await?;
     let job = JobView {
         id: dispatch.job_id,

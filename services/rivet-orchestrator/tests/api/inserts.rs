@@ -8,7 +8,9 @@ use rivet_orchestrator::inserts::{Inserts, LANES};
 use rivet_protocol::messages::JobDispatch;
 use rivet_protocol::SCHEMA_VERSION;
 use sqlx::{Connection, PgPool};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// The pushed pipeline's id and version.
@@ -19,25 +21,28 @@ async fn pipeline(db: &PgPool) -> (Uuid, i32) {
         .unwrap()
 }
 
+/// A job of `pipeline` whose input `n` is its id and whose queue timeout is 60 s plus its id's
+/// first byte, so that each job's row shows whether it got its own values.
 fn new_job(pipeline: (Uuid, i32), class_key: &str, latest: bool, token: Option<&str>) -> NewJob {
+    let job_id = Uuid::new_v4();
     let dispatch = JobDispatch {
         schema: SCHEMA_VERSION,
-        job_id: Uuid::new_v4(),
+        job_id,
         attempt: 1,
         pipeline: "hello-fleet".into(),
         pipeline_version: pipeline.1,
         file_name: "hello.lua".into(),
         source: "return {}".into(),
-        inputs: [("n".to_owned(), "1".to_owned())].into(),
+        inputs: [("n".to_owned(), job_id.to_string())].into(),
         class_key: class_key.into(),
-        requires: class_key.split('+').map(str::to_owned).collect(),
+        requires: class_key.split(',').map(str::to_owned).collect(),
         timeout_ms: None,
     };
     NewJob::new(
         pipeline.0,
         &dispatch,
         &Default::default(),
-        Duration::from_secs(60),
+        Duration::from_secs(60 + u64::from(job_id.as_bytes()[0])),
         latest,
         token,
     )
@@ -49,6 +54,20 @@ async fn rows(db: &PgPool, table: &str, jobs: &[Uuid]) -> i64 {
     sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {table} WHERE {column} = ANY($1)"
     ))
+    .bind(jobs)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// How many of `jobs` were stored with their own values (see [`new_job`]).
+async fn stored_as_submitted(db: &PgPool, jobs: &[Uuid]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j JOIN outbox o ON o.job_id = j.id \
+         WHERE j.id = ANY($1) AND j.inputs->>'n' = j.id::text \
+           AND j.queue_timeout_ms = (60 + get_byte(uuid_send(j.id), 0)) * 1000 \
+           AND o.payload->>'job_id' = j.id::text AND o.payload->'inputs'->>'n' = j.id::text",
+    )
     .bind(jobs)
     .fetch_one(db)
     .await
@@ -109,6 +128,7 @@ struct Busy {
     db: PgPool,
     version: (Uuid, i32),
     inserts: Inserts,
+    relay: Arc<Notify>,
     lock: sqlx::PgConnection,
     occupied: Vec<Submitted>,
 }
@@ -118,7 +138,8 @@ async fn busy_lanes() -> Busy {
     push_pipeline(&app).await;
     let db = PgPool::connect(&app.database_url).await.unwrap();
     let version = pipeline(&db).await;
-    let inserts = Inserts::start(db.clone());
+    let relay = Arc::new(Notify::new());
+    let inserts = Inserts::start(db.clone(), relay.clone());
     let lock = block_job_inserts(&app).await;
     let occupied = occupy_every_lane(&inserts, version).await;
     Busy {
@@ -126,9 +147,31 @@ async fn busy_lanes() -> Busy {
         db,
         version,
         inserts,
+        relay,
         lock,
         occupied,
     }
+}
+
+async fn revoked_token(db: &PgPool) {
+    sqlx::query(
+        "INSERT INTO tokens (id, name, hash, is_admin, revoked_at) VALUES ($1, 'old', 'revoked-hash', true, now())",
+    )
+    .bind(Uuid::new_v4())
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// Submits `jobs` in this order, each once the previous one is queued.
+async fn queue_in_order(inserts: &Inserts, jobs: &[NewJob]) -> Vec<Submitted> {
+    let mut submitted = Vec::new();
+    for job in jobs {
+        submitted.push(submit(inserts, job));
+        let queued = submitted.len();
+        until("the job to be queued", || inserts.queued() == queued).await;
+    }
+    submitted
 }
 
 #[tokio::test]
@@ -144,8 +187,9 @@ async fn each_job_of_one_statement_gets_its_own_checks() {
         .await
         .unwrap();
     let second = (first.0, latest);
+    revoked_token(&db).await;
     sqlx::query(
-        "INSERT INTO tokens (id, name, hash, is_admin, revoked_at) VALUES ($1, 'old', 'revoked-hash', true, now())",
+        "INSERT INTO tokens (id, name, hash, is_admin) VALUES ($1, 'live', 'live-hash', true)",
     )
     .bind(Uuid::new_v4())
     .execute(&db)
@@ -155,9 +199,9 @@ async fn each_job_of_one_statement_gets_its_own_checks() {
     let batch = [
         new_job(second, "process", true, Some("revoked-hash")),
         new_job(first, "process", true, None),
-        new_job(second, "process", true, None),
+        new_job(second, "process", true, Some("live-hash")),
         new_job(first, "process", false, None),
-        new_job(second, "http+process", false, None),
+        new_job(second, "http,process", false, None),
     ];
     let created = jobs::create(&db, &batch).await.unwrap();
     assert!(matches!(
@@ -176,23 +220,14 @@ async fn each_job_of_one_statement_gets_its_own_checks() {
         assert_eq!(rows(&db, table, &ids).await, 3, "{table}");
         assert_eq!(rows(&db, table, inserted).await, 3, "{table}");
     }
+    assert_eq!(stored_as_submitted(&db, inserted).await, 3);
     // The new class came with its job, its requirement set stored.
     let requires: Vec<String> =
-        sqlx::query_scalar("SELECT requires FROM classes WHERE class_key = 'http+process'")
+        sqlx::query_scalar("SELECT requires FROM classes WHERE class_key = 'http,process'")
             .fetch_one(&db)
             .await
             .unwrap();
     assert_eq!(requires, ["http", "process"]);
-    // Each outbox row carries its own job's dispatch.
-    let payloads: Vec<(Uuid, serde_json::Value)> =
-        sqlx::query_as("SELECT job_id, payload FROM outbox WHERE job_id = ANY($1)")
-            .bind(inserted)
-            .fetch_all(&db)
-            .await
-            .unwrap();
-    for (job, payload) in payloads {
-        assert_eq!(payload["job_id"], job.to_string());
-    }
     app.stop().await;
 }
 
@@ -216,6 +251,11 @@ async fn submissions_queued_behind_busy_lanes_share_one_statement() {
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
     assert_eq!(rows(&b.db, "jobs", &ids).await, 40);
     assert_eq!(rows(&b.db, "outbox", &ids).await, 40);
+    assert_eq!(stored_as_submitted(&b.db, &ids).await, 40);
+    // The relay was told there is something to publish.
+    tokio::time::timeout(Duration::from_secs(20), b.relay.notified())
+        .await
+        .expect("the lanes wake the relay");
     b.app.stop().await;
 }
 
@@ -257,4 +297,59 @@ async fn a_job_that_fails_its_group_fails_alone() {
     assert_eq!(rows(&b.db, "jobs", &ids).await, 2);
     assert_eq!(rows(&b.db, "outbox", &ids).await, 2);
     b.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_of_a_group_gets_its_own_answer() {
+    let b = busy_lanes().await;
+    revoked_token(&b.db).await;
+    let group = [
+        new_job(b.version, "process", false, Some("revoked-hash")),
+        new_job(b.version, "process", false, None),
+        new_job(b.version, "process", false, None),
+    ];
+    let submitted = queue_in_order(&b.inserts, &group).await;
+    release(b.lock).await;
+    let mut answers = Vec::new();
+    for created in b.occupied.into_iter().chain(submitted) {
+        answers.push(created.await.unwrap().unwrap());
+    }
+    assert_eq!(b.inserts.statements(), LANES as u64 + 1, "one group");
+    assert!(
+        matches!(
+            answers[LANES..],
+            [Created::Revoked, Created::At(_), Created::At(_)]
+        ),
+        "{answers:?}"
+    );
+    let ids: Vec<Uuid> = group.iter().map(|j| j.job_id).collect();
+    assert_eq!(rows(&b.db, "jobs", &ids[..1]).await, 0);
+    assert_eq!(stored_as_submitted(&b.db, &ids[1..]).await, 2);
+    b.app.stop().await;
+}
+
+/// PostgreSQL out of reach is every job's trouble: each caller of a group hears it once, as
+/// "unreachable", and no job is tried again alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_fails_a_group_at_once() {
+    // Nothing listens on port 1: each statement waits out the pool's acquire timeout.
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+        .unwrap();
+    let inserts = Inserts::start(db, Arc::new(Notify::new()));
+    let version = (Uuid::new_v4(), 1);
+    let occupied = occupy_every_lane(&inserts, version).await;
+    let group: Vec<NewJob> = (0..10)
+        .map(|_| new_job(version, "process", false, None))
+        .collect();
+    let submitted = queue_in_order(&inserts, &group).await;
+    for answer in occupied.into_iter().chain(submitted) {
+        let error = answer.await.unwrap().expect_err("no database");
+        assert!(
+            matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)),
+            "{error:?}"
+        );
+    }
+    assert_eq!(inserts.statements(), LANES as u64 + 1);
 }
