@@ -823,11 +823,27 @@ fn fork_into(namespaced: Option<(usize, (usize, usize))>) -> io::Result<libc::pi
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: set_robust_list of this (the child's only) thread to glibc's own list.
-        unsafe { libc::syscall(libc::SYS_set_robust_list, head, len) };
+        // SAFETY: set_robust_list of this (the child's only) thread to glibc's own list; the
+        // field is glibc's, checked by `tid_field`; gettid has no preconditions.
+        unsafe {
+            libc::syscall(libc::SYS_set_robust_list, head, len);
+            // A `clone` whose arguments were in the wrong order would have left the zygote's
+            // thread id there: such a child stops before anything runs in it.
+            if (field as *const libc::pid_t).read()
+                != libc::syscall(libc::SYS_gettid) as libc::pid_t
+            {
+                let why = b"rivet worker launcher: the clone left glibc's thread id stale\n";
+                libc::write(2, why.as_ptr().cast(), why.len());
+                libc::_exit(STALE_TID);
+            }
+        }
     }
     Ok(pid as libc::pid_t)
 }
+
+/// How a namespaced child ends when its thread id in glibc was not updated (see [`fork_into`]);
+/// no `unshare` error number is this large.
+const STALE_TID: libc::c_int = 255;
 
 /// `clone` with no new stack and `child_tid`, in this architecture's argument order
 /// (clone(2)); -1 with ENOSYS where that order is not known here.
@@ -902,6 +918,9 @@ fn probe(robust: (usize, usize)) -> Probed {
     match (waited, libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
         (Err(e), _, _) => Probed::Passing(e),
         (Ok(()), true, 0) => Probed::Able(field),
+        (Ok(()), true, STALE_TID) => {
+            Probed::Unable("a namespaced clone left glibc's thread id stale".into())
+        }
         (Ok(()), true, errno) => {
             let e = io::Error::from_raw_os_error(errno);
             if means_unavailable(&e) {

@@ -2,6 +2,7 @@
 
 mod helpers;
 mod launcher;
+mod refused;
 
 use helpers::*;
 use rivet_core::{JobOutcome, StageOutcome};
