@@ -5,6 +5,7 @@
 
 use super::helpers::*;
 use rivet_core::policy::NamespaceMode;
+use rivet_core::JobOutcome;
 use rivet_sandbox::events::{write_frame, Event};
 use rivet_sandbox::worker::{Launched, Launcher, Spawn};
 use std::process::Command;
@@ -168,9 +169,18 @@ fn launcher() -> Launcher {
 }
 
 /// Runs a job that logs `ready` with namespaces `mode`, in a worker launched as its request
-/// asks; the events up to the worker's end, or until `ready`.
-fn run(mode: NamespaceMode) -> (Launched, Vec<Event>) {
-    let mut job = job("return { name = 'r', stages = { { name = 's', script = function() log.info('ready') while true do end end } } }");
+/// asks, and returns the events up to `ready` when the job then `spin`s (the worker is left
+/// running), else up to the worker's end (a worker that ends by itself removes what it made;
+/// a killed plain one leaves its private directories behind).
+fn run(mode: NamespaceMode, spin: bool) -> (Launched, Vec<Event>, Job) {
+    let body = if spin {
+        "log.info('ready') while true do end"
+    } else {
+        "log.info('ready')"
+    };
+    let mut job = job(&format!(
+        "return {{ name = 'r', stages = {{ {{ name = 's', script = function() {body} end }} }} }}"
+    ));
     job.request.policy.limits.instructions = u64::MAX;
     job.request.policy.sandbox.namespaces = mode;
     let mut launched = launcher()
@@ -178,18 +188,15 @@ fn run(mode: NamespaceMode) -> (Launched, Vec<Event>) {
         .unwrap();
     write_frame(&mut launched.stdin, &job.request).unwrap();
     let mut events = Vec::new();
-    loop {
-        match rivet_sandbox::events::read_frame::<Event>(&mut launched.stdout) {
-            Ok(Some(event)) => {
-                let ready = matches!(&event, Event::Log { line, .. } if line == "ready");
-                events.push(event);
-                if ready {
-                    return (launched, events);
-                }
-            }
-            _ => return (launched, events),
+    while let Ok(Some(event)) = rivet_sandbox::events::read_frame::<Event>(&mut launched.stdout) {
+        let ready = matches!(&event, Event::Log { line, .. } if line == "ready");
+        events.push(event);
+        if ready && spin {
+            break;
         }
     }
+    // Returned so that the workspace lives as long as the job may run.
+    (launched, events, job)
 }
 
 fn ran(events: &[Event]) -> bool {
@@ -225,7 +232,7 @@ fn with_clone3_refused_workers_are_cloned_the_older_way() {
     ) {
         return;
     }
-    let (launched, events) = run(NamespaceMode::Required);
+    let (launched, events, _job) = run(NamespaceMode::Required, true);
     assert!(ran(&events), "the job did not run: {}", texts(&events));
     assert!(is_namespace_pid1(launched.worker.pid));
     launched.worker.kill_and_wait().unwrap();
@@ -258,7 +265,7 @@ fn with_network_namespaces_refused_auto_jobs_run_plain_and_required_ones_fail() 
 }
 
 fn refused_namespaces(why: &str) {
-    let (launched, events) = run(NamespaceMode::Required);
+    let (launched, events, _job) = run(NamespaceMode::Required, false);
     assert!(
         !ran(&events),
         "a job that requires namespaces ran without them"
@@ -272,13 +279,23 @@ fn refused_namespaces(why: &str) {
     );
     let _ = launched.worker.kill_and_wait();
 
-    let (launched, events) = run(NamespaceMode::Auto);
+    let (launched, events, _job) = run(NamespaceMode::Auto, false);
     assert!(ran(&events), "the auto job did not run: {}", texts(&events));
     assert!(
         texts(&events).contains(&format!("fresh namespaces are unavailable here ({why})")),
         "the job is told it runs without namespaces: {}",
         texts(&events)
     );
-    assert!(!is_namespace_pid1(launched.worker.pid));
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::Finished {
+                outcome: JobOutcome::Succeeded,
+                ..
+            })
+        ),
+        "{}",
+        texts(&events)
+    );
     launched.worker.kill_and_wait().unwrap();
 }
