@@ -346,7 +346,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
     }
     let relay_wakeup = Arc::new(Notify::new());
     let state = AppState {
-        inserts: inserts::Inserts::start(db.clone(), relay_wakeup.clone()),
+        inserts: inserts::Inserts::start(&db, relay_wakeup.clone()),
         db,
         redis,
         broker: Arc::new(broker),

@@ -139,7 +139,7 @@ async fn busy_lanes() -> Busy {
     let db = PgPool::connect(&app.database_url).await.unwrap();
     let version = pipeline(&db).await;
     let relay = Arc::new(Notify::new());
-    let inserts = Inserts::start(db.clone(), relay.clone());
+    let inserts = Inserts::start(&db, relay.clone());
     let lock = block_job_inserts(&app).await;
     let occupied = occupy_every_lane(&inserts, version).await;
     Busy {
@@ -337,7 +337,7 @@ async fn an_unreachable_database_fails_a_group_at_once() {
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy("postgres://postgres@127.0.0.1:1/none")
         .unwrap();
-    let inserts = Inserts::start(db, Arc::new(Notify::new()));
+    let inserts = Inserts::start(&db, Arc::new(Notify::new()));
     let version = (Uuid::new_v4(), 1);
     let occupied = occupy_every_lane(&inserts, version).await;
     let group: Vec<NewJob> = (0..10)
