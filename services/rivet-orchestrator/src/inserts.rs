@@ -16,9 +16,8 @@
 use crate::db;
 use crate::db::jobs::{Created, NewJob};
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify};
 
 /// Statements in flight at once: enough to overlap one group's commit with the next group's
 /// statement.
@@ -45,16 +44,32 @@ struct Lanes {
     db: PgPool,
     relay: Arc<Notify>,
     receiver: Mutex<mpsc::Receiver<Pending>>,
-    statements: AtomicU64,
+    /// Insert statements started so far.
+    statements: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Inserts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inserts")
-            .field("queued", &self.queued())
-            .field("statements", &self.statements())
+            .field("statements", &*self.lanes.statements.borrow())
             .finish()
     }
+}
+
+/// A queued job's answer, to wait for ([`Queued::answer`]).
+#[derive(Debug)]
+pub struct Queued(oneshot::Receiver<sqlx::Result<Created>>);
+
+impl Queued {
+    /// What the statement that took the job did with it.
+    pub async fn answer(self) -> sqlx::Result<Created> {
+        self.0.await.map_err(|_| lanes_gone())?
+    }
+}
+
+/// Only if the lanes' runtime ended: unavailable (503), as a closed pool.
+fn lanes_gone() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other("the job insert lanes stopped"))
 }
 
 impl Inserts {
@@ -67,7 +82,7 @@ impl Inserts {
             db: lanes_pool(db),
             relay,
             receiver: Mutex::new(receiver),
-            statements: AtomicU64::new(0),
+            statements: watch::Sender::new(0),
         });
         for _ in 0..LANES {
             tokio::spawn(lane(lanes.clone()));
@@ -77,24 +92,24 @@ impl Inserts {
 
     /// Creates `job` ([`db::jobs::create`]), in a statement it may share with other jobs.
     pub async fn create(&self, job: NewJob) -> sqlx::Result<Created> {
+        self.queue(job).await?.answer().await
+    }
+
+    /// Queues `job` for the next lane free; returns once it is queued (jobs queued one after
+    /// another are taken in that order).
+    pub async fn queue(&self, job: NewJob) -> sqlx::Result<Queued> {
         let (answer, answered) = oneshot::channel();
-        // Only if the lanes' runtime ended: unavailable (503), as a closed pool.
-        let gone = || sqlx::Error::Io(std::io::Error::other("the job insert lanes stopped"));
         self.queue
             .send(Pending { job, answer })
             .await
-            .map_err(|_| gone())?;
-        answered.await.map_err(|_| gone())?
+            .map_err(|_| lanes_gone())?;
+        Ok(Queued(answered))
     }
 
-    /// Jobs queued and not yet taken by a lane.
-    pub fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
-    }
-
-    /// Insert statements run so far (groups, and jobs tried again alone).
-    pub fn statements(&self) -> u64 {
-        self.lanes.statements.load(Ordering::Relaxed)
+    /// The count of insert statements started so far (groups, and jobs tried again alone), as
+    /// it changes.
+    pub fn statements(&self) -> watch::Receiver<u64> {
+        self.lanes.statements.subscribe()
     }
 }
 
@@ -148,15 +163,9 @@ async fn insert(lanes: &Lanes, group: Vec<Pending>) {
         Err(e) if jobs.len() > 1 && a_jobs_own(&e) => {
             tracing::debug!(error = %e, jobs = jobs.len(), "A grouped job insert was refused; inserting each job alone.");
             for (job, answer) in jobs.iter().zip(answers) {
-                let one = lanes
-                    .create(std::slice::from_ref(job))
-                    .await
-                    .and_then(|mut created| {
-                        created.pop().ok_or_else(|| {
-                            sqlx::Error::Protocol("the job insert answered nothing".into())
-                        })
-                    });
-                let _ = answer.send(one);
+                // One answer per job (`db::jobs::create` checks it).
+                let one = lanes.create(std::slice::from_ref(job)).await;
+                let _ = answer.send(one.map(|created| created[0]));
             }
         }
         Err(e) => {
@@ -175,7 +184,7 @@ async fn insert(lanes: &Lanes, group: Vec<Pending>) {
 impl Lanes {
     /// One statement for `jobs`, counted; wakes the relay when it inserted any.
     async fn create(&self, jobs: &[NewJob]) -> sqlx::Result<Vec<Created>> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.statements.send_modify(|n| *n += 1);
         let created = db::jobs::create(&self.db, jobs).await?;
         if created.iter().any(|c| matches!(c, Created::At(_))) {
             self.relay.notify_one();

@@ -4,7 +4,7 @@
 use crate::helpers::*;
 use crate::push_pipeline;
 use rivet_orchestrator::db::jobs::{self, Created, NewJob};
-use rivet_orchestrator::inserts::{Inserts, LANES};
+use rivet_orchestrator::inserts::{Inserts, Queued, LANES};
 use rivet_protocol::messages::JobDispatch;
 use rivet_protocol::SCHEMA_VERSION;
 use sqlx::{Connection, PgPool};
@@ -89,34 +89,31 @@ async fn release(mut lock: sqlx::PgConnection) {
     sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
 }
 
-/// Waits (at most 20 s) until `done` holds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("waited 20 s for {what}"));
+/// Queues `jobs` in this order; each is queued when this returns.
+async fn queue(inserts: &Inserts, jobs: &[NewJob]) -> Vec<Queued> {
+    let mut queued = Vec::new();
+    for job in jobs {
+        queued.push(inserts.queue(job.clone()).await.unwrap());
+    }
+    queued
 }
 
-type Submitted = tokio::task::JoinHandle<sqlx::Result<Created>>;
-
-fn submit(inserts: &Inserts, job: &NewJob) -> Submitted {
-    let (inserts, job) = (inserts.clone(), job.clone());
-    tokio::spawn(async move { inserts.create(job).await })
+/// Insert statements the lanes started so far.
+fn statements(inserts: &Inserts) -> u64 {
+    *inserts.statements().borrow()
 }
 
-/// Submits one job per lane, each once the previous one's lane started its statement: every
+/// Queues one job per lane, each once the previous one's lane started its statement: every
 /// lane then waits on the lock with one job.
-async fn occupy_every_lane(inserts: &Inserts, version: (Uuid, i32)) -> Vec<Submitted> {
+async fn occupy_every_lane(inserts: &Inserts, version: (Uuid, i32)) -> Vec<Queued> {
+    let mut started = inserts.statements();
     let mut occupied = Vec::new();
-    for lane in 1..=LANES {
-        occupied.push(submit(inserts, &new_job(version, "process", false, None)));
-        until("a lane to take the job", || {
-            inserts.statements() == lane as u64
-        })
-        .await;
+    for lane in 1..=LANES as u64 {
+        occupied.extend(queue(inserts, &[new_job(version, "process", false, None)]).await);
+        tokio::time::timeout(Duration::from_secs(20), started.wait_for(|&n| n == lane))
+            .await
+            .expect("a lane takes the job within 20 s")
+            .unwrap();
     }
     occupied
 }
@@ -130,7 +127,7 @@ struct Busy {
     inserts: Inserts,
     relay: Arc<Notify>,
     lock: sqlx::PgConnection,
-    occupied: Vec<Submitted>,
+    occupied: Vec<Queued>,
 }
 
 async fn busy_lanes() -> Busy {
@@ -161,17 +158,6 @@ async fn revoked_token(db: &PgPool) {
     .execute(db)
     .await
     .unwrap();
-}
-
-/// Submits `jobs` in this order, each once the previous one is queued.
-async fn queue_in_order(inserts: &Inserts, jobs: &[NewJob]) -> Vec<Submitted> {
-    let mut submitted = Vec::new();
-    for job in jobs {
-        submitted.push(submit(inserts, job));
-        let queued = submitted.len();
-        until("the job to be queued", || inserts.queued() == queued).await;
-    }
-    submitted
 }
 
 #[tokio::test]
@@ -237,17 +223,14 @@ async fn submissions_queued_behind_busy_lanes_share_one_statement() {
     let jobs: Vec<NewJob> = (0..40)
         .map(|_| new_job(b.version, "process", false, None))
         .collect();
-    let submitted: Vec<Submitted> = jobs.iter().map(|job| submit(&b.inserts, job)).collect();
-    until("every job to be queued", || {
-        b.inserts.queued() == jobs.len()
-    })
-    .await;
+    // Queued while every lane waits: the first lane free takes them all.
+    let submitted = queue(&b.inserts, &jobs).await;
     release(b.lock).await;
     for created in b.occupied.into_iter().chain(submitted) {
-        assert!(matches!(created.await.unwrap(), Ok(Created::At(_))));
+        assert!(matches!(created.answer().await, Ok(Created::At(_))));
     }
     // The first lane free took all that waited.
-    assert_eq!(b.inserts.statements(), LANES as u64 + 1);
+    assert_eq!(statements(&b.inserts), LANES as u64 + 1);
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
     assert_eq!(rows(&b.db, "jobs", &ids).await, 40);
     assert_eq!(rows(&b.db, "outbox", &ids).await, 40);
@@ -269,18 +252,14 @@ async fn a_job_that_fails_its_group_fails_alone() {
         new_job((b.version.0, b.version.1 + 7), "process", false, None),
         new_job(b.version, "process", false, None),
     ];
-    let submitted: Vec<Submitted> = group.iter().map(|job| submit(&b.inserts, job)).collect();
-    until("the group to be queued", || {
-        b.inserts.queued() == group.len()
-    })
-    .await;
+    let submitted = queue(&b.inserts, &group).await;
     release(b.lock).await;
     for created in b.occupied {
-        assert!(matches!(created.await.unwrap(), Ok(Created::At(_))));
+        assert!(matches!(created.answer().await, Ok(Created::At(_))));
     }
     let mut answers = Vec::new();
     for created in submitted {
-        answers.push(created.await.unwrap());
+        answers.push(created.answer().await);
     }
     assert!(matches!(answers[0], Ok(Created::At(_))), "{:?}", answers[0]);
     let error = answers[1]
@@ -292,7 +271,7 @@ async fn a_job_that_fails_its_group_fails_alone() {
     );
     assert!(matches!(answers[2], Ok(Created::At(_))), "{:?}", answers[2]);
     // The group's statement, then each of its jobs alone.
-    assert_eq!(b.inserts.statements(), LANES as u64 + 1 + 3);
+    assert_eq!(statements(&b.inserts), LANES as u64 + 1 + 3);
     let ids: Vec<Uuid> = group.iter().map(|j| j.job_id).collect();
     assert_eq!(rows(&b.db, "jobs", &ids).await, 2);
     assert_eq!(rows(&b.db, "outbox", &ids).await, 2);
@@ -308,13 +287,13 @@ async fn each_job_of_a_group_gets_its_own_answer() {
         new_job(b.version, "process", false, None),
         new_job(b.version, "process", false, None),
     ];
-    let submitted = queue_in_order(&b.inserts, &group).await;
+    let submitted = queue(&b.inserts, &group).await;
     release(b.lock).await;
     let mut answers = Vec::new();
     for created in b.occupied.into_iter().chain(submitted) {
-        answers.push(created.await.unwrap().unwrap());
+        answers.push(created.answer().await.unwrap());
     }
-    assert_eq!(b.inserts.statements(), LANES as u64 + 1, "one group");
+    assert_eq!(statements(&b.inserts), LANES as u64 + 1, "one group");
     assert!(
         matches!(
             answers[LANES..],
@@ -343,13 +322,13 @@ async fn an_unreachable_database_fails_a_group_at_once() {
     let group: Vec<NewJob> = (0..10)
         .map(|_| new_job(version, "process", false, None))
         .collect();
-    let submitted = queue_in_order(&inserts, &group).await;
+    let submitted = queue(&inserts, &group).await;
     for answer in occupied.into_iter().chain(submitted) {
-        let error = answer.await.unwrap().expect_err("no database");
+        let error = answer.answer().await.expect_err("no database");
         assert!(
             matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)),
             "{error:?}"
         );
     }
-    assert_eq!(inserts.statements(), LANES as u64 + 1);
+    assert_eq!(statements(&inserts), LANES as u64 + 1);
 }
