@@ -87,6 +87,12 @@ pub struct AppState {
     pub broker_users: Option<broker_users::BrokerUsers>,
     /// Whether each runner gets a Redis user of its own.
     pub redis_users: RunnerUsersMode,
+    /// Runners' registrations as their last `Started` found them: a guess that the statement
+    /// applying a whole attempt checks (`reports::KnownRunner`).
+    pub known_runners: Arc<std::sync::Mutex<reports::KnownRunners>>,
+    /// Whole attempts applied against a remembered registration, without the identity check's
+    /// own statement (read by tests).
+    pub remembered_starts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
@@ -362,6 +368,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         runners_seen: Default::default(),
         broker_users,
         redis_users: config.redis_users,
+        known_runners: Default::default(),
+        remembered_starts: Default::default(),
     };
     auth::bootstrap(&state.db, config.bootstrap_token.as_deref()).await?;
     relay::sync_classes(&state)

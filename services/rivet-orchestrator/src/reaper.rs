@@ -48,7 +48,7 @@ pub async fn round(state: &AppState) -> anyhow::Result<()> {
     crate::redis_users::restore(state).await?;
     reap_lost(state).await?;
     expire_queued(state).await?;
-    drain_unregistered(state).await?;
+    unregistered(state).await?;
     // A revoked registration's users that could not be deleted at revocation (each service on
     // its own: a broker that does not answer must not keep Redis users alive).
     let broker = crate::broker_users::retire_revoked(state).await;
@@ -60,13 +60,15 @@ pub async fn round(state: &AppState) -> anyhow::Result<()> {
 /// Orders every runner that is present but has no live registration (revoked, or never
 /// registered) to drain, every round until it says it drains or goes away: the order sent at
 /// revocation is lost when the runner was not listening yet. Its starts are refused anyway
-/// (API-02); this makes an honest one leave.
-async fn drain_unregistered(state: &AppState) -> anyhow::Result<()> {
+/// (API-02); this makes an honest one leave. Also forgets the remembered registrations of
+/// runners without a live one (`reports::forget_unregistered`).
+async fn unregistered(state: &AppState) -> anyhow::Result<()> {
     let presences = crate::fleet::presences(state).await?;
-    if presences.is_empty() {
+    if presences.is_empty() && !crate::reports::remembers_any(state) {
         return Ok(());
     }
     let live = crate::db::registrations::live(&state.db).await?;
+    crate::reports::forget_unregistered(state, &live);
     for p in presences {
         if p.draining || live.contains_key(&p.id) {
             continue;

@@ -5,9 +5,11 @@ use crate::db;
 use crate::fence::Move;
 use crate::AppState;
 use backon::Retryable;
+use rivet_core::definition::RetryOn;
 use rivet_protocol::http::JobState;
 use rivet_protocol::messages::{ReportBody, RunnerReport};
 use rivet_protocol::redis_keys::{is_attempt_token, lease_holder, lease_value};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
@@ -257,8 +259,32 @@ pub async fn apply(
             record_forged(state, job, attempt).await;
             return Ok(Applied::Forged("`Started` without a valid attempt token"));
         }
+        // A whole attempt that no retry rule covers, from a runner whose registration this
+        // orchestrator remembers: checked against that registration as remembered (publisher,
+        // MAC), and applied in one statement that reads the registration again (live, same
+        // session and broker user, labels covering the job's). Whatever does not apply here
+        // takes the path below, which decides refusals: this one only ever applies.
+        let mut tried = None;
+        if matches!(rest.last(), Some(ReportBody::Finished { outcome }) if RetryOn::of(outcome).is_none())
+        {
+            let known = lock(&state.known_runners).get(runner).cloned();
+            if let Some(known) = known.filter(|k| k.signed(report, signed, publisher)) {
+                if let Some(whole) = whole_attempt(report, rest, None, *ago_ms, known.identity()) {
+                    if db::jobs::start_and_end(&state.db, &whole).await? {
+                        state.remembered_starts.fetch_add(1, Ordering::Relaxed);
+                        let ended =
+                            db::attempts::Ended::Final(JobState::from_outcome(whole.outcome));
+                        after_end(state, report, Some(ended)).await;
+                        return Ok(Applied::Stored);
+                    }
+                }
+                tried = Some(known);
+            }
+        }
         let check = db::registrations::start_check(&state.db, job, runner).await?;
-        match identity_violation(report, check.as_ref(), signed, publisher) {
+        remember(state, runner, check.as_ref());
+        let violation = identity_violation(report, check.as_ref(), signed, publisher);
+        match violation {
             None => {}
             // Published by another broker user than the runner's: whoever sent it, it was not
             // that runner. Counted, and nothing changes.
@@ -292,14 +318,21 @@ pub async fn apply(
         // A whole attempt (started and ended with a final outcome) is one statement; the
         // transaction below is for everything else, and says why when that statement did not
         // apply.
-        if let Some(whole) = check
-            .as_ref()
-            .and_then(|c| {
-                use serde::Deserialize;
-                rivet_core::definition::RetrySpec::deserialize(&c.retry.0).ok()
-            })
-            .and_then(|retry| whole_attempt(report, rest, &retry, *ago_ms))
-        {
+        // (Not again with the identity the statement above was tried with: the registration
+        // did not stand in its way, so the job did.)
+        if let Some(whole) = check.as_ref().and_then(|c| {
+            use serde::Deserialize;
+            let retry = rivet_core::definition::RetrySpec::deserialize(&c.retry.0).ok()?;
+            c.registration?;
+            let identity = db::jobs::Identity {
+                session_key: c.session_key.as_deref()?,
+                broker_user: c.broker_user.as_deref(),
+            };
+            let tried = tried
+                .as_ref()
+                .is_some_and(|t: &KnownRunner| t.identity() == identity);
+            (!tried).then(|| whole_attempt(report, rest, Some(&retry), *ago_ms, identity))?
+        }) {
             if db::jobs::start_and_end(&state.db, &whole).await? {
                 let ended = db::attempts::Ended::Final(JobState::from_outcome(whole.outcome));
                 after_end(state, report, Some(ended)).await;
@@ -509,6 +542,81 @@ fn identity_violation(
     None
 }
 
+/// A runner's live registration as its last `Started` read it: what the next whole attempt's
+/// report is checked against before its one statement, which checks that this is still the
+/// registration as it is (`db::jobs::start_and_end`). A guess, never trusted alone.
+#[derive(Debug, Clone)]
+pub struct KnownRunner {
+    session_key: String,
+    broker_user: Option<String>,
+}
+
+/// Known runners by name.
+pub type KnownRunners = std::collections::HashMap<String, KnownRunner>;
+
+impl KnownRunner {
+    /// Whether `report` (with `signed`, its body as received, and `publisher`, the broker user
+    /// RabbitMQ validated) passes the checks `identity_violation` makes with this registration:
+    /// the publisher is its broker user and the MAC is its session's.
+    fn signed(&self, report: &RunnerReport, signed: &ReportBody, publisher: Option<&str>) -> bool {
+        publisher_matches(self.broker_user.as_deref(), publisher)
+            && rivet_protocol::identity::verify_session_mac(
+                &self.session_key,
+                report.job_id,
+                report.attempt,
+                &report.runner_id,
+                &report.token,
+                signed,
+                &report.session_mac,
+            )
+    }
+
+    fn identity(&self) -> db::jobs::Identity<'_> {
+        db::jobs::Identity {
+            session_key: &self.session_key,
+            broker_user: self.broker_user.as_deref(),
+        }
+    }
+}
+
+fn lock(known: &std::sync::Mutex<KnownRunners>) -> std::sync::MutexGuard<'_, KnownRunners> {
+    known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Remembers the registration of `runner` as `check` read it: its session key and broker user
+/// while it is live and has a session, nothing otherwise. What is remembered is what PostgreSQL
+/// said, whatever the report that made it read: a report cannot choose it.
+fn remember(state: &AppState, runner: &str, check: Option<&db::registrations::StartCheck>) {
+    // Without such a job the registration was not read.
+    let Some(c) = check else { return };
+    let mut known = lock(&state.known_runners);
+    match (c.registration, &c.session_key) {
+        (Some(_), Some(key)) => {
+            let entry = KnownRunner {
+                session_key: key.clone(),
+                broker_user: c.broker_user.clone(),
+            };
+            known.insert(runner.to_owned(), entry);
+        }
+        _ => {
+            known.remove(runner);
+        }
+    }
+}
+
+/// Whether any runner's registration is remembered.
+pub fn remembers_any(state: &AppState) -> bool {
+    !lock(&state.known_runners).is_empty()
+}
+
+/// Forgets the remembered registrations of runners that have no live registration in `live`
+/// (revoked; the reaper calls it), so that no more are remembered than there are live ones.
+pub fn forget_unregistered<T>(state: &AppState, live: &std::collections::BTreeMap<String, T>) {
+    lock(&state.known_runners).retain(|name, _| live.contains_key(name));
+}
+
 /// Whether a report published by `publisher` (the `user-id` RabbitMQ validated) may come from a
 /// runner whose registration has the broker user `expected`: the same user, or no user to
 /// compare (shared broker users, or no live registration, which is refused elsewhere).
@@ -624,18 +732,24 @@ fn stage_update<'a>(
 
 /// The rest of a `Started` report (`rest`, the bodies after it) as one whole attempt, when it
 /// is one: log and stage bodies, then a `Finished` whose outcome the job's `retry` rule does
-/// not cover. Per stage the row is what the bodies applied in order would leave: its first end,
-/// else its first start.
+/// not cover (`None`: the rule is not known, and only an outcome no rule covers will do). Per
+/// stage the row is what the bodies applied in order would leave: its first end, else its
+/// first start. `identity` is the registration the report was checked against.
 pub fn whole_attempt<'a>(
     report: &'a RunnerReport,
     rest: &'a [ReportBody],
-    retry: &rivet_core::definition::RetrySpec,
+    retry: Option<&rivet_core::definition::RetrySpec>,
     ago_ms: u64,
+    identity: db::jobs::Identity<'a>,
 ) -> Option<db::jobs::WholeAttempt<'a>> {
     let (ReportBody::Finished { outcome }, before) = rest.split_last()? else {
         return None;
     };
-    if retry.retries(report.attempt, outcome) {
+    let retried = match retry {
+        Some(retry) => retry.retries(report.attempt, outcome),
+        None => RetryOn::of(outcome).is_some(),
+    };
+    if retried {
         return None;
     }
     let mut lines = Vec::new();
@@ -665,6 +779,7 @@ pub fn whole_attempt<'a>(
         outcome,
         lines,
         stages: stages.into_values().collect(),
+        identity,
     })
 }
 
@@ -843,7 +958,16 @@ mod tests {
             count: 0,
             ..RetrySpec::default()
         };
-        let whole = super::whole_attempt(&report, &rest, &none, 7).expect("a whole attempt");
+        let identity = crate::db::jobs::Identity {
+            session_key: "key",
+            broker_user: None,
+        };
+        let whole_attempt = |rest: &[ReportBody], retry: Option<&RetrySpec>, ago_ms| {
+            super::whole_attempt(&report, rest, retry, ago_ms, identity)
+                .map(|w| (w.outcome.clone(), w.lines.len(), w.stages.len()))
+        };
+        let whole = super::whole_attempt(&report, &rest, Some(&none), 7, identity)
+            .expect("a whole attempt");
         let stages: Vec<(u32, &str, &str)> = whole
             .stages
             .iter()
@@ -861,18 +985,26 @@ mod tests {
         assert_eq!(whole.ago_ms, 7);
         // An end the retry rule covers queues another attempt: not a whole attempt.
         let retried = [finished(lost.clone())];
-        assert!(super::whole_attempt(&report, &retried, &RetrySpec::default(), 0).is_none());
-        assert!(super::whole_attempt(&report, &retried, &none, 0).is_some());
+        assert!(whole_attempt(&retried, Some(&RetrySpec::default()), 0).is_none());
+        assert!(whole_attempt(&retried, Some(&none), 0).is_some());
+        // Without the job's rule, only an outcome that no rule retries will do.
+        assert!(whole_attempt(&retried, None, 0).is_none());
+        for outcome in [JobOutcome::Succeeded, JobOutcome::Cancelled] {
+            assert_eq!(
+                whole_attempt(&[finished(outcome.clone())], None, 0),
+                Some((outcome, 0, 0))
+            );
+        }
+        let failed = JobOutcome::Failed {
+            stage: None,
+            error: "e".into(),
+        };
+        assert!(whole_attempt(&[finished(failed.clone())], Some(&none), 0).is_some());
+        assert!(whole_attempt(&[finished(failed)], None, 0).is_none());
         // No end, an end that is not last, two ends: the transaction's path.
-        assert!(super::whole_attempt(&report, std::slice::from_ref(&logs), &none, 0).is_none());
-        assert!(
-            super::whole_attempt(&report, &[finished(lost.clone()), logs.clone()], &none, 0)
-                .is_none()
-        );
-        assert!(
-            super::whole_attempt(&report, &[finished(lost.clone()), finished(lost)], &none, 0)
-                .is_none()
-        );
+        assert!(whole_attempt(std::slice::from_ref(&logs), Some(&none), 0).is_none());
+        assert!(whole_attempt(&[finished(lost.clone()), logs.clone()], Some(&none), 0).is_none());
+        assert!(whole_attempt(&[finished(lost.clone()), finished(lost)], Some(&none), 0).is_none());
     }
 
     use super::tokens_match;

@@ -32,6 +32,8 @@ pub struct TestOrchestrator {
     pub namespace: String,
     /// Its database.
     pub database_url: String,
+    /// Whole attempts it applied against a remembered registration (`AppState::remembered_starts`).
+    pub remembered_starts: std::sync::Arc<std::sync::atomic::AtomicU64>,
     database: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -41,6 +43,14 @@ pub struct TestOrchestrator {
 /// (a binary that calls `maybe_run_worker()` first). Panics, with a hint, when a service is
 /// missing: a test without its services fails, it never skips.
 pub async fn start(worker_program: &Path) -> TestOrchestrator {
+    start_with_broker_users(worker_program, crate::config::RunnerUsersMode::Managed).await
+}
+
+/// [`start`], with runners' broker users made per runner (`Managed`) or shared.
+pub async fn start_with_broker_users(
+    worker_program: &Path,
+    broker_users: crate::config::RunnerUsersMode,
+) -> TestOrchestrator {
     // Silent unless RIVET_TEST_LOG is set (to a filter such as `rivet_orchestrator=debug`).
     if let Ok(filter) = std::env::var("RIVET_TEST_LOG") {
         std::env::set_var("RUST_LOG", filter);
@@ -57,15 +67,17 @@ pub async fn start(worker_program: &Path) -> TestOrchestrator {
     let namespace = format!("rivet-test-{}", Uuid::new_v4().simple());
     let token = format!("test-admin-{}", Uuid::new_v4().simple());
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    let config = config(
+    let mut config = config(
         &namespace,
         &database_url,
         Some(token.clone()),
         Some(worker_program),
     );
+    config.broker_users = broker_users;
     let orchestrator = crate::start(&config).await.unwrap_or_else(|e| {
         panic!("starting the orchestrator (RabbitMQ, Redis running? scripts/services.sh): {e:#}")
     });
+    let remembered_starts = orchestrator.state.remembered_starts.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding a port");
@@ -77,6 +89,7 @@ pub async fn start(worker_program: &Path) -> TestOrchestrator {
         token,
         namespace,
         database_url,
+        remembered_starts,
         database,
         shutdown,
         task,

@@ -412,15 +412,36 @@ pub struct WholeAttempt<'a> {
     pub lines: Vec<&'a rivet_protocol::messages::LogLine>,
     /// Its stages, at most one update per index.
     pub stages: Vec<StageUpdate<'a>>,
+    /// The registration the caller checked the report against: the statement applies only
+    /// while the runner's live registration has that session and broker user, and its labels
+    /// cover the job's `label:` requirements.
+    pub identity: Identity<'a>,
+}
+
+/// The runner's live registration as a `Started` report was checked against it (its MAC with
+/// `session_key`, its publisher against `broker_user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// Its session key.
+    pub session_key: &'a str,
+    /// Its RabbitMQ user (none: shared broker users).
+    pub broker_user: Option<&'a str>,
 }
 
 /// Starts and ends an attempt in one statement (one round trip, one commit) if the job is
 /// waiting for it: what [`start`], the log and stage writes and ending the attempt with a final
 /// outcome do in one transaction, for the case where nothing between them can change their
 /// course (a queued job has no cancel request, and its retry rule never changes; the statement
-/// checks the first anyway, as a safeguard). Returns
-/// whether it applied; when not (a redelivered report, a job no longer waiting), nothing
-/// changed and the caller takes the transaction's path, which says why.
+/// checks the first anyway, as a safeguard). The runner's identity is checked in the same
+/// statement: the live registration named like the runner must still have `w.identity`'s
+/// session key and broker user, and its labels must cover every `label:` requirement of
+/// the job's class (what `reports::identity_violation` checks, read again here, so that an
+/// identity remembered from an earlier report lets nothing in that the registration as it is
+/// now would refuse). Returns whether it applied; when not (a redelivered report, a job no
+/// longer waiting, a registration that changed), nothing changed and the caller takes the
+/// transaction's path, which says why (when the caller checked the identity with a statement of
+/// its own just before, a registration that changed since is not noticed there: the same gap
+/// as before this statement checked it).
 pub async fn start_and_end(db: &PgPool, w: &WholeAttempt<'_>) -> sqlx::Result<bool> {
     let state = JobState::from_outcome(w.outcome).as_str();
     let logs = crate::db::logs::Columns::of(w.lines.iter().copied());
@@ -439,6 +460,12 @@ pub async fn start_and_end(db: &PgPool, w: &WholeAttempt<'_>) -> sqlx::Result<bo
            started_at = GREATEST(created_at, now() - $4 * interval '1 millisecond', \
              (SELECT queued_at FROM attempts WHERE job_id = $1 AND attempt = $2)) \
            WHERE id = $1 AND attempt = $2 AND state = 'queued' AND cancel_requested_at IS NULL \
+           AND EXISTS (SELECT 1 FROM runner_registrations r WHERE r.name = $3 AND r.revoked_at IS NULL \
+             AND r.session_key = $19 AND r.broker_user IS NOT DISTINCT FROM $20 \
+             AND NOT EXISTS (SELECT 1 FROM classes c CROSS JOIN unnest(c.requires) AS q(req) \
+               WHERE c.class_key = jobs.class_key AND q.req LIKE 'label:%' \
+               AND NOT EXISTS (SELECT 1 FROM jsonb_each_text(r.labels) AS l \
+                 WHERE 'label:' || l.key || '=' || l.value = q.req))) \
            RETURNING started_at), \
          attempt AS (\
            UPDATE attempts SET state = $6, runner_id = $3, token = $5, outcome = $7, \
@@ -475,6 +502,8 @@ pub async fn start_and_end(db: &PgPool, w: &WholeAttempt<'_>) -> sqlx::Result<bo
     .bind(&logs.level)
     .bind(&logs.source)
     .bind(&logs.text)
+    .bind(w.identity.session_key)
+    .bind(w.identity.broker_user)
     .fetch_one(db)
     .await?;
     Ok(applied == 1)

@@ -5,7 +5,7 @@ use crate::helpers::*;
 use crate::{TOKEN_A, TOKEN_B};
 use redis::AsyncCommands;
 use rivet_core::{JobOutcome, StageOutcome};
-use rivet_protocol::http::{JobState, JobView, LogPage};
+use rivet_protocol::http::{JobState, LogPage};
 use rivet_protocol::messages::{ControlCommand, LogLine, ReportBody, RunnerControl, RunnerReport};
 use rivet_protocol::redis_keys::{lease_value, Keys};
 use rivet_protocol::SCHEMA_VERSION;
@@ -23,10 +23,6 @@ fn line(seq: u64, text: &str) -> LogLine {
     }
 }
 
-async fn job(app: &TestApp, id: uuid::Uuid) -> JobView {
-    app.get(&format!("/jobs/{id}")).await.json().await.unwrap()
-}
-
 async fn log_lines(app: &TestApp, id: uuid::Uuid) -> Vec<String> {
     let page: LogPage = app
         .get(&format!("/jobs/{id}/logs"))
@@ -35,25 +31,6 @@ async fn log_lines(app: &TestApp, id: uuid::Uuid) -> Vec<String> {
         .await
         .unwrap();
     page.lines.into_iter().map(|l| l.line).collect()
-}
-
-/// Polls `check` until it yields, for at most 10 s.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let poll = async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), poll)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 async fn forged_count(app: &TestApp, id: uuid::Uuid) -> i32 {
@@ -543,11 +520,17 @@ async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
         },
         &ReportBody::Started { ago_ms: 30 },
     );
+    let (session_key, broker_user) = registration(&one, "runner-a").await;
+    let identity = rivet_orchestrator::db::jobs::Identity {
+        session_key: &session_key,
+        broker_user: broker_user.as_deref(),
+    };
     let whole = rivet_orchestrator::reports::whole_attempt(
         &report,
         &bodies[1..],
-        &rivet_core::definition::RetrySpec::default(),
+        Some(&rivet_core::definition::RetrySpec::default()),
         30,
+        identity,
     )
     .expect("a start, stages and logs, and an end that is not retried: a whole attempt");
     let pool = sqlx::PgPool::connect(&one.database_url).await.unwrap();

@@ -4,6 +4,7 @@ use crate::TOKEN_A;
 use redis::AsyncCommands;
 use rivet_orchestrator::testing::TestOrchestrator;
 pub use rivet_orchestrator::testing::{self, AMQP, REDIS};
+pub use rivet_orchestrator::RunnerUsersMode;
 use rivet_protocol::http::JobView;
 use rivet_protocol::messages::{ReportBody, RunnerControl, RunnerReport};
 use rivet_protocol::redis_keys::{lease_value, Keys};
@@ -21,8 +22,16 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    let orchestrator =
-        rivet_orchestrator::testing::start(env!("CARGO_BIN_EXE_rivet-orchestrator").as_ref()).await;
+    spawn_app_with_broker_users(RunnerUsersMode::Managed).await
+}
+
+/// [`spawn_app`], with runners' broker users made per runner (`Managed`) or shared.
+pub async fn spawn_app_with_broker_users(broker_users: RunnerUsersMode) -> TestApp {
+    let orchestrator = rivet_orchestrator::testing::start_with_broker_users(
+        env!("CARGO_BIN_EXE_rivet-orchestrator").as_ref(),
+        broker_users,
+    )
+    .await;
     TestApp {
         base: orchestrator.base_url.clone(),
         token: orchestrator.token.clone(),
@@ -34,6 +43,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// Whole attempts the orchestrator applied against a remembered registration.
+    pub fn remembered_starts(&self) -> u64 {
+        self.orchestrator
+            .remembered_starts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn url(&self, path: &str) -> String {
         self.orchestrator.api(path)
     }
@@ -111,6 +127,74 @@ impl TestApp {
     }
 }
 
+/// The job `id` as the API shows it.
+pub async fn job(app: &TestApp, id: uuid::Uuid) -> JobView {
+    app.get(&format!("/jobs/{id}")).await.json().await.unwrap()
+}
+
+/// Polls `check` until it yields, for at most 10 s.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// The live registration named `name`, as the database has it: session key, broker user.
+pub async fn registration(app: &TestApp, name: &str) -> (String, Option<String>) {
+    let mut db = app.db().await;
+    sqlx::query_as(
+        "SELECT session_key, broker_user FROM runner_registrations \
+         WHERE name = $1 AND revoked_at IS NULL",
+    )
+    .bind(name)
+    .fetch_one(&mut db)
+    .await
+    .expect("a live registration with a session")
+}
+
+/// Takes `job` from its class queue on `broker` as `runner-a` does: acknowledges it and holds its
+/// lease for attempt 1 with token A. Returns the message and its `reply_to`.
+pub async fn take(
+    app: &TestApp,
+    broker: &rivet_amqp::Broker,
+    job: &JobView,
+) -> (rivet_protocol::messages::JobDispatch, String) {
+    let mut sub = testing::consume_class(broker, &job.class_key, 1, "test-runner").await;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a job arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.message.job_id, job.id);
+    sub.cancel().await.ok();
+    let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
+    let dispatch = delivery.message.clone();
+    delivery.ack().await.unwrap();
+    let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
+        .await
+        .unwrap();
+    let _: () = redis
+        .set(
+            Keys::new(&app.namespace).lease(job.id),
+            lease_value("runner-a", 1, TOKEN_A),
+        )
+        .await
+        .unwrap();
+    (dispatch, reply_to)
+}
+
 /// A job taken as `runner-a` with lease token A: what a runner has between the delivery and its
 /// first report.
 pub struct Taken {
@@ -135,27 +219,8 @@ impl Taken {
         let (_, session) = app.register_runner("runner-a", json!({})).await;
         let broker = testing::runner_broker(&app.namespace, &session).await;
         let orders = broker.subscribe_control("runner-a").await.unwrap();
-        let mut sub = testing::consume_class(&broker, "process", 1, "test-runner").await;
-        let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("a job arrives")
-            .unwrap()
-            .unwrap();
-        assert_eq!(delivery.message.job_id, submitted.id);
-        assert_eq!(delivery.message.inputs["n"], "1");
-        sub.cancel().await.ok();
-        let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
-        delivery.ack().await.unwrap();
-        let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS).unwrap())
-            .await
-            .unwrap();
-        let _: () = redis
-            .set(
-                Keys::new(&app.namespace).lease(submitted.id),
-                lease_value("runner-a", 1, TOKEN_A),
-            )
-            .await
-            .unwrap();
+        let (dispatch, reply_to) = take(app, &broker, &submitted).await;
+        assert_eq!(dispatch.inputs["n"], "1");
         Taken {
             id: submitted.id,
             session_key: session.session_key,

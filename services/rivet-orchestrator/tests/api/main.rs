@@ -5,6 +5,7 @@ mod dashboard;
 mod forgery;
 mod helpers;
 mod inserts;
+mod known_runners;
 mod runner_users;
 mod sources;
 
