@@ -74,10 +74,9 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = visible(&state, &scope, &id).await?;
-    let mut job = db::jobs::get(&state.db, id)
+    let mut job = db::jobs::get_with_attempts(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
-    job.attempts = db::jobs::attempts(&state.db, id).await?;
     annotate(&state, std::slice::from_mut(&mut job)).await?;
     Ok(Json(job))
 }
@@ -189,10 +188,9 @@ pub async fn retry(
 }
 
 async fn current(state: &AppState, id: Uuid) -> Result<JobView, ApiError> {
-    let mut job = db::jobs::get(&state.db, id)
+    let mut job = db::jobs::get_with_attempts(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job `{id}`")))?;
-    job.attempts = db::jobs::attempts(&state.db, id).await?;
     annotate(state, std::slice::from_mut(&mut job)).await?;
     Ok(job)
 }

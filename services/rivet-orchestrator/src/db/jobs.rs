@@ -281,14 +281,33 @@ struct StageRow {
     error: Option<String>,
 }
 
+/// The job `id` with its attempts and their stages, read in one snapshot (a `REPEATABLE READ`
+/// read-only transaction): its three statements see the same commits, so a job is never shown
+/// queued with its attempt already ended, or the other way round.
+pub async fn get_with_attempts(db: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let row: Option<JobRow> = sqlx::query_as(&format!("{SELECT_JOB} WHERE j.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut job = JobView::from(row);
+    job.attempts = attempts(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Some(job))
+}
+
 /// The attempts of a job with their stages, oldest first.
-pub async fn attempts(db: &PgPool, id: Uuid) -> sqlx::Result<Vec<AttemptView>> {
+async fn attempts(db: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<Vec<AttemptView>> {
     let rows: Vec<AttemptRow> = sqlx::query_as(
         "SELECT attempt, state, runner_id, outcome, (extract(epoch FROM started_at) * 1000)::bigint AS started_at_ms, \
          (extract(epoch FROM finished_at) * 1000)::bigint AS finished_at_ms FROM attempts WHERE job_id = $1 ORDER BY attempt",
     )
     .bind(id)
-    .fetch_all(db)
+    .fetch_all(&mut *db)
     .await?;
     let stages: Vec<StageRow> = sqlx::query_as(
         "SELECT attempt, idx, name, state, duration_ms, error FROM stage_runs WHERE job_id = $1 ORDER BY attempt, idx",

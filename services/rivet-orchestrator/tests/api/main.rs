@@ -537,3 +537,78 @@ async fn reports_are_fenced_by_lease_and_attempt() {
     broker.close().await;
     app.stop().await;
 }
+
+/// `GET /jobs/{id}` reads the job, its attempts and their stages in one snapshot: a change
+/// committed between its statements shows in none of them or in all. The test holds the
+/// attempts table locked until the request waits on it (after it read the job), then starts
+/// the attempt and lets the request go on.
+#[tokio::test]
+async fn a_job_and_its_attempts_are_shown_from_one_snapshot() {
+    use sqlx::Connection;
+    let app = spawn_app().await;
+    let taken = Taken::new(&app).await;
+    let mut db = app.db().await;
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let shown = tokio::spawn({
+        let (http, url, token) = (
+            app.http.clone(),
+            app.url(&format!("/jobs/{}", taken.id)),
+            app.token.clone(),
+        );
+        async move {
+            let r = http.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<JobView>().await.unwrap()
+        }
+    });
+    let mut watch = app.db().await;
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'SELECT attempt, state, runner_id, outcome%'",
+            )
+            .fetch_one(&mut watch)
+            .await
+            .unwrap();
+            if n > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the request waits on the attempts table, having read the job");
+    for sql in [
+        "UPDATE jobs SET state = 'running', runner_id = 'runner-a', started_at = now() WHERE id = $1",
+        "UPDATE attempts SET state = 'running', runner_id = 'runner-a', started_at = now() \
+         WHERE job_id = $1 AND attempt = 1",
+    ] {
+        sqlx::query(sql)
+            .bind(taken.id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), shown)
+        .await
+        .expect("the request answers once the lock is gone")
+        .unwrap();
+    assert_eq!(
+        (seen.state, seen.attempts[0].state),
+        (JobState::Queued, JobState::Queued),
+        "read before the change, both of them: {seen:?}"
+    );
+    let now = job(&app, taken.id).await;
+    assert_eq!(
+        (now.state, now.attempts[0].state),
+        (JobState::Running, JobState::Running)
+    );
+    app.stop().await;
+}
