@@ -91,8 +91,8 @@ pub struct AppState {
     /// applying a whole attempt checks (`reports::KnownRunner`).
     pub known_runners: Arc<std::sync::Mutex<reports::KnownRunners>>,
     /// Whole attempts applied against a remembered registration, without the identity check's
-    /// own statement (read by tests).
-    pub remembered_starts: Arc<std::sync::atomic::AtomicU64>,
+    /// own statement (watched by tests).
+    pub remembered_starts: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl AppState {
@@ -369,7 +369,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Orchestrator> {
         broker_users,
         redis_users: config.redis_users,
         known_runners: Default::default(),
-        remembered_starts: Default::default(),
+        remembered_starts: Arc::new(tokio::sync::watch::Sender::new(0)),
     };
     auth::bootstrap(&state.db, config.bootstrap_token.as_deref()).await?;
     relay::sync_classes(&state)

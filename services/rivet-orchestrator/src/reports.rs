@@ -9,7 +9,6 @@ use rivet_core::definition::RetryOn;
 use rivet_protocol::http::JobState;
 use rivet_protocol::messages::{ReportBody, RunnerReport};
 use rivet_protocol::redis_keys::{is_attempt_token, lease_holder, lease_value};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
@@ -271,7 +270,7 @@ pub async fn apply(
             if let Some(known) = known.filter(|k| k.signed(report, signed, publisher)) {
                 if let Some(whole) = whole_attempt(report, rest, None, *ago_ms, known.identity()) {
                     if db::jobs::start_and_end(&state.db, &whole).await? {
-                        state.remembered_starts.fetch_add(1, Ordering::Relaxed);
+                        state.remembered_starts.send_modify(|n| *n += 1);
                         let ended =
                             db::attempts::Ended::Final(JobState::from_outcome(whole.outcome));
                         after_end(state, report, Some(ended)).await;

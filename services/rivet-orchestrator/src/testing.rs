@@ -33,7 +33,7 @@ pub struct TestOrchestrator {
     /// Its database.
     pub database_url: String,
     /// Whole attempts it applied against a remembered registration (`AppState::remembered_starts`).
-    pub remembered_starts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub remembered_starts: tokio::sync::watch::Receiver<u64>,
     database: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -77,7 +77,7 @@ pub async fn start_with_broker_users(
     let orchestrator = crate::start(&config).await.unwrap_or_else(|e| {
         panic!("starting the orchestrator (RabbitMQ, Redis running? scripts/services.sh): {e:#}")
     });
-    let remembered_starts = orchestrator.state.remembered_starts.clone();
+    let remembered_starts = orchestrator.state.remembered_starts.subscribe();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding a port");

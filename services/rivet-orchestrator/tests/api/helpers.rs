@@ -45,9 +45,17 @@ pub async fn spawn_app_with_broker_users(broker_users: RunnerUsersMode) -> TestA
 impl TestApp {
     /// Whole attempts the orchestrator applied against a remembered registration.
     pub fn remembered_starts(&self) -> u64 {
-        self.orchestrator
-            .remembered_starts
-            .load(std::sync::atomic::Ordering::Relaxed)
+        *self.orchestrator.remembered_starts.borrow()
+    }
+
+    /// Waits, for at most 10 s, until the orchestrator applied `n` whole attempts against a
+    /// remembered registration.
+    pub async fn wait_for_remembered_starts(&self, n: u64) {
+        let mut starts = self.orchestrator.remembered_starts.clone();
+        tokio::time::timeout(Duration::from_secs(10), starts.wait_for(|&have| have >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} whole attempts applied as remembered"))
+            .expect("the orchestrator is running");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -147,6 +155,42 @@ where
         }
     };
     tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until `check` yields, for at most 10 s: checked at once and again after every
+/// statement that changed the `jobs` or `attempts` table of `app`'s database (a trigger this
+/// installs there notifies `rivet_test_rows` at each commit).
+pub async fn wait_for_rows<T, F, Fut>(app: &TestApp, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut listener = sqlx::postgres::PgListener::connect(&app.database_url)
+        .await
+        .expect("listening to the test database");
+    listener.listen("rivet_test_rows").await.unwrap();
+    let mut db = app.db().await;
+    for sql in [
+        "CREATE OR REPLACE FUNCTION rivet_test_rows() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_notify('rivet_test_rows', TG_TABLE_NAME); RETURN NULL; END $$",
+        "CREATE OR REPLACE TRIGGER rivet_test_jobs AFTER INSERT OR UPDATE ON jobs \
+         FOR EACH STATEMENT EXECUTE FUNCTION rivet_test_rows()",
+        "CREATE OR REPLACE TRIGGER rivet_test_attempts AFTER INSERT OR UPDATE ON attempts \
+         FOR EACH STATEMENT EXECUTE FUNCTION rivet_test_rows()",
+    ] {
+        sqlx::query(sql).execute(&mut db).await.unwrap();
+    }
+    let wait = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            listener.recv().await.expect("a notification");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }

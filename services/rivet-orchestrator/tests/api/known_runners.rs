@@ -135,7 +135,7 @@ enum Change {
 async fn second_job_after(broker_users: RunnerUsersMode, change: Change) -> (Setup, JobView) {
     let s = setup(broker_users).await;
     let first = run_whole_attempt(&s, &s.session_key, &s.broker, JobOutcome::Succeeded).await;
-    let done = wait_for("the first job to succeed", || async {
+    let done = wait_for_rows(&s.app, "the first job to succeed", || async {
         let j = job(&s.app, first).await;
         j.state.is_final().then_some(j)
     })
@@ -183,18 +183,22 @@ async fn second_job_after(broker_users: RunnerUsersMode, change: Change) -> (Set
     let second = run_whole_attempt(&s, &key, via, outcome).await;
     // The job's own row says when its first attempt was decided (ended, or refused) and the
     // attempt's row when a report was counted as forged; the job is read again after, whole.
-    wait_for("the second job's first attempt to be decided", || async {
-        let mut db = s.app.db().await;
-        let (state, attempt, forged): (String, i32, i32) = sqlx::query_as(
-            "SELECT j.state, j.attempt, a.forged_reports FROM jobs j \
+    wait_for_rows(
+        &s.app,
+        "the second job's first attempt to be decided",
+        || async {
+            let mut db = s.app.db().await;
+            let (state, attempt, forged): (String, i32, i32) = sqlx::query_as(
+                "SELECT j.state, j.attempt, a.forged_reports FROM jobs j \
              JOIN attempts a ON a.job_id = j.id AND a.attempt = 1 WHERE j.id = $1",
-        )
-        .bind(second)
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-        (state != "queued" || attempt > 1 || forged > 0).then_some(())
-    })
+            )
+            .bind(second)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            (state != "queued" || attempt > 1 || forged > 0).then_some(())
+        },
+    )
     .await;
     let seen = job(&s.app, second).await;
     (s, seen)
@@ -237,11 +241,7 @@ async fn assert_applied_as_remembered(s: &Setup, second: &JobView) {
     assert_eq!(second.state, JobState::Succeeded, "{:?}", second.outcome);
     assert_eq!(second.runner_id.as_deref(), Some("runner-a"));
     assert_eq!(second.attempts.len(), 1);
-    wait_for(
-        "the remembered registration's statement to be counted",
-        || async { (s.app.remembered_starts() > 0).then_some(()) },
-    )
-    .await;
+    s.app.wait_for_remembered_starts(1).await;
     assert_eq!(s.app.remembered_starts(), 1);
 }
 

@@ -565,6 +565,8 @@ async fn a_job_and_its_attempts_are_shown_from_one_snapshot() {
             r.json::<JobView>().await.unwrap()
         }
     });
+    // PostgreSQL signals no one when a backend starts waiting on a lock: its own activity view
+    // is read until it shows the request's attempts statement waiting, under a timeout.
     let mut watch = app.db().await;
     let waiting = async {
         loop {
