@@ -121,6 +121,11 @@ fn worker_main(start: zygote::Start, mapper: isolation::Mapper) -> ! {
         Err(error) => JobOutcome::Failed { stage: None, error },
     };
     sink.emit(&Event::Finished { outcome });
-    // Exit without dropping the Lua state: finalizers could run forever (P11).
-    std::process::exit(0)
+    // Exit without dropping the Lua state: finalizers could run forever (P11). `_exit`, not
+    // `exit`: every event is written (frames are written whole and flushed, unbuffered) and
+    // the job's files are closed by the kernel; `exit` would only add work to every job's end
+    // (atexit handlers, the shared libraries' destructors, setting up Rust's stdout just to
+    // flush it, with their page faults: about 4 % of a worker's CPU time in a profile).
+    // SAFETY: ends this process; nothing in it is left to do.
+    unsafe { libc::_exit(0) }
 }

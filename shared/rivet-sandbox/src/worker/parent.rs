@@ -133,6 +133,9 @@ struct Output {
 /// keep the deadline thread from its deadlines.
 const READ_PER_WAKE: usize = 256 << 10;
 
+/// Room made in the stdout buffer before each read.
+const READ_CHUNK: usize = 64 << 10;
+
 impl Output {
     fn new(stdout: File, stderr: File) -> io::Result<Self> {
         for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
@@ -254,20 +257,40 @@ impl Output {
             self.pending.drain(..self.start);
             self.start = 0;
         }
-        let mut buf = [0u8; 64 << 10];
         let mut read = 0;
-        while let (Some(stdout), true) = (&mut self.stdout, read < READ_PER_WAKE) {
-            match stdout.read(&mut buf) {
-                Ok(0) => self.stdout = None,
-                Ok(n) => {
-                    self.pending.extend_from_slice(&buf[..n]);
+        while let (Some(stdout), true) = (&self.stdout, read < READ_PER_WAKE) {
+            // Straight into `pending`'s spare room: a zeroed buffer to copy from would cost a
+            // 64 KiB memset per wake-up, more than a short job's whole output.
+            self.pending.reserve(READ_CHUNK);
+            let spare = self.pending.spare_capacity_mut();
+            // SAFETY: read(2) writes at most `spare.len()` bytes into memory this Vec owns and
+            // has reserved; only the bytes it reports written become part of the Vec.
+            let n =
+                unsafe { libc::read(stdout.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+            match n {
+                0 => self.stdout = None,
+                n if n > 0 => {
+                    let n = n as usize;
+                    let full = n == spare.len();
+                    // SAFETY: the kernel initialised these `n` bytes right after the old length.
+                    unsafe { self.pending.set_len(self.pending.len() + n) };
                     read += n;
+                    if !full {
+                        // A short read emptied the pipe: poll says when there is more, which
+                        // spares the read that would only find it empty.
+                        return;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    self.error = Some(e);
-                    self.stdout = None;
+                _ => {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::Interrupted => {}
+                        io::ErrorKind::WouldBlock => return,
+                        _ => {
+                            self.error = Some(e);
+                            self.stdout = None;
+                        }
+                    }
                 }
             }
         }
