@@ -179,20 +179,21 @@ async fn main() {
         .await;
     let submit_secs = t0.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
+    // Every earlier job is over, so the run is done when no job is queued or running. Asked
+    // that way (the state index), the poll costs PostgreSQL a tenth of matching 2,000 ids
+    // every time, which took about 1 % of the machine from the jobs measured.
     loop {
-        let (done,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM jobs WHERE id = ANY($1) AND state NOT IN ('queued', 'running')",
-        )
-        .bind(&submitted)
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-        if done as usize == throughput_jobs {
+        let (left,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        if left == 0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {done} of {throughput_jobs} jobs finished in 10 minutes"
+            "{left} of {throughput_jobs} jobs still unfinished after 10 minutes"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
