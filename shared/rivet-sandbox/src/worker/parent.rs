@@ -271,7 +271,9 @@ impl Output {
                 0 => self.stdout = None,
                 n if n > 0 => {
                     let n = n as usize;
-                    let full = n == spare.len();
+                    // Compared with a chunk, not with all the room: `pending` keeps the capacity
+                    // a large frame gave it, and a pipe holds 64 KiB.
+                    let full = n >= READ_CHUNK.min(spare.len());
                     // SAFETY: the kernel initialised these `n` bytes right after the old length.
                     unsafe { self.pending.set_len(self.pending.len() + n) };
                     read += n;
