@@ -122,11 +122,12 @@ fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Iso
         // SAFETY: getppid has no preconditions (this process is in the zygote's pid namespace).
         take_uid(uid, || unsafe { libc::getppid() } == zygote)?;
     }
-    let base = std::env::temp_dir().join(format!("rivet-job-{}", std::process::id()));
+    let base = scratch_dir(std::process::id());
+    fresh_scratch(&base)?;
     let home = base.join("home");
     let tmp = base.join("tmp");
     for d in [&home, &tmp] {
-        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        std::fs::create_dir(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
     Ok(Isolation {
         home,
@@ -135,6 +136,42 @@ fn fallback(request: &JobRequest, zygote: i32, notes: Vec<String>) -> Result<Iso
         notes,
         cleanup: Some(base),
     })
+}
+
+/// Where a worker without namespaces keeps its job's HOME and TMPDIR on the host: named by
+/// its pid, so that its parent can remove it when the worker could not (killed, crashed).
+/// `/tmp` itself, not `TMPDIR`: the worker's environment is empty and its parent's is not.
+pub(super) fn scratch_dir(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/rivet-job-{pid}"))
+}
+
+/// Makes `base` afresh, private (0700) to this process's uid. A directory already there is
+/// never used: with this pid now ours, its owner is dead, a worker that died with its runner
+/// (nobody was left to remove it), or it was made by someone else to be found; either way
+/// what it holds is not this job's. It is removed first (without following a symbolic link),
+/// and the job fails if that is not possible.
+fn fresh_scratch(base: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let make = || std::fs::DirBuilder::new().mode(0o700).create(base);
+    match make() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let stale = std::fs::symlink_metadata(base)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            let removed = if stale {
+                std::fs::remove_dir_all(base)
+            } else {
+                std::fs::remove_file(base)
+            };
+            removed.and_then(|()| make()).map_err(|e| {
+                format!(
+                    "isolation: {} was already there and could not be replaced ({e}); a job never uses a directory it did not make",
+                    base.display()
+                )
+            })
+        }
+        r => r.map_err(|e| format!("creating {}: {e}", base.display())),
+    }
 }
 
 /// Becomes `uid` and gid `uid` (in this process's user namespace), for good, and stays killed
@@ -571,5 +608,47 @@ mod tests {
             None,
             "died before it answered"
         );
+    }
+
+    /// A worker without namespaces never uses a scratch directory it did not make: one left
+    /// behind (by a worker that died with its runner, whose pid is now this one's) or planted
+    /// is removed, and a symbolic link there is removed without being followed.
+    #[test]
+    fn a_scratch_directory_already_there_is_replaced_not_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("rivet-job-1");
+
+        fresh_scratch(&base).unwrap();
+        let mode = std::fs::metadata(&base).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "private to the job's uid");
+
+        std::fs::create_dir_all(base.join("tmp")).unwrap();
+        std::fs::write(base.join("tmp/left-behind"), "an earlier job's file").unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+        fresh_scratch(&base).unwrap();
+        assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0, "made afresh");
+        let mode = std::fs::metadata(&base).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("kept"), "not the job's").unwrap();
+        std::fs::remove_dir(&base).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &base).unwrap();
+        fresh_scratch(&base).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&base).unwrap().is_dir(),
+            "a directory, not the link"
+        );
+        assert!(
+            elsewhere.join("kept").exists(),
+            "the link's target is untouched"
+        );
+
+        std::fs::remove_dir(&base).unwrap();
+        std::fs::write(&base, "a file in the way").unwrap();
+        fresh_scratch(&base).unwrap();
+        assert!(std::fs::symlink_metadata(&base).unwrap().is_dir());
     }
 }

@@ -537,8 +537,22 @@ pub fn readable_within(fd: &OwnedFd, timeout: std::time::Duration) -> bool {
 
 impl Worker {
     /// SIGKILLs the worker's process group, then reaps the worker and returns how it ended (a
-    /// worker that had already exited keeps its own status).
+    /// worker that had already exited keeps its own status), and removes the worker's scratch
+    /// directory on the host if it left one.
     pub fn kill_and_wait(self) -> io::Result<ExitStatus> {
+        let status = self.reap();
+        // A worker without namespaces keeps its job's HOME and TMPDIR on the host, named by
+        // its pid, and removes them itself when it ends by itself; one that was killed or died
+        // could not. (A namespaced worker keeps them in a tmpfs of its own: for it the name
+        // holds nothing, and this is one failed open. The kernel hands out pids in turn, so
+        // the one just reaped is nobody's again this soon.)
+        if let Ok(pid) = u32::try_from(self.pid) {
+            let _ = std::fs::remove_dir_all(super::isolation::scratch_dir(pid));
+        }
+        status
+    }
+
+    fn reap(&self) -> io::Result<ExitStatus> {
         send_with_fds(self.job.as_raw_fd(), &[1], &[])?;
         match recv_i32(self.job.as_raw_fd())? {
             Some(status) => Ok(ExitStatus::from_raw(status)),

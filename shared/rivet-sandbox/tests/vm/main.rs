@@ -313,6 +313,48 @@ fn cancel_kills_the_worker_at_once() {
     assert!(report.duration < Duration::from_secs(3));
 }
 
+/// A worker without namespaces keeps its job's HOME and TMPDIR in `/tmp/rivet-job-<pid>` on
+/// the host and removes it as the job ends; a killed one cannot, so the handle that reaps it
+/// does (`Worker::kill_and_wait`). (CI used to find three of them left after every run.)
+#[test]
+fn a_killed_worker_without_namespaces_leaves_no_scratch_directory() {
+    let mut j = job(&stage(
+        "'process'",
+        r#"
+        local r = process.run{ command = "sh", args = {"-c", "touch $TMPDIR/file $HOME/file; echo $TMPDIR"} }
+        log.info("tmp=" .. r.stdout)
+        while true do end
+        "#,
+    ));
+    j.request.policy.sandbox.namespaces = rivet_core::policy::NamespaceMode::Off;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut options = options();
+    options.cancel = Some(cancel.clone());
+    let mut scratch = None;
+    let report = rivet_sandbox::run_worker(&j.request, &options, |e| {
+        if let Event::Log { line, .. } = e {
+            if let Some(tmp) = line.strip_prefix("tmp=") {
+                let tmp = std::path::PathBuf::from(tmp.trim());
+                // Still there while the job runs: the check below is not vacuous.
+                assert!(tmp.join("file").exists(), "{}", tmp.display());
+                scratch = tmp.parent().map(|p| p.to_path_buf());
+                cancel.store(true, Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(report.outcome, JobOutcome::Cancelled);
+    let scratch = scratch.expect("the job logged its TMPDIR");
+    assert!(
+        scratch
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("rivet-job-")),
+        "{}",
+        scratch.display()
+    );
+    assert!(!scratch.exists(), "{} was left behind", scratch.display());
+}
+
 #[test]
 fn background_and_setsid_children_do_not_outlive_the_call() {
     let ws = tempfile::tempdir().unwrap();
