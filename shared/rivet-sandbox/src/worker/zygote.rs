@@ -116,6 +116,8 @@ pub struct Worker {
     /// The zygote that forked it.
     pub zygote: Arc<Zygote>,
     job: OwnedFd,
+    /// The host uid its job runs as: the owner of the scratch directory it may leave.
+    job_uid: u32,
 }
 
 /// What a worker is made in.
@@ -489,6 +491,11 @@ impl Zygote {
                     pid,
                     zygote: self.clone(),
                     job: job.0,
+                    job_uid: {
+                        // SAFETY: geteuid has no preconditions.
+                        let me = unsafe { libc::geteuid() };
+                        remapped_uid(spawn.job_uid, me).unwrap_or(me)
+                    },
                 },
             }),
             Ok(Some(errno)) if errno < 0 => {
@@ -540,14 +547,21 @@ impl Worker {
     /// worker that had already exited keeps its own status), and removes the worker's scratch
     /// directory on the host if it left one.
     pub fn kill_and_wait(self) -> io::Result<ExitStatus> {
+        use std::os::unix::fs::MetadataExt;
         let status = self.reap();
         // A worker without namespaces keeps its job's HOME and TMPDIR on the host, named by
         // its pid, and removes them itself when it ends by itself; one that was killed or died
-        // could not. (A namespaced worker keeps them in a tmpfs of its own: for it the name
-        // holds nothing, and this is one failed open. The kernel hands out pids in turn, so
-        // the one just reaped is nobody's again this soon.)
+        // could not. Only a directory its job's uid owns is removed: anything else at that
+        // name is not this worker's (a namespaced worker keeps them in a tmpfs of its own, and
+        // for it this is one failed `lstat`), and the runner, maybe root, deletes nothing of
+        // other users'. (The kernel hands out pids in turn, so the one just reaped is nobody's
+        // again this soon.)
         if let Ok(pid) = u32::try_from(self.pid) {
-            let _ = std::fs::remove_dir_all(super::isolation::scratch_dir(pid));
+            let dir = super::isolation::scratch_dir(pid);
+            if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == self.job_uid)
+            {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
         status
     }

@@ -453,6 +453,33 @@ fn a_forked_worker_holds_only_its_own_pipes_and_leads_its_own_group() {
     assert_eq!(status.code(), Some(EXIT_BAD_REQUEST));
 }
 
+/// The handle that reaps a worker removes the scratch directory a worker without namespaces
+/// keeps on the host (`/tmp/rivet-job-<pid>`) only when its job's uid owns it: the runner,
+/// maybe root, deletes nothing of another user's found at that name.
+#[test]
+fn reaping_a_worker_removes_only_a_scratch_directory_its_job_owns() {
+    use std::os::unix::fs::MetadataExt;
+    let launcher = launcher();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for (owner, removed) in [(me, true), (me.wrapping_add(4242), false)] {
+        if owner != me && me != 0 {
+            continue; // only root can make a directory owned by someone else
+        }
+        // The worker waits for a request, so it makes nothing itself.
+        let (stdin, _gone, worker) = waiting_worker(&launcher);
+        let dir = std::path::PathBuf::from(format!("/tmp/rivet-job-{}", worker.pid));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("file"), "x").unwrap();
+        std::os::unix::fs::chown(&dir, Some(owner), None).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), owner);
+        worker.kill_and_wait().unwrap();
+        drop(stdin);
+        assert_eq!(!dir.exists(), removed, "owner {owner}, runner {me}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn a_dropped_handle_kills_its_worker() {
     let launcher = launcher();
