@@ -5,6 +5,10 @@
 #   scripts/fleet-ab.sh save NAME            # this checkout's bench and worker binaries, as NAME
 #   scripts/fleet-ab.sh run ROUNDS NAME...   # ROUNDS rounds of every NAME in turn, then medians
 #
+# Checkouts that share one CARGO_TARGET_DIR: touch the sources of each before saving it
+# (`find . -path ./.git -prune -o -type f -exec touch {} +`). Cargo judges path crates fresh by
+# file times, so a checkout made before another's build would be saved as that build.
+#
 # Saved builds live in $RIVET_AB_DIR (default /var/tmp/rivet-ab). Each run is
 # `RIVET_BENCH_LATENCY_JOBS=200 RIVET_BENCH_THROUGHPUT_JOBS=2000` unless those are set; the
 # summary gives each build's median throughput, submit→finished p50/p99 and CPU per job by
@@ -81,7 +85,7 @@ EOF
     echo "fleet-ab: log in $log"
     ;;
 *)
-    sed -n '2,11p' "$0" >&2
+    sed -n '2,/^set /{/^#/p}' "$0" >&2
     exit 1
     ;;
 esac
