@@ -122,9 +122,15 @@ pub struct Fixture {
 pub const CANARY: &str = "CANARY_SECRET=container-canary\n";
 
 pub fn fixture(name: &str) -> Fixture {
+    // One directory per call: tests run in parallel and several make the same fixture (every
+    // `assert_follow_up`); a shared one was removed under another test's running container,
+    // whose start then failed in runc ("current working directory is outside of container
+    // mount namespace root").
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("container")
-        .join(format!("{name}-{}", std::process::id()));
+        .join(format!("{name}-{}-{seq}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let workspace = base.join("workspace");
     std::fs::create_dir_all(&workspace).unwrap();
