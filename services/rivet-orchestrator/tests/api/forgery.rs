@@ -102,7 +102,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
         },
     ))
     .await;
-    wait_for("the real runner's first line", || async {
+    wait_for_rows(&app, "the real runner's first line", || async {
         let lines = log_lines(&app, id).await;
         (lines == ["real 0"]).then_some(())
     })
@@ -191,7 +191,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
         },
     ))
     .await;
-    wait_for("the real runner's second line", || async {
+    wait_for_rows(&app, "the real runner's second line", || async {
         let lines = log_lines(&app, id).await;
         (lines.len() == 2).then_some(())
     })
@@ -266,7 +266,7 @@ async fn api_03_forged_reports_are_refused_counted_and_leave_the_job_alone() {
         },
     ))
     .await;
-    let done = wait_for("the job to finish", || async {
+    let done = wait_for_rows(&app, "the job to finish", || async {
         let j = job(&app, id).await;
         j.state.is_final().then_some(j)
     })
@@ -346,7 +346,7 @@ async fn a_whole_attempt_in_one_report_is_applied_once() {
     let body = whole_attempt(&["one", "two"]);
     let report = taken.report(body.clone(), &body);
     taken.publish(&report).await;
-    let done = wait_for("the job to succeed", || async {
+    let done = wait_for_rows(&app, "the job to succeed", || async {
         let j = job(&app, taken.id).await;
         (j.state == JobState::Succeeded).then_some(j)
     })
@@ -495,7 +495,7 @@ async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
     let two = spawn_app().await;
     let taken = Taken::new(&two).await;
     taken.send(started.clone()).await;
-    wait_for("the job to run", || async {
+    wait_for_rows(&two, "the job to run", || async {
         (job(&two, taken.id).await.state == JobState::Running).then_some(())
     })
     .await;
@@ -503,7 +503,7 @@ async fn a_whole_attempt_in_one_statement_stores_what_two_reports_store() {
         bodies: rest.clone(),
     };
     taken.send(batch).await;
-    wait_for("the job to fail", || async {
+    wait_for_rows(&two, "the job to fail", || async {
         (job(&two, taken.id).await.state == JobState::Failed).then_some(())
     })
     .await;
@@ -612,7 +612,7 @@ async fn a_whole_attempt_whose_end_is_retried_queues_the_next_attempt() {
         ],
     };
     taken.send(body).await;
-    let seen = wait_for("attempt 2 to be queued", || async {
+    let seen = wait_for_rows(&app, "attempt 2 to be queued", || async {
         let j = job(&app, taken.id).await;
         (j.attempt == 2).then_some(j)
     })
@@ -652,7 +652,7 @@ async fn a_whole_attempt_without_stages_or_lines_is_applied() {
         ],
     };
     taken.send(body).await;
-    let done = wait_for("the job to fail", || async {
+    let done = wait_for_rows(&app, "the job to fail", || async {
         let j = job(&app, taken.id).await;
         (j.state == JobState::Failed).then_some(j)
     })
@@ -689,7 +689,7 @@ async fn a_second_end_in_one_report_changes_nothing() {
     };
     let report = taken.report(body.clone(), &body);
     taken.publish(&report).await;
-    let seen = wait_for("attempt 2 to be queued", || async {
+    let seen = wait_for_rows(&app, "attempt 2 to be queued", || async {
         let j = job(&app, taken.id).await;
         (j.attempt == 2).then_some(j)
     })
@@ -712,7 +712,7 @@ async fn a_first_report_signed_for_other_contents_is_refused_whole() {
     let taken = Taken::new(&app).await;
     let report = taken.report(whole_attempt(&["forged"]), &whole_attempt(&["real"]));
     taken.publish(&report).await;
-    let seen = wait_for("attempt 1 to be refused", || async {
+    let seen = wait_for_rows(&app, "attempt 1 to be refused", || async {
         let j = job(&app, taken.id).await;
         (j.attempt == 2).then_some(j)
     })

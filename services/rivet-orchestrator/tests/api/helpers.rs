@@ -140,7 +140,8 @@ pub async fn job(app: &TestApp, id: uuid::Uuid) -> JobView {
     app.get(&format!("/jobs/{id}")).await.json().await.unwrap()
 }
 
-/// Polls `check` until it yields, for at most 10 s.
+/// Polls `check` until it yields, for at most 10 s: for state that sends no signal (Redis
+/// keys). State in PostgreSQL is waited on with [`wait_for_rows`].
 pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -160,7 +161,7 @@ where
 }
 
 /// Waits until `check` yields, for at most 10 s: checked at once and again after every
-/// statement that changed the `jobs` or `attempts` table of `app`'s database (a trigger this
+/// statement that changed the `jobs`, `attempts` or `log_lines` table of `app`'s database (a trigger this
 /// installs there notifies `rivet_test_rows` at each commit).
 pub async fn wait_for_rows<T, F, Fut>(app: &TestApp, what: &str, mut check: F) -> T
 where
@@ -178,6 +179,8 @@ where
         "CREATE OR REPLACE TRIGGER rivet_test_jobs AFTER INSERT OR UPDATE ON jobs \
          FOR EACH STATEMENT EXECUTE FUNCTION rivet_test_rows()",
         "CREATE OR REPLACE TRIGGER rivet_test_attempts AFTER INSERT OR UPDATE ON attempts \
+         FOR EACH STATEMENT EXECUTE FUNCTION rivet_test_rows()",
+        "CREATE OR REPLACE TRIGGER rivet_test_log_lines AFTER INSERT ON log_lines \
          FOR EACH STATEMENT EXECUTE FUNCTION rivet_test_rows()",
     ] {
         sqlx::query(sql).execute(&mut db).await.unwrap();
@@ -208,14 +211,14 @@ pub async fn registration(app: &TestApp, name: &str) -> (String, Option<String>)
     .expect("a live registration with a session")
 }
 
-/// Takes `job` from its class queue on `broker` as `runner-a` does: acknowledges it and holds its
-/// lease for attempt 1 with token A. Returns the message and its `reply_to`.
-pub async fn take(
-    app: &TestApp,
+/// The next message of `class_key` on `broker`, checked to be `job`'s, not yet acknowledged
+/// (the subscription that received it is cancelled).
+pub async fn next_job(
     broker: &rivet_amqp::Broker,
+    class_key: &str,
     job: &JobView,
-) -> (rivet_protocol::messages::JobDispatch, String) {
-    let mut sub = testing::consume_class(broker, &job.class_key, 1, "test-runner").await;
+) -> rivet_amqp::Incoming<rivet_protocol::messages::JobDispatch> {
+    let mut sub = testing::consume_class(broker, class_key, 1, "test-runner").await;
     let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
         .expect("a job arrives")
@@ -223,6 +226,17 @@ pub async fn take(
         .unwrap();
     assert_eq!(delivery.message.job_id, job.id);
     sub.cancel().await.ok();
+    delivery
+}
+
+/// Takes `job` from its class queue on `broker` as `runner-a` does: acknowledges it and holds its
+/// lease for attempt 1 with token A. Returns the message and its `reply_to`.
+pub async fn take(
+    app: &TestApp,
+    broker: &rivet_amqp::Broker,
+    job: &JobView,
+) -> (rivet_protocol::messages::JobDispatch, String) {
+    let delivery = next_job(broker, &job.class_key, job).await;
     let reply_to = delivery.reply_to.clone().expect("jobs carry reply_to");
     let dispatch = delivery.message.clone();
     delivery.ack().await.unwrap();

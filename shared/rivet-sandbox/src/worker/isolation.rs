@@ -155,10 +155,9 @@ fn fresh_scratch(base: &Path) -> Result<(), String> {
     let make = || std::fs::DirBuilder::new().mode(0o700).create(base);
     match make() {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let stale = std::fs::symlink_metadata(base)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
-            let removed = if stale {
+            // A link is not followed: `symlink_metadata` sees the link, removed as a file.
+            let is_dir = std::fs::symlink_metadata(base).is_ok_and(|m| m.is_dir());
+            let removed = if is_dir {
                 std::fs::remove_dir_all(base)
             } else {
                 std::fs::remove_file(base)
