@@ -441,7 +441,12 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
     });
     reporter.flush().await;
     renew.abort();
-    let _ = std::fs::remove_dir_all(&workspace);
+    // However deep the job nested its directories (`remove_tree`: bounded descriptors and stack).
+    if let Err(e) = rivet_sandbox::remove_tree(&workspace) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(job_id = %job.job_id, attempt = job.attempt, workspace = %workspace.display(), error = %e, "Removing the job's workspace failed; it is left on disk.");
+        }
+    }
     runner
         .running
         .lock()

@@ -6,6 +6,7 @@
 //! - [`plugins`]: `require("plugin.NAME")` and plugin manifests.
 //! - [`worker`]: the sandbox worker process: spawn, isolate, stream events, kill.
 //! - [`host`]: host calls the worker asks its parent to make (network), and their handlers.
+//! - [`remove`]: removing a tree a job made, however deep, without following links.
 //!
 //! This is the only crate that depends on `mlua`. It must not depend on any service crate,
 //! broker or database: the CLI's local run, the runner and the orchestrator's definition check
@@ -22,11 +23,13 @@ pub mod host;
 pub mod job;
 pub mod modules;
 pub mod plugins;
+pub mod remove;
 pub mod vm;
 pub mod worker;
 
 pub use host::HostServices;
 pub use job::{JobRequest, Mode};
+pub use remove::remove_tree;
 pub use worker::{run_worker, NetworkNamespaces, WorkerOptions, WorkerReport};
 
 use std::time::Duration;

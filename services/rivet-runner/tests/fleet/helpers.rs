@@ -274,6 +274,11 @@ impl Fleet {
         stop.cancel();
     }
 
+    /// Where runner `runner` (an id [`Fleet::runner`] returned) keeps that attempt's workspace.
+    pub fn workspace(&self, runner: &str, job: Uuid, attempt: u32) -> PathBuf {
+        self.work.join(runner).join(format!("{job}-{attempt}"))
+    }
+
     pub async fn stop(self) {
         for (_, stop, task) in self.runners {
             stop.cancel();

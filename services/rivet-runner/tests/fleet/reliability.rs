@@ -370,3 +370,51 @@ async fn a_root_runners_jobs_are_not_root_on_the_host() {
     assert!(lines.iter().any(|l| l.trim() == "inside 0 0"), "{lines:?}");
     fleet.stop().await;
 }
+
+/// A job that nests directories 20,000 deep in its workspace (deeper than a 2 MiB stack
+/// recurses through, one level per frame, and than many machines let a process hold
+/// descriptors open) leaves nothing behind, and its runner goes on: the workspace is removed
+/// with a bounded stack and descriptors (`rivet_sandbox::remove_tree`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jobs_deep_tree_is_removed_and_the_runner_goes_on() {
+    let mut fleet = helpers::start().await;
+    // One slot: the next job starts only once the first one's workspace is removed.
+    let runner = fleet.runner_with_slots("r", &[], "", 1).await;
+    fleet
+        .push(&pipeline(
+            "deep",
+            "",
+            r#"local code = [[
+import os
+for i in range(20000):
+    os.mkdir("d"); os.chdir("d")
+open("f", "w").write("x")
+print(i + 1)
+]]
+local r = process.run{command = 'python3', args = {'-c', code}}
+log.info('depth ' .. r.stdout)"#,
+        ))
+        .await;
+    fleet.push(&pipeline("next", "", "log.info('next')")).await;
+    let deep = fleet.submit("deep", json!({})).await;
+    let next = fleet.submit("next", json!({})).await;
+    let done = fleet.wait_final(deep.id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
+    let logs = fleet.logs(deep.id, 1).await;
+    assert!(
+        script_lines(&logs)
+            .iter()
+            .any(|l| l.trim() == "depth 20000"),
+        "{:?}",
+        script_lines(&logs)
+    );
+    let after = fleet.wait_final(next.id, Duration::from_secs(60)).await;
+    assert_eq!(after.state, JobState::Succeeded, "{:?}", after.outcome);
+    let workspace = fleet.workspace(&runner, deep.id, 1);
+    assert!(
+        std::fs::symlink_metadata(&workspace).is_err(),
+        "{} was removed",
+        workspace.display()
+    );
+    fleet.stop().await;
+}

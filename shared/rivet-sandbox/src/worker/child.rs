@@ -114,7 +114,7 @@ fn worker_main(start: zygote::Start, mapper: isolation::Mapper) -> ! {
             let host = crate::host::HostChannel::new(Box::new(input));
             let outcome = crate::execute::execute(request, sink.clone(), iso, host);
             if let Some(dir) = cleanup {
-                let _ = std::fs::remove_dir_all(dir);
+                let _ = crate::remove_tree(&dir);
             }
             outcome
         }

@@ -158,7 +158,7 @@ fn fresh_scratch(base: &Path) -> Result<(), String> {
             // A link is not followed: `symlink_metadata` sees the link, removed as a file.
             let is_dir = std::fs::symlink_metadata(base).is_ok_and(|m| m.is_dir());
             let removed = if is_dir {
-                std::fs::remove_dir_all(base)
+                crate::remove_tree(base)
             } else {
                 std::fs::remove_file(base)
             };

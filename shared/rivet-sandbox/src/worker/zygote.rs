@@ -560,7 +560,7 @@ impl Worker {
             let dir = super::isolation::scratch_dir(pid);
             if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == self.job_uid)
             {
-                let _ = std::fs::remove_dir_all(dir);
+                let _ = crate::remove_tree(&dir);
             }
         }
         status
