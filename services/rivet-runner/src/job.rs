@@ -441,11 +441,22 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
     });
     reporter.flush().await;
     renew.abort();
-    // However deep the job nested its directories (`remove_tree`: bounded descriptors and stack).
-    if let Err(e) = rivet_sandbox::remove_tree(&workspace) {
-        if e.kind() != std::io::ErrorKind::NotFound {
+    // However deep the job nested its directories (`remove_tree`: bounded descriptors and
+    // stack), and however many files it left: on a blocking thread, so that a large workspace
+    // does not hold up the runtime's threads (other jobs' reports and lease renewals).
+    let removing = workspace.clone();
+    let removed = tokio::task::spawn_blocking(move || rivet_sandbox::remove_tree(&removing))
+        .await
+        .unwrap_or_else(|e| {
+            Err(std::io::Error::other(format!(
+                "the removal task failed: {e}"
+            )))
+        });
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(job_id = %job.job_id, attempt = job.attempt, workspace = %workspace.display(), error = %e, "Removing the job's workspace failed; it is left on disk.");
         }
+        _ => {}
     }
     runner
         .running

@@ -13,7 +13,13 @@
 //! Every name is resolved relative to its parent's descriptor, and opened with `O_NOFOLLOW`: a
 //! symbolic link is removed as a link, whatever it points to, and a directory swapped for a
 //! link while the tree is removed makes the removal fail, not follow it. An entry that
-//! vanished meanwhile is taken as removed.
+//! vanished meanwhile is taken as removed. A directory on another filesystem (something
+//! mounted inside the tree) is not entered. An entry that cannot be removed does not stop the
+//! rest: the first error is returned once everything else is gone.
+//!
+//! The work is bounded ([`BUDGET`] entries): a process of the job that outlived it (possible
+//! only without namespaces, where a job's processes are not all killed with its worker) could
+//! otherwise add entries as fast as they are removed and hold the caller for ever.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -27,6 +33,9 @@ pub const MAX_DEPTH: usize = 32;
 /// The prefix of the names directories moved up to the top are given.
 const MOVED: &str = ".rivet-remove-";
 
+/// Entries (files, directories, moves) one removal handles at most before it gives up.
+pub const BUDGET: u64 = 100_000_000;
+
 /// Removes `path` and everything under it; a symbolic link (or any other file) at `path` is
 /// removed itself, not what it points to. See the module's documentation.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
@@ -37,52 +46,118 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
     let mut top = Dir::open(libc::AT_FDCWD, &c_path)?;
-    let mut moved = 0u64;
+    let mut walk = Walk {
+        top: top.fd(),
+        device: top.device()?,
+        moved: 0,
+        left: BUDGET,
+        error: None,
+    };
     // Each pass empties the top down to MAX_DEPTH levels and moves what lies deeper up to the
-    // top; a pass that moved nothing emptied the tree.
+    // top; a pass that moved nothing emptied the tree (or met errors it could not get past).
     loop {
-        let before = moved;
+        let before = walk.moved;
         top.rewind();
-        let top_fd = top.fd();
-        empty(&mut top, top_fd, 1, &mut moved)?;
-        if moved == before {
+        walk.empty(&mut top, 1)?;
+        if walk.moved == before {
             break;
         }
     }
     drop(top);
-    std::fs::remove_dir(path)
+    match walk.error {
+        Some(e) => Err(e),
+        None => std::fs::remove_dir(path),
+    }
 }
 
-/// Removes everything in `dir`, `depth` levels below the top (`top`), moving directories found
-/// at [`MAX_DEPTH`] up to the top instead of opening them; `moved` counts them.
-fn empty(dir: &mut Dir, top: RawFd, depth: usize, moved: &mut u64) -> io::Result<()> {
-    while let Some((name, kind)) = dir.next()? {
-        let is_dir = match kind {
-            libc::DT_DIR => true,
-            libc::DT_UNKNOWN => match kind_of(dir.fd(), &name) {
-                Ok(mode) => mode & libc::S_IFMT == libc::S_IFDIR,
-                Err(e) if gone(&e) => continue,
+/// One removal's state.
+struct Walk {
+    /// The top of the tree.
+    top: RawFd,
+    /// The top's filesystem: directories on another are not entered.
+    device: libc::dev_t,
+    /// Directories moved up to the top so far (attempts included): names them.
+    moved: u64,
+    /// What is left of [`BUDGET`].
+    left: u64,
+    /// The first error met; the walk goes on past it.
+    error: Option<io::Error>,
+}
+
+impl Walk {
+    /// Removes everything in `dir`, `depth` levels below the top, moving directories found at
+    /// [`MAX_DEPTH`] up to the top instead of opening them. Errors on one entry are kept (the
+    /// first) and the rest goes on; only an unreadable `dir` or an exhausted budget stop.
+    fn empty(&mut self, dir: &mut Dir, depth: usize) -> io::Result<()> {
+        while let Some((name, kind)) = dir.next()? {
+            if self.left == 0 {
+                return Err(io::Error::other(format!(
+                    "the tree kept changing while it was removed: gave up after {BUDGET} entries"
+                )));
+            }
+            self.left -= 1;
+            let is_dir = match kind {
+                libc::DT_DIR => Ok(true),
+                libc::DT_UNKNOWN => {
+                    kind_of(dir.fd(), &name).map(|m| m & libc::S_IFMT == libc::S_IFDIR)
+                }
+                _ => Ok(false),
+            };
+            let done = match is_dir {
+                Err(e) => Err(e),
+                Ok(false) => unlink(dir.fd(), &name, 0),
+                Ok(true) if depth >= MAX_DEPTH => self.move_to_top(dir.fd(), &name),
+                Ok(true) => self.empty_and_remove(dir, &name, depth),
+            };
+            match done {
+                Err(e) if !gone(&e) => {
+                    self.error.get_or_insert(e);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties the directory `name` in `dir` and removes it, unless it is on another
+    /// filesystem.
+    fn empty_and_remove(&mut self, dir: &Dir, name: &CStr, depth: usize) -> io::Result<()> {
+        let mut sub = Dir::open(dir.fd(), name)?;
+        if sub.device()? != self.device {
+            return Err(io::Error::new(
+                io::ErrorKind::CrossesDevices,
+                format!(
+                    "{} is on another filesystem (mounted in the tree): not entered",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
+        self.empty(&mut sub, depth + 1)?;
+        drop(sub);
+        unlink(dir.fd(), name, libc::AT_REMOVEDIR)
+    }
+
+    /// Moves the directory `name` in `dir` to the top, under a name not taken there. A name
+    /// taken by a file or a non-empty directory makes the rename fail and the next is tried;
+    /// one taken by an empty directory is replaced, which only removes an empty directory of
+    /// the tree early.
+    fn move_to_top(&mut self, dir: RawFd, name: &CStr) -> io::Result<()> {
+        loop {
+            self.moved += 1;
+            let to =
+                CString::new(format!("{MOVED}{}", self.moved)).expect("no NUL in a made-up name");
+            // SAFETY: both names are NUL-terminated.
+            match cvt(unsafe { libc::renameat(dir, name.as_ptr(), self.top, to.as_ptr()) }) {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR)
+                    ) => {}
                 Err(e) => return Err(e),
-            },
-            _ => false,
-        };
-        let done = if !is_dir {
-            unlink(dir.fd(), &name, 0)
-        } else if depth >= MAX_DEPTH {
-            move_to_top(dir.fd(), &name, top, moved)
-        } else {
-            Dir::open(dir.fd(), &name).and_then(|mut sub| {
-                empty(&mut sub, top, depth + 1, moved)?;
-                drop(sub);
-                unlink(dir.fd(), &name, libc::AT_REMOVEDIR)
-            })
-        };
-        match done {
-            Err(e) if !gone(&e) => return Err(e),
-            _ => {}
+            }
         }
     }
-    Ok(())
 }
 
 /// Whether an error says the entry is no longer there (removed meanwhile).
@@ -111,26 +186,6 @@ fn unlink(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {
     cvt(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(|_| ())
 }
 
-/// Moves the directory `name` in `dir` to `top`, under a name not taken there. A name taken by
-/// a file or a non-empty directory makes the rename fail and the next is tried; one taken by
-/// an empty directory is replaced, which only removes an empty directory of the tree early.
-fn move_to_top(dir: RawFd, name: &CStr, top: RawFd, moved: &mut u64) -> io::Result<()> {
-    loop {
-        *moved += 1;
-        let to = CString::new(format!("{MOVED}{moved}")).expect("no NUL in a made-up name");
-        // SAFETY: both names are NUL-terminated.
-        match cvt(unsafe { libc::renameat(dir, name.as_ptr(), top, to.as_ptr()) }) {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR)
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// An open directory and the stream of its entries (one descriptor), closed when dropped.
 struct Dir(std::ptr::NonNull<libc::DIR>);
 
@@ -150,6 +205,14 @@ impl Dir {
                 Err(e)
             }
         }
+    }
+
+    /// The filesystem the directory is on.
+    fn device(&self) -> io::Result<libc::dev_t> {
+        // SAFETY: `st` is written by fstat before it is read.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        cvt(unsafe { libc::fstat(self.fd(), &mut st) })?;
+        Ok(st.st_dev)
     }
 
     fn fd(&self) -> RawFd {
@@ -202,24 +265,28 @@ impl Drop for Dir {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
 
-    fn scratch(name: &str) -> std::path::PathBuf {
+    fn scratch(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("rivet-remove-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&dir)
+            .status();
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    fn c(path: &Path) -> CString {
+        CString::new(path.as_os_str().as_bytes()).unwrap()
     }
 
     /// Nests `depth` directories named `d` under `top`, each holding a file; built through
     /// descriptors, as a job's `mkdir`/`chdir` loop would, since the path is longer than
     /// PATH_MAX.
     fn nest(top: &Path, depth: usize) {
-        let mut dir = Dir::open(
-            libc::AT_FDCWD,
-            &CString::new(top.as_os_str().as_bytes()).unwrap(),
-        )
-        .unwrap();
+        let mut dir = Dir::open(libc::AT_FDCWD, &c(top)).unwrap();
         let (d, f) = (c"d", c"f");
         for _ in 0..depth {
             // SAFETY: NUL-terminated names, a descriptor we own.
@@ -238,46 +305,21 @@ mod tests {
         }
     }
 
-    /// Set in the child process of
-    /// `a_tree_deeper_than_descriptors_and_stack_allow_is_removed`.
+    /// Set (to a path) in the child processes of the tests that need a process of their own.
     const CHILD: &str = "RIVET_REMOVE_TREE_CHILD";
 
-    /// A tree 3,000 levels deep, removed by a process allowed 64 descriptors, on a thread with
-    /// a 128 KiB stack: `std::fs::remove_dir_all` runs out of both (EMFILE at level 60 or so,
-    /// a stack overflow that aborts the process a little deeper). The limit is set in a child
-    /// process (this test binary again, running this test alone) so that no other test
-    /// shares it.
-    #[test]
-    fn a_tree_deeper_than_descriptors_and_stack_allow_is_removed() {
-        if std::env::var_os(CHILD).is_some() {
-            let top = scratch("deep");
-            nest(&top, 3000);
-            let limit = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            // SAFETY: setrlimit reads the struct we own.
-            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-            let removing = top.clone();
-            let removed = std::thread::Builder::new()
-                .stack_size(128 << 10)
-                .spawn(move || remove_tree(&removing))
-                .unwrap()
-                .join()
-                .expect("the removal does not panic");
-            removed.expect("the deep tree is removed");
-            assert!(!top.exists(), "{} is gone", top.display());
-            return;
-        }
+    /// Runs test `name` of this binary alone in a child process with [`CHILD`] set to `path`,
+    /// and checks that it ran and passed; then removes `path` whatever happened.
+    fn in_child(name: &str, path: &Path) {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "remove::tests::a_tree_deeper_than_descriptors_and_stack_allow_is_removed",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
+            .args(["--exact", name, "--nocapture"])
+            .env(CHILD, path)
             .output()
             .unwrap();
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(path)
+            .status();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("1 passed"),
@@ -285,6 +327,110 @@ mod tests {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A tree 3,000 levels deep, removed by a process allowed [`MAX_DEPTH`] descriptors more
+    /// than it holds, on a thread with a 128 KiB stack: `std::fs::remove_dir_all` runs out of
+    /// both (EMFILE a few levels down, a stack overflow that aborts the process a little
+    /// deeper). The limit is set in a child process (this test binary again, running this
+    /// test alone) so that no other test shares it.
+    #[test]
+    fn a_tree_deeper_than_descriptors_and_stack_allow_is_removed() {
+        let Some(top) = std::env::var_os(CHILD).map(PathBuf::from) else {
+            in_child(
+                "remove::tests::a_tree_deeper_than_descriptors_and_stack_allow_is_removed",
+                &scratch("deep"),
+            );
+            return;
+        };
+        nest(&top, 3000);
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let limit = libc::rlimit {
+            rlim_cur: open + MAX_DEPTH as u64,
+            rlim_max: open + MAX_DEPTH as u64,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        let removing = top.clone();
+        let removed = std::thread::Builder::new()
+            .stack_size(128 << 10)
+            .spawn(move || remove_tree(&removing))
+            .unwrap()
+            .join()
+            .expect("the removal does not panic");
+        removed.expect("the deep tree is removed");
+        assert!(!top.exists(), "{} is gone", top.display());
+    }
+
+    /// A filesystem mounted inside the tree is not entered: what it holds stays, the rest of
+    /// the tree goes, and the removal says why it could not finish. Mounted in a mount
+    /// namespace of a child process's own, private, so nothing reaches the host's mounts.
+    #[test]
+    fn a_filesystem_mounted_in_the_tree_is_not_entered_and_the_rest_goes() {
+        let Some(tree) = std::env::var_os(CHILD).map(PathBuf::from) else {
+            // SAFETY: geteuid has no preconditions.
+            assert_eq!(
+                unsafe { libc::geteuid() },
+                0,
+                "the sandbox tests run as root"
+            );
+            in_child(
+                "remove::tests::a_filesystem_mounted_in_the_tree_is_not_entered_and_the_rest_goes",
+                &scratch("mounted"),
+            );
+            return;
+        };
+        // Siblings on both sides of `a` in any reading order the filesystem has (hash order
+        // on ext4, newest first on tmpfs): what follows the error goes too.
+        for i in 0..8 {
+            std::fs::create_dir_all(tree.join(format!("b{i}/c"))).unwrap();
+            std::fs::write(tree.join(format!("b{i}/c/file")), "x").unwrap();
+        }
+        std::fs::create_dir_all(tree.join("a/mnt")).unwrap();
+        for i in 0..8 {
+            std::fs::write(tree.join(format!("z{i}")), "x").unwrap();
+        }
+        // SAFETY: unshare and mount with NUL-terminated strings; this thread alone enters the
+        // new mount namespace (CLONE_NEWNS implies CLONE_FS), and runs the rest of the test.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0);
+            let none = std::ptr::null();
+            assert_eq!(
+                libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null()
+                ),
+                0
+            );
+            let mnt = c(&tree.join("a/mnt"));
+            assert_eq!(
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    mnt.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null()
+                ),
+                0
+            );
+        }
+        std::fs::write(tree.join("a/mnt/keep"), "x").unwrap();
+        let err = remove_tree(&tree).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::CrossesDevices, "{err}");
+        assert_eq!(
+            std::fs::read_to_string(tree.join("a/mnt/keep")).unwrap(),
+            "x"
+        );
+        let left: Vec<_> = std::fs::read_dir(&tree)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["a"], "everything but the mount's parent is gone");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::umount(c(&tree.join("a/mnt")).as_ptr()) }, 0);
     }
 
     /// Links are removed as links: what they point to, outside the tree, is left alone, and a
@@ -315,27 +461,77 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
-    /// A broad tree deeper than [`MAX_DEPTH`], with names at the top that the directories moved
-    /// up would take (a file, a non-empty directory, an empty one), and a FIFO and a read-only
-    /// file on the way: all of it goes.
+    /// A directory moved up to the top skips names taken there by a file or a non-empty
+    /// directory, and may replace an empty one.
     #[test]
-    fn a_wide_deep_tree_with_taken_names_is_removed() {
+    fn a_directory_moved_up_skips_names_taken_at_the_top() {
+        let top = scratch("taken");
+        std::fs::write(top.join(format!("{MOVED}1")), "file").unwrap();
+        std::fs::create_dir_all(top.join(format!("{MOVED}2/full"))).unwrap();
+        std::fs::create_dir(top.join(format!("{MOVED}3"))).unwrap();
+        std::fs::create_dir_all(top.join("deep/victim")).unwrap();
+        std::fs::write(top.join("deep/victim/marker"), "m").unwrap();
+        let top_dir = Dir::open(libc::AT_FDCWD, &c(&top)).unwrap();
+        let deep = Dir::open(top_dir.fd(), c"deep").unwrap();
+        let mut walk = Walk {
+            top: top_dir.fd(),
+            device: top_dir.device().unwrap(),
+            moved: 0,
+            left: BUDGET,
+            error: None,
+        };
+        walk.move_to_top(deep.fd(), c"victim").unwrap();
+        assert_eq!(walk.moved, 3);
+        let read = |p: &str| std::fs::read_to_string(top.join(p)).unwrap();
+        assert_eq!(read(&format!("{MOVED}3/marker")), "m");
+        assert_eq!(read(&format!("{MOVED}1")), "file");
+        assert!(top.join(format!("{MOVED}2/full")).is_dir());
+        assert!(!top.join("deep/victim").exists());
+        drop((deep, top_dir));
+        remove_tree(&top).unwrap();
+    }
+
+    /// A broad tree deeper than [`MAX_DEPTH`] on several branches, with a FIFO on the way,
+    /// goes whole.
+    #[test]
+    fn a_wide_deep_tree_is_removed() {
         let tree = scratch("wide");
-        std::fs::write(tree.join(format!("{MOVED}1")), "file").unwrap();
-        std::fs::create_dir_all(tree.join(format!("{MOVED}2/full"))).unwrap();
-        std::fs::create_dir(tree.join(format!("{MOVED}3"))).unwrap();
         for branch in ["x", "y", "z"] {
             std::fs::create_dir(tree.join(branch)).unwrap();
             nest(&tree.join(branch), 2 * MAX_DEPTH + 5);
         }
-        let fifo = CString::new(tree.join("x/fifo").as_os_str().as_bytes()).unwrap();
+        let fifo = c(&tree.join("x/fifo"));
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let ro = tree.join("y/d/read-only");
-        std::fs::write(&ro, "x").unwrap();
-        std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
         remove_tree(&tree).unwrap();
         assert!(!tree.exists());
+    }
+
+    /// A tree that outgrows the budget (as one a leftover process keeps filling would) ends
+    /// the removal with an error instead of holding the caller.
+    #[test]
+    fn a_removal_gives_up_when_its_budget_runs_out() {
+        let top = scratch("budget");
+        for i in 0..10 {
+            std::fs::write(top.join(format!("f{i}")), "x").unwrap();
+        }
+        let mut top_dir = Dir::open(libc::AT_FDCWD, &c(&top)).unwrap();
+        let mut walk = Walk {
+            top: top_dir.fd(),
+            device: top_dir.device().unwrap(),
+            moved: 0,
+            left: 4,
+            error: None,
+        };
+        let err = walk.empty(&mut top_dir, 1).unwrap_err();
+        assert!(err.to_string().contains("kept changing"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&top).unwrap().count(),
+            6,
+            "four entries went"
+        );
+        drop(top_dir);
+        remove_tree(&top).unwrap();
     }
 
     #[test]
