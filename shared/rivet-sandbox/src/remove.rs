@@ -1,29 +1,34 @@
 //! Removing a directory tree a job made (its workspace, its scratch directory): however deep,
 //! with a bounded number of open descriptors and a bounded stack, never following a symbolic
-//! link.
+//! link, never entering a mount.
 //!
 //! `std::fs::remove_dir_all` keeps one descriptor open and one stack frame per level. A job
 //! that nests directories thousands deep (one `mkdir`/`chdir` loop) makes it fail for want of
 //! descriptors, leaving the tree behind for good, or overflow the stack of the thread that
-//! calls it, which aborts the whole runner with every job it runs. Here a directory found more
-//! than [`MAX_DEPTH`] levels down is first moved up to the top of the tree (one `rename` within
-//! it), and emptied from there in a later pass. So at most `MAX_DEPTH` directories are open at
-//! once, one descriptor each, and the recursion is as deep.
+//! calls it, which aborts the whole runner with every job it runs. Here a directory found
+//! [`MAX_DEPTH`] levels down is first moved up to the top of the tree (one `rename` within it),
+//! and emptied from there in a later pass. So at most `MAX_DEPTH` directories are open at once,
+//! one descriptor each, and the recursion is as deep.
 //!
 //! Every name is resolved relative to its parent's descriptor, and opened with `O_NOFOLLOW`: a
 //! symbolic link is removed as a link, whatever it points to, and a directory swapped for a
 //! link while the tree is removed makes the removal fail, not follow it. An entry that
-//! vanished meanwhile is taken as removed. A directory on another filesystem (something
-//! mounted inside the tree) is not entered. An entry that cannot be removed does not stop the
-//! rest: the first error is returned once everything else is gone.
+//! vanished meanwhile is taken as removed. The root of a mount (something mounted inside the
+//! tree, or on it) is never read: a directory is opened with `O_PATH` first, and only read if
+//! the kernel's cached attributes say it is no mount's root, so that a FUSE daemon the job
+//! left running is never asked anything it could leave unanswered. A mount point cannot be
+//! removed or moved either (`EBUSY`), so what is mounted stays, with its parents. An entry that
+//! cannot be removed does not stop the rest: the first error of the last pass is returned once
+//! everything else is gone.
 //!
-//! The work is bounded ([`BUDGET`] entries): a process of the job that outlived it (possible
-//! only without namespaces, where a job's processes are not all killed with its worker) could
-//! otherwise add entries as fast as they are removed and hold the caller for ever.
+//! The work is bounded ([`BUDGET`] entries and attempted moves): a process of the job that
+//! outlived it (possible only without namespaces, where a job's processes are not all killed
+//! with its worker) could otherwise add entries as fast as they are removed and hold the
+//! caller for ever.
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -33,33 +38,48 @@ pub const MAX_DEPTH: usize = 32;
 /// The prefix of the names directories moved up to the top are given.
 const MOVED: &str = ".rivet-remove-";
 
-/// Entries (files, directories, moves) one removal handles at most before it gives up.
+/// Entries (files, directories, attempted moves) one removal handles at most before it gives
+/// up.
 pub const BUDGET: u64 = 100_000_000;
 
 /// Removes `path` and everything under it; a symbolic link (or any other file) at `path` is
 /// removed itself, not what it points to. See the module's documentation.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return std::fs::remove_file(path);
-    }
+    remove_within(path, BUDGET)
+}
+
+fn remove_within(path: &Path, budget: u64) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
-    let mut top = Dir::open(libc::AT_FDCWD, &c_path)?;
+    let mut top = match Dir::open(libc::AT_FDCWD, &c_path, None) {
+        Ok(top) => top,
+        // A link, or any other file, is removed itself.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return std::fs::remove_file(path),
+        Err(e) => return Err(e),
+    };
     let mut walk = Walk {
         top: top.fd(),
-        device: top.device()?,
+        device: top.device,
         moved: 0,
-        left: BUDGET,
+        left: budget,
         error: None,
     };
     // Each pass empties the top down to MAX_DEPTH levels and moves what lies deeper up to the
-    // top; a pass that moved nothing emptied the tree (or met errors it could not get past).
+    // top; a pass that moved nothing emptied the tree, or met errors it cannot get past (those
+    // recur in every pass: the last pass's first error is the one returned).
     loop {
-        let before = walk.moved;
+        walk.error = None;
+        let progress = walk.moved;
         top.rewind();
-        walk.empty(&mut top, 1)?;
-        if walk.moved == before {
+        if let Err(e) = walk.empty(&mut top, 1) {
+            return Err(match walk.error.take() {
+                Some(first) if is_budget(&e) => {
+                    io::Error::other(BudgetSpent(Some(first.to_string())))
+                }
+                _ => e,
+            });
+        }
+        if walk.moved == progress {
             break;
         }
     }
@@ -74,28 +94,35 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 struct Walk {
     /// The top of the tree.
     top: RawFd,
-    /// The top's filesystem: directories on another are not entered.
-    device: libc::dev_t,
-    /// Directories moved up to the top so far (attempts included): names them.
+    /// The top's filesystem (`stx_dev`): where the kernel does not say which directories are
+    /// mount roots, a directory on another is taken for one.
+    device: (u32, u32),
+    /// Directories moved up to the top so far.
     moved: u64,
-    /// What is left of [`BUDGET`].
+    /// What is left of the budget.
     left: u64,
-    /// The first error met; the walk goes on past it.
+    /// The first error met in this pass; the walk goes on past it.
     error: Option<io::Error>,
 }
 
 impl Walk {
+    /// Takes one from the budget, or fails when it is spent.
+    fn charge(&mut self) -> io::Result<()> {
+        match self.left.checked_sub(1) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(io::Error::other(BudgetSpent(None))),
+        }
+    }
+
     /// Removes everything in `dir`, `depth` levels below the top, moving directories found at
     /// [`MAX_DEPTH`] up to the top instead of opening them. Errors on one entry are kept (the
-    /// first) and the rest goes on; only an unreadable `dir` or an exhausted budget stop.
+    /// first) and the rest goes on; only an unreadable `dir` or a spent budget stop.
     fn empty(&mut self, dir: &mut Dir, depth: usize) -> io::Result<()> {
         while let Some((name, kind)) = dir.next()? {
-            if self.left == 0 {
-                return Err(io::Error::other(format!(
-                    "the tree kept changing while it was removed: gave up after {BUDGET} entries"
-                )));
-            }
-            self.left -= 1;
+            self.charge()?;
             let is_dir = match kind {
                 libc::DT_DIR => Ok(true),
                 libc::DT_UNKNOWN => {
@@ -110,45 +137,42 @@ impl Walk {
                 Ok(true) => self.empty_and_remove(dir, &name, depth),
             };
             match done {
-                Err(e) if !gone(&e) => {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) if is_budget(&e) => return Err(e),
+                Err(e) => {
                     self.error.get_or_insert(e);
                 }
-                _ => {}
+                Ok(()) => {}
             }
         }
         Ok(())
     }
 
-    /// Empties the directory `name` in `dir` and removes it, unless it is on another
-    /// filesystem.
+    /// Empties the directory `name` in `dir` and removes it; one that is a mount's root is
+    /// not entered.
     fn empty_and_remove(&mut self, dir: &Dir, name: &CStr, depth: usize) -> io::Result<()> {
-        let mut sub = Dir::open(dir.fd(), name)?;
-        if sub.device()? != self.device {
-            return Err(io::Error::new(
-                io::ErrorKind::CrossesDevices,
-                format!(
-                    "{} is on another filesystem (mounted in the tree): not entered",
-                    name.to_string_lossy()
-                ),
-            ));
-        }
+        let mut sub = Dir::open(dir.fd(), name, Some(self.device))?;
         self.empty(&mut sub, depth + 1)?;
         drop(sub);
         unlink(dir.fd(), name, libc::AT_REMOVEDIR)
     }
 
     /// Moves the directory `name` in `dir` to the top, under a name not taken there. A name
-    /// taken by a file or a non-empty directory makes the rename fail and the next is tried;
-    /// one taken by an empty directory is replaced, which only removes an empty directory of
-    /// the tree early.
+    /// taken by a file or a non-empty directory makes the rename fail and the next is tried
+    /// (each try is charged to the budget); one taken by an empty directory is replaced, which
+    /// only removes an empty directory of the tree early.
     fn move_to_top(&mut self, dir: RawFd, name: &CStr) -> io::Result<()> {
+        let mut n = self.moved;
         loop {
-            self.moved += 1;
-            let to =
-                CString::new(format!("{MOVED}{}", self.moved)).expect("no NUL in a made-up name");
+            self.charge()?;
+            n += 1;
+            let to = CString::new(format!("{MOVED}{n}")).expect("no NUL in a made-up name");
             // SAFETY: both names are NUL-terminated.
             match cvt(unsafe { libc::renameat(dir, name.as_ptr(), self.top, to.as_ptr()) }) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.moved = n;
+                    return Ok(());
+                }
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
@@ -160,9 +184,28 @@ impl Walk {
     }
 }
 
-/// Whether an error says the entry is no longer there (removed meanwhile).
-fn gone(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOENT)
+/// The budget's end: it stops the walk, where other errors do not. With the first error the
+/// pass had met, if any.
+#[derive(Debug)]
+struct BudgetSpent(Option<String>);
+
+impl std::fmt::Display for BudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the tree kept changing while it was removed: gave up at the end of its budget"
+        )?;
+        match &self.0 {
+            Some(first) => write!(f, " (first error: {first})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for BudgetSpent {}
+
+fn is_budget(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<BudgetSpent>())
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -173,12 +216,19 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// The file type bits of `name` in `dir`, not following a link.
-fn kind_of(dir: RawFd, name: &CStr) -> io::Result<libc::mode_t> {
-    // SAFETY: `st` is written by fstatat before it is read; `name` is NUL-terminated.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
-    Ok(st.st_mode)
+/// The file type bits of `name` in `dir`, not following a link, from the kernel's cached
+/// attributes.
+fn kind_of(dir: RawFd, name: &CStr) -> io::Result<u32> {
+    statx(dir, name, libc::AT_SYMLINK_NOFOLLOW).map(|st| u32::from(st.stx_mode))
+}
+
+fn statx(at: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::statx> {
+    // SAFETY: `st` is written by statx before it is read; `name` is NUL-terminated.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = flags | libc::AT_STATX_DONT_SYNC;
+    let mask = libc::STATX_TYPE | libc::STATX_MODE;
+    cvt(unsafe { libc::statx(at, name.as_ptr(), flags, mask, &mut st) })?;
+    Ok(st)
 }
 
 fn unlink(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {
@@ -187,17 +237,46 @@ fn unlink(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {
 }
 
 /// An open directory and the stream of its entries (one descriptor), closed when dropped.
-struct Dir(std::ptr::NonNull<libc::DIR>);
+struct Dir {
+    stream: std::ptr::NonNull<libc::DIR>,
+    /// Its filesystem (`stx_dev`).
+    device: (u32, u32),
+}
 
 impl Dir {
-    /// Opens the directory `name` in `at` without following a link.
-    fn open(at: RawFd, name: &CStr) -> io::Result<Self> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    /// Opens the directory `name` in `at` without following a link (`ENOTDIR` for anything
+    /// else). A mount's root is refused before it is read; where the kernel does not report
+    /// mount roots (before Linux 5.8), a directory whose device is not `parent_device` (none
+    /// for the top: it is read).
+    fn open(at: RawFd, name: &CStr, parent_device: Option<(u32, u32)>) -> io::Result<Self> {
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: `name` is NUL-terminated; the descriptor returned is ours alone.
-        let fd = cvt(unsafe { libc::openat(at, name.as_ptr(), flags) })?;
+        let path = cvt(unsafe { libc::openat(at, name.as_ptr(), flags) })?;
+        // SAFETY: a fresh descriptor, owned by nothing else.
+        let path = unsafe { OwnedFd::from_raw_fd(path) };
+        let st = statx(path.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
+        let device = (st.stx_dev_major, st.stx_dev_minor);
+        let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+        let mounted = if st.stx_attributes_mask & root != 0 {
+            st.stx_attributes & root != 0
+        } else {
+            parent_device.is_some_and(|d| d != device)
+        };
+        if mounted {
+            return Err(io::Error::new(
+                io::ErrorKind::CrossesDevices,
+                format!(
+                    "{} is a mount point in the tree: not entered",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
+        let read = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        // SAFETY: "." of a directory we hold; the descriptor returned is ours alone.
+        let fd = cvt(unsafe { libc::openat(path.as_raw_fd(), c".".as_ptr(), read) })?;
         // SAFETY: fdopendir takes the descriptor over, or leaves it to us on failure.
         match std::ptr::NonNull::new(unsafe { libc::fdopendir(fd) }) {
-            Some(stream) => Ok(Dir(stream)),
+            Some(stream) => Ok(Dir { stream, device }),
             None => {
                 let e = io::Error::last_os_error();
                 // SAFETY: fdopendir failed: the descriptor is still ours to close.
@@ -207,23 +286,15 @@ impl Dir {
         }
     }
 
-    /// The filesystem the directory is on.
-    fn device(&self) -> io::Result<libc::dev_t> {
-        // SAFETY: `st` is written by fstat before it is read.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        cvt(unsafe { libc::fstat(self.fd(), &mut st) })?;
-        Ok(st.st_dev)
-    }
-
     fn fd(&self) -> RawFd {
         // SAFETY: the stream is open until drop.
-        unsafe { libc::dirfd(self.0.as_ptr()) }
+        unsafe { libc::dirfd(self.stream.as_ptr()) }
     }
 
     /// Reads the entries again from the first.
     fn rewind(&mut self) {
         // SAFETY: the stream is open until drop.
-        unsafe { libc::rewinddir(self.0.as_ptr()) }
+        unsafe { libc::rewinddir(self.stream.as_ptr()) }
     }
 
     /// The next entry's name and type (`DT_*`), `.` and `..` left out; `None` at the end.
@@ -233,7 +304,7 @@ impl Dir {
             // SAFETY: errno is this thread's.
             unsafe { *libc::__errno_location() = 0 };
             // SAFETY: the stream is open until drop.
-            let entry = unsafe { libc::readdir64(self.0.as_ptr()) };
+            let entry = unsafe { libc::readdir64(self.stream.as_ptr()) };
             if entry.is_null() {
                 return match io::Error::last_os_error() {
                     e if e.raw_os_error() == Some(0) => Ok(None),
@@ -257,7 +328,7 @@ impl Dir {
 impl Drop for Dir {
     fn drop(&mut self) {
         // SAFETY: the stream is ours and closed once.
-        unsafe { libc::closedir(self.0.as_ptr()) };
+        unsafe { libc::closedir(self.stream.as_ptr()) };
     }
 }
 
@@ -286,7 +357,7 @@ mod tests {
     /// descriptors, as a job's `mkdir`/`chdir` loop would, since the path is longer than
     /// PATH_MAX.
     fn nest(top: &Path, depth: usize) {
-        let mut dir = Dir::open(libc::AT_FDCWD, &c(top)).unwrap();
+        let mut dir = Dir::open(libc::AT_FDCWD, &c(top), None).unwrap();
         let (d, f) = (c"d", c"f");
         for _ in 0..depth {
             // SAFETY: NUL-terminated names, a descriptor we own.
@@ -301,7 +372,7 @@ mod tests {
                 .unwrap();
                 libc::close(file);
             }
-            dir = Dir::open(dir.fd(), d).unwrap();
+            dir = Dir::open(dir.fd(), d, None).unwrap();
         }
     }
 
@@ -344,7 +415,8 @@ mod tests {
             return;
         };
         nest(&top, 3000);
-        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        // Less the one that lists them.
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64 - 1;
         let limit = libc::rlimit {
             rlim_cur: open + MAX_DEPTH as u64,
             rlim_max: open + MAX_DEPTH as u64,
@@ -362,11 +434,14 @@ mod tests {
         assert!(!top.exists(), "{} is gone", top.display());
     }
 
-    /// A filesystem mounted inside the tree is not entered: what it holds stays, the rest of
-    /// the tree goes, and the removal says why it could not finish. Mounted in a mount
-    /// namespace of a child process's own, private, so nothing reaches the host's mounts.
+    /// Filesystems mounted inside the tree are not entered, one near the top (refused when
+    /// opened) and one [`MAX_DEPTH`] levels down (where it would be moved up: the rename fails,
+    /// `EBUSY`): what they hold stays, the rest of the tree goes, the removal says why it
+    /// could not finish, and it ends at once rather than passing over the tree again and again.
+    /// Mounted in a mount namespace of a child process's own, private, so nothing reaches the
+    /// host's mounts.
     #[test]
-    fn a_filesystem_mounted_in_the_tree_is_not_entered_and_the_rest_goes() {
+    fn filesystems_mounted_in_the_tree_are_not_entered_and_the_rest_goes() {
         let Some(tree) = std::env::var_os(CHILD).map(PathBuf::from) else {
             // SAFETY: geteuid has no preconditions.
             assert_eq!(
@@ -375,7 +450,7 @@ mod tests {
                 "the sandbox tests run as root"
             );
             in_child(
-                "remove::tests::a_filesystem_mounted_in_the_tree_is_not_entered_and_the_rest_goes",
+                "remove::tests::filesystems_mounted_in_the_tree_are_not_entered_and_the_rest_goes",
                 &scratch("mounted"),
             );
             return;
@@ -387,50 +462,71 @@ mod tests {
             std::fs::write(tree.join(format!("b{i}/c/file")), "x").unwrap();
         }
         std::fs::create_dir_all(tree.join("a/mnt")).unwrap();
+        std::fs::create_dir(tree.join("deep")).unwrap();
+        nest(&tree.join("deep"), MAX_DEPTH - 2);
+        let deep_mnt = tree.join(format!("deep/{}mnt", "d/".repeat(MAX_DEPTH - 2)));
+        std::fs::create_dir(&deep_mnt).unwrap();
         for i in 0..8 {
             std::fs::write(tree.join(format!("z{i}")), "x").unwrap();
         }
+        let mounts = [tree.join("a/mnt"), deep_mnt.clone()];
         // SAFETY: unshare and mount with NUL-terminated strings; this thread alone enters the
         // new mount namespace (CLONE_NEWNS implies CLONE_FS), and runs the rest of the test.
         unsafe {
             assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0);
             let none = std::ptr::null();
+            let private = libc::MS_REC | libc::MS_PRIVATE;
             assert_eq!(
-                libc::mount(
-                    none,
-                    c"/".as_ptr(),
-                    none,
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null()
-                ),
+                libc::mount(none, c"/".as_ptr(), none, private, std::ptr::null()),
                 0
             );
-            let mnt = c(&tree.join("a/mnt"));
+            for mnt in &mounts {
+                let tmpfs = c"tmpfs".as_ptr();
+                let at = c(mnt);
+                assert_eq!(
+                    libc::mount(tmpfs, at.as_ptr(), tmpfs, 0, std::ptr::null()),
+                    0
+                );
+                std::fs::write(mnt.join("keep"), "x").unwrap();
+            }
+        }
+        // Threads made now are in this mount namespace too; the wait is bounded.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let removing = tree.clone();
+        // A budget this tree needs a few hundred of: a walk that passed over it again and
+        // again would spend it and say so.
+        std::thread::spawn(move || {
+            let _ = tx.send(remove_within(&removing, 10_000));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the removal ends")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::CrossesDevices | io::ErrorKind::ResourceBusy
+            ),
+            "{err}"
+        );
+        for mnt in &mounts {
+            assert_eq!(std::fs::read_to_string(mnt.join("keep")).unwrap(), "x");
+        }
+        let mut left: Vec<_> = std::fs::read_dir(&tree)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a", "deep"], "only the mounts' parents are left");
+        for mnt in &mounts {
+            // SAFETY: a NUL-terminated path.
             assert_eq!(
-                libc::mount(
-                    c"tmpfs".as_ptr(),
-                    mnt.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    0,
-                    std::ptr::null()
-                ),
-                0
+                unsafe { libc::umount(c(mnt).as_ptr()) },
+                0,
+                "{}",
+                mnt.display()
             );
         }
-        std::fs::write(tree.join("a/mnt/keep"), "x").unwrap();
-        let err = remove_tree(&tree).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::CrossesDevices, "{err}");
-        assert_eq!(
-            std::fs::read_to_string(tree.join("a/mnt/keep")).unwrap(),
-            "x"
-        );
-        let left: Vec<_> = std::fs::read_dir(&tree)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, ["a"], "everything but the mount's parent is gone");
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::umount(c(&tree.join("a/mnt")).as_ptr()) }, 0);
     }
 
     /// Links are removed as links: what they point to, outside the tree, is left alone, and a
@@ -471,15 +567,20 @@ mod tests {
         std::fs::create_dir(top.join(format!("{MOVED}3"))).unwrap();
         std::fs::create_dir_all(top.join("deep/victim")).unwrap();
         std::fs::write(top.join("deep/victim/marker"), "m").unwrap();
-        let top_dir = Dir::open(libc::AT_FDCWD, &c(&top)).unwrap();
-        let deep = Dir::open(top_dir.fd(), c"deep").unwrap();
+        let top_dir = Dir::open(libc::AT_FDCWD, &c(&top), None).unwrap();
+        let deep = Dir::open(top_dir.fd(), c"deep", Some(top_dir.device)).unwrap();
         let mut walk = Walk {
             top: top_dir.fd(),
-            device: top_dir.device().unwrap(),
+            device: top_dir.device,
             moved: 0,
-            left: BUDGET,
+            left: 2,
             error: None,
         };
+        // Each try is charged: two are not enough.
+        let err = walk.move_to_top(deep.fd(), c"victim").unwrap_err();
+        assert!(is_budget(&err), "{err}");
+        assert!(top.join("deep/victim").is_dir());
+        walk.left = 3;
         walk.move_to_top(deep.fd(), c"victim").unwrap();
         assert_eq!(walk.moved, 3);
         let read = |p: &str| std::fs::read_to_string(top.join(p)).unwrap();
@@ -515,23 +616,15 @@ mod tests {
         for i in 0..10 {
             std::fs::write(top.join(format!("f{i}")), "x").unwrap();
         }
-        let mut top_dir = Dir::open(libc::AT_FDCWD, &c(&top)).unwrap();
-        let mut walk = Walk {
-            top: top_dir.fd(),
-            device: top_dir.device().unwrap(),
-            moved: 0,
-            left: 4,
-            error: None,
-        };
-        let err = walk.empty(&mut top_dir, 1).unwrap_err();
-        assert!(err.to_string().contains("kept changing"), "{err}");
+        let err = remove_within(&top, 4).unwrap_err();
+        assert!(is_budget(&err), "{err}");
         assert_eq!(
             std::fs::read_dir(&top).unwrap().count(),
             6,
             "four entries went"
         );
-        drop(top_dir);
-        remove_tree(&top).unwrap();
+        remove_within(&top, 7).unwrap();
+        assert!(!top.exists());
     }
 
     #[test]
