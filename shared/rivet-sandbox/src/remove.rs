@@ -45,18 +45,36 @@ pub const BUDGET: u64 = 100_000_000;
 /// Removes `path` and everything under it; a symbolic link (or any other file) at `path` is
 /// removed itself, not what it points to. See the module's documentation.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    remove_within(path, BUDGET)
+    remove_within(path, BUDGET, None).map(|_| ())
 }
 
-fn remove_within(path: &Path, budget: u64) -> io::Result<()> {
+/// Removes the directory `path` and everything under it only if `owner` owns it, checked on
+/// the directory opened (not by a second lookup of the path, which another user could race):
+/// `Ok(false)`, and nothing removed, for a directory someone else owns and for anything that
+/// is not a directory.
+pub fn remove_tree_owned_by(path: &Path, owner: u32) -> io::Result<bool> {
+    remove_within(path, BUDGET, Some(owner))
+}
+
+/// Whether it removed `path` (see [`remove_tree_owned_by`] for `owner`).
+fn remove_within(path: &Path, budget: u64, owner: Option<u32>) -> io::Result<bool> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
     let mut top = match Dir::open(libc::AT_FDCWD, &c_path, None) {
         Ok(top) => top,
-        // A link, or any other file, is removed itself.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return std::fs::remove_file(path),
+        // Not a directory: the owner's call removes nothing; otherwise a link, or any other
+        // file, is removed itself.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return match owner {
+                Some(_) => Ok(false),
+                None => std::fs::remove_file(path).map(|()| true),
+            };
+        }
         Err(e) => return Err(e),
     };
+    if owner.is_some_and(|owner| owner != top.uid) {
+        return Ok(false);
+    }
     let mut walk = Walk {
         top: top.fd(),
         device: top.device,
@@ -86,7 +104,7 @@ fn remove_within(path: &Path, budget: u64) -> io::Result<()> {
     drop(top);
     match walk.error {
         Some(e) => Err(e),
-        None => std::fs::remove_dir(path),
+        None => std::fs::remove_dir(path).map(|()| true),
     }
 }
 
@@ -226,7 +244,7 @@ fn statx(at: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::statx> 
     // SAFETY: `st` is written by statx before it is read; `name` is NUL-terminated.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     let flags = flags | libc::AT_STATX_DONT_SYNC;
-    let mask = libc::STATX_TYPE | libc::STATX_MODE;
+    let mask = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID;
     cvt(unsafe { libc::statx(at, name.as_ptr(), flags, mask, &mut st) })?;
     Ok(st)
 }
@@ -241,6 +259,8 @@ struct Dir {
     stream: std::ptr::NonNull<libc::DIR>,
     /// Its filesystem (`stx_dev`).
     device: (u32, u32),
+    /// Its owner.
+    uid: u32,
 }
 
 impl Dir {
@@ -276,7 +296,11 @@ impl Dir {
         let fd = cvt(unsafe { libc::openat(path.as_raw_fd(), c".".as_ptr(), read) })?;
         // SAFETY: fdopendir takes the descriptor over, or leaves it to us on failure.
         match std::ptr::NonNull::new(unsafe { libc::fdopendir(fd) }) {
-            Some(stream) => Ok(Dir { stream, device }),
+            Some(stream) => Ok(Dir {
+                stream,
+                device,
+                uid: st.stx_uid,
+            }),
             None => {
                 let e = io::Error::last_os_error();
                 // SAFETY: fdopendir failed: the descriptor is still ours to close.
@@ -496,7 +520,7 @@ mod tests {
         // A budget this tree needs a few hundred of: a walk that passed over it again and
         // again would spend it and say so.
         std::thread::spawn(move || {
-            let _ = tx.send(remove_within(&removing, 10_000));
+            let _ = tx.send(remove_within(&removing, 10_000, None));
         });
         let err = rx
             .recv_timeout(std::time::Duration::from_secs(60))
@@ -616,15 +640,43 @@ mod tests {
         for i in 0..10 {
             std::fs::write(top.join(format!("f{i}")), "x").unwrap();
         }
-        let err = remove_within(&top, 4).unwrap_err();
+        let err = remove_within(&top, 4, None).unwrap_err();
         assert!(is_budget(&err), "{err}");
         assert_eq!(
             std::fs::read_dir(&top).unwrap().count(),
             6,
             "four entries went"
         );
-        remove_within(&top, 7).unwrap();
+        remove_within(&top, 7, None).unwrap();
         assert!(!top.exists());
+    }
+
+    /// Only a directory its owner names is removed; a link to one (even to one the owner owns)
+    /// or a file is not touched.
+    #[test]
+    fn an_owners_removal_leaves_what_it_does_not_own() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the sandbox tests run as root"
+        );
+        let base = scratch("owned");
+        let theirs = base.join("theirs");
+        std::fs::create_dir_all(theirs.join("sub")).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4242), None).unwrap();
+        assert!(!remove_tree_owned_by(&theirs, 0).unwrap());
+        assert!(theirs.join("sub").is_dir(), "not ours: kept");
+        let link = base.join("link");
+        symlink(&theirs, &link).unwrap();
+        assert!(!remove_tree_owned_by(&link, 4242).unwrap());
+        assert!(std::fs::symlink_metadata(&link).is_ok(), "a link: kept");
+        std::fs::write(base.join("file"), "x").unwrap();
+        assert!(!remove_tree_owned_by(&base.join("file"), 0).unwrap());
+        assert!(base.join("file").exists(), "a file: kept");
+        assert!(remove_tree_owned_by(&theirs, 4242).unwrap());
+        assert!(!theirs.exists(), "its owner's: removed");
+        remove_tree(&base).unwrap();
     }
 
     #[test]

@@ -547,21 +547,18 @@ impl Worker {
     /// worker that had already exited keeps its own status), and removes the worker's scratch
     /// directory on the host if it left one.
     pub fn kill_and_wait(self) -> io::Result<ExitStatus> {
-        use std::os::unix::fs::MetadataExt;
         let status = self.reap();
         // A worker without namespaces keeps its job's HOME and TMPDIR on the host, named by
         // its pid, and removes them itself when it ends by itself; one that was killed or died
         // could not. Only a directory its job's uid owns is removed: anything else at that
         // name is not this worker's (a namespaced worker keeps them in a tmpfs of its own, and
-        // for it this is one failed `lstat`), and the runner, maybe root, deletes nothing of
-        // other users'. (The kernel hands out pids in turn, so the one just reaped is nobody's
-        // again this soon.)
+        // for it this is one failed `open`), and the runner, maybe root, deletes nothing of
+        // other users'. The owner is checked on the directory opened, not by a second lookup.
+        // (The kernel hands out pids in turn, so the one just reaped is nobody's again this
+        // soon.)
         if let Ok(pid) = u32::try_from(self.pid) {
             let dir = super::isolation::scratch_dir(pid);
-            if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == self.job_uid)
-            {
-                let _ = crate::remove_tree(&dir);
-            }
+            let _ = crate::remove::remove_tree_owned_by(&dir, self.job_uid);
         }
         status
     }
