@@ -266,9 +266,9 @@ struct Dir {
 impl Dir {
     /// Opens the directory `name` in `at` without following a link (`ENOTDIR` for anything
     /// else). A mount's root is refused before it is read; where the kernel does not report
-    /// mount roots (before Linux 5.8), a directory whose device is not `parent_device` (none
-    /// for the top: it is read).
-    fn open(at: RawFd, name: &CStr, parent_device: Option<(u32, u32)>) -> io::Result<Self> {
+    /// mount roots (before Linux 5.8), a directory whose device is not `tree_device`, the
+    /// top's (none for the top itself).
+    fn open(at: RawFd, name: &CStr, tree_device: Option<(u32, u32)>) -> io::Result<Self> {
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: `name` is NUL-terminated; the descriptor returned is ours alone.
         let path = cvt(unsafe { libc::openat(at, name.as_ptr(), flags) })?;
@@ -280,7 +280,7 @@ impl Dir {
         let mounted = if st.stx_attributes_mask & root != 0 {
             st.stx_attributes & root != 0
         } else {
-            parent_device.is_some_and(|d| d != device)
+            tree_device.is_some_and(|d| d != device)
         };
         if mounted {
             return Err(io::Error::new(

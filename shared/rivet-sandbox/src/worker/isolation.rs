@@ -154,15 +154,9 @@ fn fresh_scratch(base: &Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     let make = || std::fs::DirBuilder::new().mode(0o700).create(base);
     match make() {
+        // A link or a file there is removed itself (`remove_tree` follows no link).
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // A link is not followed: `symlink_metadata` sees the link, removed as a file.
-            let is_dir = std::fs::symlink_metadata(base).is_ok_and(|m| m.is_dir());
-            let removed = if is_dir {
-                crate::remove_tree(base)
-            } else {
-                std::fs::remove_file(base)
-            };
-            removed.and_then(|()| make()).map_err(|e| {
+            crate::remove_tree(base).and_then(|()| make()).map_err(|e| {
                 format!(
                     "isolation: {} was already there and could not be replaced ({e}); a job never uses a directory it did not make",
                     base.display()
