@@ -8,7 +8,8 @@
 //! calls it, which aborts the whole runner with every job it runs. Here a directory found
 //! [`MAX_DEPTH`] levels down is first moved up to the top of the tree (one `rename` within it),
 //! and emptied from there in a later pass. So at most `MAX_DEPTH` directories are open at once,
-//! one descriptor each, and the recursion is as deep.
+//! one descriptor each, and one descriptor more while the next is opened (its `O_PATH` handle,
+//! below); the recursion is as deep.
 //!
 //! Every name is resolved relative to its parent's descriptor, and opened with `O_NOFOLLOW`: a
 //! symbolic link is removed as a link, whatever it points to, and a directory swapped for a
@@ -424,11 +425,12 @@ mod tests {
         );
     }
 
-    /// A tree 3,000 levels deep, removed by a process allowed [`MAX_DEPTH`] descriptors more
-    /// than it holds, on a thread with a 128 KiB stack: `std::fs::remove_dir_all` runs out of
-    /// both (EMFILE a few levels down, a stack overflow that aborts the process a little
-    /// deeper). The limit is set in a child process (this test binary again, running this
-    /// test alone) so that no other test shares it.
+    /// A tree 3,000 levels deep, removed by a process left exactly the descriptors a removal
+    /// needs ([`MAX_DEPTH`] directories and the `O_PATH` handle of the next one opened), on a
+    /// thread with a 128 KiB stack: `std::fs::remove_dir_all` runs out of both (EMFILE a few
+    /// levels down, a stack overflow that aborts the process a little deeper). The limit is
+    /// set in a child process (this test binary again, running this test alone) so that no
+    /// other test shares it.
     #[test]
     fn a_tree_deeper_than_descriptors_and_stack_allow_is_removed() {
         let Some(top) = std::env::var_os(CHILD).map(PathBuf::from) else {
@@ -439,11 +441,27 @@ mod tests {
             return;
         };
         nest(&top, 3000);
-        // Less the one that lists them.
-        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64 - 1;
+        // RLIMIT_NOFILE bounds descriptor numbers, not their count: the limit is the one below
+        // which exactly MAX_DEPTH + 1 numbers are free, whatever descriptors this process was
+        // given (numbers with gaps, or high ones, as some shells and CI agents pass on).
+        let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        // SAFETY: F_GETFD only asks whether the number is open (the listing's own is not now).
+        let open = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        let taken: Vec<RawFd> = listed.into_iter().filter(|&fd| open(fd)).collect();
+        let mut free = 0;
+        let mut limit = 0;
+        while free < MAX_DEPTH + 1 {
+            if !taken.contains(&limit) {
+                free += 1;
+            }
+            limit += 1;
+        }
         let limit = libc::rlimit {
-            rlim_cur: open + MAX_DEPTH as u64,
-            rlim_max: open + MAX_DEPTH as u64,
+            rlim_cur: limit as u64,
+            rlim_max: limit as u64,
         };
         // SAFETY: setrlimit reads the struct we own.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
