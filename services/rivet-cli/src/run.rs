@@ -154,18 +154,20 @@ pub fn run(args: RunArgs) -> Result<i32> {
             )
         }
         None => {
+            // Removed by the guard, with `remove_tree` (a job's tree, however deep, goes),
+            // not by `TempDir`'s own drop.
             let temp = tempfile::Builder::new()
                 .prefix("rivet-ws-")
                 .tempdir()
-                .context("creating a temporary workspace")?;
+                .context("creating a temporary workspace")?
+                .keep();
+            let guard = TempGuard {
+                path: temp,
+                keep: args.keep_workspace,
+            };
             let path =
-                std::fs::canonicalize(temp.path()).context("resolving the temporary workspace")?;
-            if args.keep_workspace {
-                let kept = temp.keep();
-                (path, Some(TempGuard::Kept(kept)))
-            } else {
-                (path, Some(TempGuard::Removed(temp)))
-            }
+                std::fs::canonicalize(&guard.path).context("resolving the temporary workspace")?;
+            (path, Some(guard))
         }
     };
 
@@ -220,17 +222,31 @@ pub fn run(args: RunArgs) -> Result<i32> {
         renderer.summary(
             &report,
             &workspace,
-            matches!(_temp, Some(TempGuard::Kept(_))) || args.workspace.is_some(),
+            _temp.as_ref().is_some_and(|t| t.keep) || args.workspace.is_some(),
         );
         return Ok(if report.outcome.is_success() { 0 } else { 1 });
     }
 }
 
-/// Keeps a temporary workspace alive for the run, then removes it (or keeps it on request).
-#[allow(dead_code)]
-enum TempGuard {
-    Removed(tempfile::TempDir),
-    Kept(PathBuf),
+/// A temporary workspace: removed when the run is over (with `rivet_sandbox::remove_tree`,
+/// which no tree a job made can stop or crash), or kept on request.
+struct TempGuard {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if let Err(e) = rivet_sandbox::remove_tree(&self.path) {
+            eprintln!(
+                "rivet: could not remove the temporary workspace {}: {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -295,6 +295,57 @@ fn workspace_secrets_and_policy_flags_work() {
     );
 }
 
+/// A temporary workspace goes when the run ends, however deep the job nested directories in
+/// it: 2,000 levels, removed by a `rivet` allowed 256 descriptors (`std::fs::remove_dir_all`,
+/// one descriptor a level, gives up with EMFILE and leaves the tree). With --keep-workspace
+/// the same tree is kept, which shows the job made it. The job runs under that lower limit
+/// (below the policy's), with a note, rather than failing to raise it.
+#[test]
+fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let pipeline = write(
+        dir.path(),
+        "deep.lua",
+        "return { name = 'deep', requires = {'process'}, stages = { { name = 's', script = function()\n\
+           local code = 'import os\\nfor i in range(2000):\\n    os.mkdir(\"d\"); os.chdir(\"d\")\\nprint(i + 1)'\n\
+           local r = process.run{command = 'python3', args = {'-c', code}}\n\
+           log.info('depth ' .. r.stdout)\n\
+         end } } }",
+    );
+    let policy = write(
+        dir.path(),
+        "policy.toml",
+        "[process]\nallow = ['python3']\n",
+    );
+    let run = |keep: bool| {
+        let mut cmd = Command::new("prlimit");
+        cmd.args(["--nofile=256:256", env!("CARGO_BIN_EXE_rivet"), "run"])
+            .args([pipeline.as_str(), "--policy", policy.as_str()])
+            .env("TMPDIR", &tmp)
+            .env_remove("RIVET_POLICY")
+            .env_remove("RIVET_PLUGIN_DIR");
+        if keep {
+            cmd.arg("--keep-workspace");
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("[s] depth 2000"), "{stdout}");
+        // The worker keeps the lower limit it was given, and says so.
+        assert!(
+            stdout.contains("the limit on open files is 256 on this host, below the policy's"),
+            "{stdout}"
+        );
+        assert!(!stderr.contains("could not remove"), "{stderr}");
+        std::fs::read_dir(&tmp).unwrap().count()
+    };
+    assert_eq!(run(false), 0, "the workspace was removed");
+    assert_eq!(run(true), 1, "the workspace was kept");
+    rivet_sandbox::remove_tree(&tmp).unwrap();
+}
+
 #[test]
 fn run_help_is_a_complete_reference() {
     let out = rivet(&["run", "--help"]);
@@ -326,8 +377,11 @@ fn a_missing_required_input_is_asked_for_on_a_terminal() {
          stages = { { name = 's', script = function() log.info('hello ' .. env.get('who')) end } } }",
     );
     let command = format!("{} run {file}", env!("CARGO_BIN_EXE_rivet"));
-    let mut child = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
+    // Under a deadline: a prompt nobody answers must fail the test, not hang it.
+    let mut child = Command::new("timeout")
+        .args(["120", "script", "-qec", &command, "/dev/null"])
+        // `script` runs the command with $SHELL, which a CI agent may set to anything.
+        .env("SHELL", "/bin/sh")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

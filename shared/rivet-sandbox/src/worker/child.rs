@@ -60,27 +60,49 @@ pub(super) fn become_worker(parent: i32, start: zygote::Start, maps: OwnedFd) ->
     worker_main(start, mapper)
 }
 
-/// Applies the policy's rlimits to this process (and so to everything it starts).
-fn apply_rlimits(policy: &rivet_core::policy::ProcessPolicy) -> std::io::Result<()> {
+/// Applies the policy's rlimits to this process (and so to everything it starts), soft and hard
+/// alike. A limit this process was given lower than the policy's (a runner started under a
+/// stricter `ulimit -H`, or a service manager's `LimitNOFILE=`) stays: a process without the
+/// privilege cannot raise a hard limit, and a stricter host is no reason to fail every job.
+/// Returns a note for each such limit, which the job's log shows.
+fn apply_rlimits(policy: &rivet_core::policy::ProcessPolicy) -> std::io::Result<Vec<String>> {
     let limits = [
-        (libc::RLIMIT_NOFILE, policy.max_open_files),
-        (libc::RLIMIT_NPROC, policy.max_processes),
-        (libc::RLIMIT_AS, policy.max_address_space),
-        (libc::RLIMIT_FSIZE, policy.max_file_size),
-        (libc::RLIMIT_CPU, policy.max_cpu_seconds),
-        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_NOFILE, "open files", policy.max_open_files),
+        (libc::RLIMIT_NPROC, "processes", policy.max_processes),
+        (libc::RLIMIT_AS, "address space", policy.max_address_space),
+        (libc::RLIMIT_FSIZE, "file size", policy.max_file_size),
+        (libc::RLIMIT_CPU, "CPU seconds", policy.max_cpu_seconds),
+        (libc::RLIMIT_CORE, "core file size", 0),
     ];
-    for (resource, value) in limits {
+    let mut notes = Vec::new();
+    for (resource, name, wanted) in limits {
+        // SAFETY: getrlimit writes the struct we own.
+        let mut given: libc::rlimit = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrlimit(resource, &mut given) } != 0 {
+            return Err(limit_error(name));
+        }
+        let value = wanted.min(given.rlim_max);
+        if value < wanted {
+            notes.push(format!(
+                "isolation: the limit on {name} is {value} on this host, below the policy's {wanted}"
+            ));
+        }
         let lim = libc::rlimit {
             rlim_cur: value,
             rlim_max: value,
         };
         // SAFETY: setrlimit on this process with a valid struct.
         if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
+            return Err(limit_error(name));
         }
     }
-    Ok(())
+    Ok(notes)
+}
+
+/// The last OS error, naming the limit it concerns.
+fn limit_error(name: &str) -> std::io::Error {
+    let e = std::io::Error::last_os_error();
+    std::io::Error::new(e.kind(), format!("the limit on {name}: {e}"))
 }
 
 fn worker_main(start: zygote::Start, mapper: isolation::Mapper) -> ! {
@@ -107,7 +129,11 @@ fn worker_main(start: zygote::Start, mapper: isolation::Mapper) -> ! {
     ));
     let isolated = apply_rlimits(&request.policy.process)
         .map_err(|e| format!("setting the worker's resource limits: {e}"))
-        .and_then(|()| isolation::enter(&request, start, mapper));
+        .and_then(|lowered| {
+            let mut iso = isolation::enter(&request, start, mapper)?;
+            iso.notes.extend(lowered);
+            Ok(iso)
+        });
     let outcome = match isolated {
         Ok(iso) => {
             let cleanup = iso.cleanup.clone();
