@@ -34,7 +34,7 @@ for svc in "${want[@]}"; do
     postgres)
       port_open 5432 && continue
       command -v pg_ctlcluster >/dev/null || apt_install postgresql
-      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -n | tail -n1)" main start
       wait_port postgres 5432
       ;;
     redis)

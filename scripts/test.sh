@@ -15,6 +15,12 @@ if ! unshare --user --map-root-user true 2>/dev/null; then
   echo "test.sh: user namespaces are unavailable here; sandbox isolation tests will fail" >&2
 fi
 
+# The tests talk to services on loopback: no proxy the environment names stands in between.
+export NO_PROXY="127.0.0.1,localhost,::1${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"
+# A root run's jobs run as `nobody`: directories the tests make must stay searchable to it.
+umask 022
+
 # Services for the crates that talk to RabbitMQ, PostgreSQL and Redis.
 scripts/services.sh
 

@@ -308,6 +308,8 @@ async fn a_missing_input_is_asked_for_on_a_terminal() {
     let command = format!("{} run hello-fleet", env!("CARGO_BIN_EXE_rivet"));
     let mut child = std::process::Command::new("script")
         .args(["-qec", &command, "/dev/null"])
+        // `script` runs the command with $SHELL, which a CI agent may set to anything.
+        .env("SHELL", "/bin/sh")
         .env("RIVET_URL", &app.url)
         .env("RIVET_TOKEN", &app.token)
         .stdin(std::process::Stdio::piped())

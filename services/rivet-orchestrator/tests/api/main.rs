@@ -20,6 +20,10 @@ use rivet_protocol::SCHEMA_VERSION;
 use serde_json::json;
 use std::time::Duration;
 
+/// The pause between two polls: short beside any wait, long enough to leave the CPU to the
+/// orchestrator a test waits on.
+const POLL: Duration = Duration::from_millis(10);
+
 const PIPELINE: &str = r#"return {
   name = "Hello Fleet",
   requires = {"process"},
@@ -353,7 +357,7 @@ async fn runs_check_inputs_and_queue_an_unschedulable_job_visibly() {
             {
                 return queues;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(POLL).await;
         }
     };
     let queues = tokio::time::timeout(Duration::from_secs(10), depth)
@@ -494,7 +498,7 @@ async fn reports_are_fenced_by_lease_and_attempt() {
             if j.state.is_final() {
                 return j;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(POLL).await;
         }
     };
     let done = tokio::time::timeout(Duration::from_secs(10), finished)
@@ -521,7 +525,7 @@ async fn reports_are_fenced_by_lease_and_attempt() {
             if lease.is_none() {
                 return;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(POLL).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(5), released)
@@ -571,7 +575,8 @@ async fn a_job_and_its_attempts_are_shown_from_one_snapshot() {
     let waiting = async {
         loop {
             let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' \
                  AND query LIKE 'SELECT attempt, state, runner_id, outcome%'",
             )
             .fetch_one(&mut watch)

@@ -503,13 +503,14 @@ pub fn restart_rabbitmq() {
     sh("rabbitmqctl", &["start_app"]);
 }
 
-/// Restarts the PostgreSQL cluster.
+/// Restarts the PostgreSQL cluster: the newest version's, the one `scripts/services.sh`
+/// starts.
 pub fn restart_postgres() {
     let version = std::fs::read_dir("/etc/postgresql")
         .expect("/etc/postgresql lists the cluster versions")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .max()
+        .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
         .expect("a PostgreSQL cluster");
     sh(
         "pg_ctlcluster",

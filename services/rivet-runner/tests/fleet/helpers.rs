@@ -8,7 +8,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use rivet_orchestrator::testing::TestOrchestrator;
+
 pub use rivet_orchestrator::testing::{AMQP, REDIS};
+
+/// The pause between two polls of the API: short beside any wait, long enough that a waiting
+/// test leaves the machine's two cores to the orchestrator and runners it waits on.
+pub const POLL: Duration = Duration::from_millis(10);
 
 pub struct Fleet {
     pub database_url: String,
@@ -195,7 +200,7 @@ impl Fleet {
                         return;
                     }
                 }
-                tokio::task::yield_now().await;
+                tokio::time::sleep(POLL).await;
             }
         };
         tokio::time::timeout(Duration::from_secs(20), online)
@@ -212,7 +217,7 @@ impl Fleet {
                 if job.state.is_final() {
                     return job;
                 }
-                tokio::task::yield_now().await;
+                tokio::time::sleep(POLL).await;
             }
         };
         tokio::time::timeout(within, done)
@@ -234,7 +239,7 @@ impl Fleet {
                 if check(&job) {
                     return job;
                 }
-                tokio::task::yield_now().await;
+                tokio::time::sleep(POLL).await;
             }
         };
         tokio::time::timeout(within, done)

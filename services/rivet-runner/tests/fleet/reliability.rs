@@ -80,7 +80,7 @@ async fn a_running_job_is_killed_on_cancel_and_keeps_its_logs() {
             })
             .await;
         stored = !fleet.logs(job.id, view.attempt).await.is_empty();
-        tokio::task::yield_now().await;
+        tokio::time::sleep(helpers::POLL).await;
     }
     let asked = std::time::Instant::now();
     let r = fleet

@@ -522,6 +522,9 @@ fn a_crashed_worker_retires_its_zygote() {
     let mut crash = job("return { name = 'c', stages = { { name = 'spin', script = function() while true do end end } } }");
     crash.request.policy.process.max_cpu_seconds = 1;
     crash.request.policy.limits.instructions = u64::MAX;
+    // The CPU limit, not the stage's deadline, ends it, however little CPU a loaded
+    // machine leaves the worker.
+    crash.request.policy.limits.stage_timeout = Duration::from_secs(120);
     let run = crash.run_with(&options);
     assert!(
         matches!(run.outcome(), JobOutcome::Crashed { .. }),
