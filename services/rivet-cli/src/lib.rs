@@ -15,6 +15,7 @@ mod remote;
 mod render;
 mod run;
 mod setup;
+mod workspace;
 
 use clap::{Parser, Subcommand};
 

@@ -8,6 +8,7 @@
 //! see each other's files or state. `t` holds assertion helpers (see `docs/plugins.md`).
 
 use crate::setup::{read_source, worker_options};
+use crate::workspace::TempWorkspace;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use rivet_core::{JobOutcome, StageOutcome};
@@ -332,14 +333,10 @@ fn run_one(
     test: &str,
     options: &rivet_sandbox::WorkerOptions,
 ) -> Result<TestResult> {
-    let workspace = tempfile::Builder::new()
-        .prefix("rivet-plugin-test-")
-        .tempdir()
-        .context("creating a test workspace")?;
+    let workspace = TempWorkspace::create("rivet-plugin-test-", false)?;
     let mut request = base.clone();
     request.mode = Mode::Run;
-    request.workspace =
-        std::fs::canonicalize(workspace.path()).context("resolving the test workspace")?;
+    request.workspace = workspace.path().to_path_buf();
     request.inputs = BTreeMap::from([("rivet_test".to_owned(), test.to_owned())]);
     request.metadata = BTreeMap::from([
         (

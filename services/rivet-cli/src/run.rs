@@ -6,6 +6,7 @@ use crate::prompt::prompt;
 use crate::remote::RemoteArgs;
 use crate::render::Renderer;
 use crate::setup::{prepare, worker_options, PipelineOptions};
+use crate::workspace::TempWorkspace;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rivet_sandbox::{JobRequest, Mode};
@@ -154,20 +155,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
             )
         }
         None => {
-            // Removed by the guard, with `remove_tree` (a job's tree, however deep, goes),
-            // not by `TempDir`'s own drop.
-            let temp = tempfile::Builder::new()
-                .prefix("rivet-ws-")
-                .tempdir()
-                .context("creating a temporary workspace")?
-                .keep();
-            let guard = TempGuard {
-                path: temp,
-                keep: args.keep_workspace,
-            };
-            let path =
-                std::fs::canonicalize(&guard.path).context("resolving the temporary workspace")?;
-            (path, Some(guard))
+            let temp = TempWorkspace::create("rivet-ws-", args.keep_workspace)?;
+            (temp.path().to_path_buf(), Some(temp))
         }
     };
 
@@ -222,30 +211,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         renderer.summary(
             &report,
             &workspace,
-            _temp.as_ref().is_some_and(|t| t.keep) || args.workspace.is_some(),
+            _temp.as_ref().is_some_and(TempWorkspace::kept) || args.workspace.is_some(),
         );
         return Ok(if report.outcome.is_success() { 0 } else { 1 });
-    }
-}
-
-/// A temporary workspace: removed when the run is over (with `rivet_sandbox::remove_tree`,
-/// which no tree a job made can stop or crash), or kept on request.
-struct TempGuard {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        if let Err(e) = rivet_sandbox::remove_tree(&self.path) {
-            eprintln!(
-                "rivet: could not remove the temporary workspace {}: {e}",
-                self.path.display()
-            );
-        }
     }
 }
 

@@ -299,7 +299,8 @@ fn workspace_secrets_and_policy_flags_work() {
 /// it: 2,000 levels, removed by a `rivet` allowed 256 descriptors (`std::fs::remove_dir_all`,
 /// one descriptor a level, gives up with EMFILE and leaves the tree). With --keep-workspace
 /// the same tree is kept, which shows the job made it. The job runs under that lower limit
-/// (below the policy's), with a note, rather than failing to raise it.
+/// (below the policy's), with a note, rather than failing to raise it. `rivet plugin test`'s
+/// workspaces go the same way.
 #[test]
 fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
     let dir = scratch();
@@ -344,6 +345,46 @@ fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
     assert_eq!(run(false), 0, "the workspace was removed");
     assert_eq!(run(true), 1, "the workspace was kept");
     rivet_sandbox::remove_tree(&tmp).unwrap();
+
+    // `rivet plugin test` gives each test such a workspace, removed the same way.
+    std::fs::create_dir(&tmp).unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    write(&plugins, "deep.lua", "return { requires = {'process'} }");
+    write(
+        &plugins,
+        "deep_test.lua",
+        "return { tests = { nests = function(t)\n\
+           local code = 'import os\\nfor i in range(2000):\\n    os.mkdir(\"d\"); os.chdir(\"d\")\\nprint(i + 1)'\n\
+           t.eq(process.run{command = 'python3', args = {'-c', code}}.stdout, '2000\\n')\n\
+         end } }",
+    );
+    let out = Command::new("prlimit")
+        .args([
+            "--nofile=256:256",
+            env!("CARGO_BIN_EXE_rivet"),
+            "plugin",
+            "test",
+        ])
+        .args([
+            plugins.join("deep.lua").to_str().unwrap(),
+            "--policy",
+            &policy,
+        ])
+        .env("TMPDIR", &tmp)
+        .env_remove("RIVET_POLICY")
+        .env_remove("RIVET_PLUGIN_DIR")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ok   deep: nests"), "{stdout}");
+    assert!(!stderr.contains("could not remove"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the test's workspace was removed"
+    );
 }
 
 #[test]

@@ -60,11 +60,15 @@ pub(super) fn become_worker(parent: i32, start: zygote::Start, maps: OwnedFd) ->
     worker_main(start, mapper)
 }
 
-/// Applies the policy's rlimits to this process (and so to everything it starts), soft and hard
-/// alike. A limit this process was given lower than the policy's (a runner started under a
-/// stricter `ulimit -H`, or a service manager's `LimitNOFILE=`) stays: a process without the
-/// privilege cannot raise a hard limit, and a stricter host is no reason to fail every job.
-/// Returns a note for each such limit, which the job's log shows.
+/// Applies the policy's rlimits to this process (and so to everything it starts). The policy
+/// is a ceiling: a hard limit this process was given below it (a runner started under a
+/// stricter `ulimit -H`, or a service manager's `LimitNOFILE=`) stays, where raising it would
+/// fail without the privilege and loosen the host's choice with it. Returns a note for each
+/// such limit, which the job's log shows.
+///
+/// Soft and hard limits are equal. For CPU time that means `SIGKILL`, not `SIGXCPU`: the worker
+/// is its pid namespace's init, to which the kernel does not deliver a signal it has no
+/// handler for, so a soft limit below the hard one would only be ignored.
 fn apply_rlimits(policy: &rivet_core::policy::ProcessPolicy) -> std::io::Result<Vec<String>> {
     let limits = [
         (libc::RLIMIT_NOFILE, "open files", policy.max_open_files),
