@@ -18,6 +18,11 @@ pub const REDIS: &str = "redis://127.0.0.1:6379/";
 /// The policy every chaos runner uses: the defaults, which allow `sleep`.
 const POLICY: &str = "[limits]\nstage_timeout = \"60s\"\n";
 
+/// A stage body (requires `process`) that runs until the test calls [`Cluster::open_gate`]
+/// (as the fleet tests' `helpers::GATED`).
+pub const GATED: &str = "process.run{command = 'python3', args = {'-c', \
+    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 120}";
+
 pub struct Cluster {
     pub namespace: String,
     pub database_url: String,
@@ -192,13 +197,18 @@ impl Cluster {
         }
     }
 
-    /// Sends SIGTERM to a runner and waits (up to `within`) for it to exit; returns its exit code.
-    pub async fn terminate_runner(&mut self, id: &str, within: Duration) -> Option<i32> {
-        let mut child = self.runners.remove(id).expect("a runner of this cluster");
+    /// Sends SIGTERM to a runner process of this cluster, and returns at once.
+    pub fn sigterm(&self, id: &str) {
+        let child = self.runners.get(id).expect("a runner of this cluster");
         // SAFETY: kill(2) on a child we own and have not reaped.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
+    }
+
+    /// Waits for a runner process of this cluster to exit (at most `within`); its exit code.
+    pub async fn wait_exit(&mut self, id: &str, within: Duration) -> Option<i32> {
+        let mut child = self.runners.remove(id).expect("a runner of this cluster");
         let exited = async {
             loop {
                 if let Some(status) = child.try_wait().expect("waiting for the runner") {
@@ -210,6 +220,22 @@ impl Cluster {
         tokio::time::timeout(within, exited)
             .await
             .unwrap_or_else(|_| panic!("runner {id} did not exit within {within:?} after SIGTERM"))
+    }
+
+    /// Lets a running job whose script is [`GATED`] go on: makes the file it waits for in its
+    /// workspace.
+    pub fn open_gate(&self, job: &JobView) {
+        let runner = job
+            .runner_id
+            .as_deref()
+            .expect("a running job has a runner");
+        let gate = self
+            .dir
+            .join("work")
+            .join(runner)
+            .join(format!("{}-{}", job.id, job.attempt))
+            .join("gate");
+        std::fs::write(&gate, "").unwrap_or_else(|e| panic!("opening {}: {e}", gate.display()));
     }
 
     pub fn runner_ids(&self) -> Vec<String> {

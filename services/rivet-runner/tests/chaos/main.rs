@@ -11,7 +11,7 @@
 mod cluster;
 
 use cluster::{restart_postgres, restart_rabbitmq, restart_redis, Cluster};
-use rivet_protocol::http::{JobState, JobView};
+use rivet_protocol::http::{JobState, JobView, RunnerView};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -176,33 +176,53 @@ async fn kill_a_runner_mid_job() {
 }
 
 /// SIGTERM to a runner process: it takes no new job, finishes the running one, exits 0, and
-/// the job succeeded on it.
+/// the job succeeded on it. The running job goes on until the runner shows it is draining
+/// ([`cluster::GATED`]), so the drain surely begins while it runs.
 async fn sigterm_drains_a_runner() {
     let mut c = Cluster::start("sigterm").await;
     let runner = c.start_runner("a", 1).await;
-    c.push(
-        "return { name = 'long', requires = {'process'}, stages = { { name = 'work', script = function()\n\
+    c.push(&format!(
+        "return {{ name = 'long', requires = {{'process'}}, stages = {{ {{ name = 'work', script = function()\n\
          log.info('on ' .. env.get('RIVET_RUNNER_ID'))\n\
-         process.run{command = 'sleep', args = {'2'}}\n\
-         log.info('done') end } } }",
-    )
+         {}\n\
+         log.info('done') end }} }} }}",
+        cluster::GATED
+    ))
     .await;
     let first = c.submit("long", serde_json::json!({})).await;
     let running = async {
         loop {
             if let Ok(j) = c.get::<JobView>(&format!("/jobs/{first}")).await {
                 if j.state == JobState::Running {
+                    return j;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let running = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the job started");
+    let second = c.submit("long", serde_json::json!({})).await;
+    c.sigterm(&runner);
+    let draining = async {
+        loop {
+            if let Ok(runners) = c.get::<Vec<RunnerView>>("/runners").await {
+                if runners
+                    .iter()
+                    .any(|r| r.id == runner && r.status == "draining")
+                {
                     return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), running)
+    tokio::time::timeout(Duration::from_secs(30), draining)
         .await
-        .expect("the job started");
-    let second = c.submit("long", serde_json::json!({})).await;
-    let code = c.terminate_runner(&runner, Duration::from_secs(30)).await;
+        .expect("the runner shows it is draining");
+    c.open_gate(&running);
+    let code = c.wait_exit(&runner, Duration::from_secs(30)).await;
     assert_eq!(code, Some(0), "a drained runner exits 0");
     // Its reports were confirmed before it exited; the orchestrator applies them just after.
     c.wait_finished(1, Duration::from_secs(30)).await;
@@ -213,6 +233,20 @@ async fn sigterm_drains_a_runner() {
     let waiting: JobView = c.get(&format!("/jobs/{second}")).await.expect("the job");
     assert_eq!(waiting.state, JobState::Queued);
     let other = c.start_runner("b", 1).await;
+    let started = async {
+        loop {
+            if let Ok(j) = c.get::<JobView>(&format!("/jobs/{second}")).await {
+                if j.state == JobState::Running {
+                    return j;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let started = tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .expect("the second job started on the new runner");
+    c.open_gate(&started);
     c.wait_finished(2, Duration::from_secs(60)).await;
     let done: JobView = c.get(&format!("/jobs/{second}")).await.expect("the job");
     assert_eq!(done.state, JobState::Succeeded);

@@ -189,70 +189,93 @@ async fn three_hundred_jobs_finish_exactly_once_with_complete_logs() {
 
 /// A runner whose only slot is taken by a long job does not sit on a job an idle runner could
 /// run: with two one-slot runners busy with long jobs, a third long job and a short job of
-/// another class queued behind them, the short job runs as soon as a slot frees, not after the
-/// long job that took the other freed slot.
+/// another class queued behind them, the short job runs as soon as the slots free, while the
+/// third long job holds one of them. The long jobs run until the test lets them end
+/// ([`helpers::GATED`]), so "long" holds however slow the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
     let mut fleet = helpers::start().await;
     fleet.runner_with_slots("one", &[], "", 1).await;
     fleet.runner_with_slots("two", &[], "", 1).await;
     fleet
-        .push(&pipeline(
-            "long",
-            "'process'",
-            "process.run{command = 'sleep', args = {'4'}}",
-        ))
+        .push(&pipeline("long", "'process'", helpers::GATED))
         .await;
     fleet
         .push(&pipeline("short", "", "log.info('quick')"))
         .await;
     let mut long = Vec::new();
     for _ in 0..3 {
-        long.push(fleet.submit("long", json!({})).await);
+        long.push(fleet.submit("long", json!({})).await.id);
     }
     let short = fleet.submit("short", json!({})).await;
-    let short_done = fleet.wait_final(short.id, Duration::from_secs(60)).await;
+    // Which two long jobs run first is the broker's choice (the relay publishes a batch over
+    // several confirm channels, so jobs submitted within a millisecond have no order).
+    let first_two = async {
+        loop {
+            let mut running = Vec::new();
+            for id in &long {
+                let job: JobView = fleet.get(&format!("/jobs/{id}")).await;
+                if job.state == JobState::Running {
+                    running.push(job);
+                }
+            }
+            if running.len() == 2 {
+                return running;
+            }
+            tokio::time::sleep(helpers::POLL).await;
+        }
+    };
+    let first_two = tokio::time::timeout(Duration::from_secs(30), first_two)
+        .await
+        .expect("two long jobs run, one per runner");
+    let waiting = *long
+        .iter()
+        .find(|id| first_two.iter().all(|j| j.id != **id))
+        .unwrap();
+    let held: JobView = fleet.get(&format!("/jobs/{waiting}")).await;
+    assert_eq!(held.state, JobState::Queued, "both slots are busy");
+    // One slot frees, and takes the third long job or the short one.
+    fleet.open_gate(&first_two[0]);
+    let taken = async {
+        loop {
+            let third: JobView = fleet.get(&format!("/jobs/{waiting}")).await;
+            let quick: JobView = fleet.get(&format!("/jobs/{}", short.id)).await;
+            if third.state == JobState::Running || quick.state.is_final() {
+                return;
+            }
+            tokio::time::sleep(helpers::POLL).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), taken)
+        .await
+        .expect("the freed slot takes a job");
+    // Then the other slot frees. If the runner that took the third long job (which runs until
+    // its gate opens) also held the short job, the short job would wait for ever.
+    fleet.open_gate(&first_two[1]);
+    let short_done = fleet.wait_final(short.id, Duration::from_secs(30)).await;
     assert_eq!(short_done.state, JobState::Succeeded);
-    let mut long_done = Vec::new();
-    for job in &long {
-        let done = fleet.wait_final(job.id, Duration::from_secs(60)).await;
-        assert_eq!(done.state, JobState::Succeeded);
-        long_done.push(done);
+    let third = fleet
+        .wait_job(waiting, Duration::from_secs(30), "running", |j| {
+            j.state == JobState::Running
+        })
+        .await;
+    fleet.open_gate(&third);
+    for id in &long {
+        let done = fleet.wait_final(*id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, JobState::Succeeded, "{:?}", done.outcome);
     }
-    // Which long job waited is the broker's choice (the relay publishes a batch over several
-    // confirm channels, so jobs submitted within a millisecond have no order): it is the one
-    // that started last, once one of the first two had finished.
-    long_done.sort_by_key(|j| j.started_at_ms);
-    let (first_two, waited) = (&long_done[..2], &long_done[2]);
-    let first_free = first_two.iter().filter_map(|j| j.finished_at_ms).min();
-    assert!(
-        waited.started_at_ms >= first_free,
-        "the third long job started ({:?}) before either of the first two finished ({first_free:?}): were both slots busy?",
-        waited.started_at_ms
-    );
-    // The short job took a slot as soon as one freed, so it is done long before the long job
-    // that took the other freed slot (which runs 4 s).
-    assert!(
-        short_done.finished_at_ms < waited.finished_at_ms,
-        "the short job ({:?}) finished after the long job that waited for a slot ({:?})",
-        short_done.finished_at_ms,
-        waited.finished_at_ms
-    );
     fleet.stop().await;
 }
 
 /// A job the broker hands to a runner whose every slot is busy (its long job's message was
 /// acknowledged at the start) goes back to its queue within moments: an idle runner runs it,
-/// instead of it waiting for the long job to end.
+/// instead of it waiting for the long job to end. The long job runs until the test lets it end
+/// ([`helpers::GATED`]): a short job held by the busy runner would never run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_handed_to_a_full_runner_goes_to_an_idle_one() {
     let mut fleet = helpers::start().await;
     fleet
-        .push(&pipeline(
-            "long",
-            "'process'",
-            "process.run{command = 'sleep', args = {'6'}}",
-        ))
+        .push(&pipeline("long", "'process'", helpers::GATED))
         .await;
     fleet
         .push(&pipeline("short", "", "log.info('quick')"))
@@ -271,20 +294,26 @@ async fn a_job_handed_to_a_full_runner_goes_to_an_idle_one() {
     for _ in 0..6 {
         short.push(fleet.submit("short", json!({})).await);
     }
-    let mut last_short = 0;
     for job in &short {
-        let done = fleet.wait_final(job.id, Duration::from_secs(60)).await;
+        let done = fleet.wait_final(job.id, Duration::from_secs(30)).await;
         assert_eq!(done.state, JobState::Succeeded);
         assert_eq!(done.runner_id.as_deref(), Some(idle.as_str()), "{done:?}");
-        last_short = last_short.max(done.finished_at_ms.unwrap());
     }
-    let long_done = fleet.wait_final(long.id, Duration::from_secs(60)).await;
-    assert_eq!(long_done.runner_id.as_deref(), Some(busy.as_str()));
-    assert!(
-        last_short < long_done.finished_at_ms.unwrap(),
-        "a short job ({last_short}) finished after the long job ({:?}) it should not have waited for",
-        long_done.finished_at_ms
+    let still: JobView = fleet.get(&format!("/jobs/{}", long.id)).await;
+    assert_eq!(
+        still.state,
+        JobState::Running,
+        "the long job waits for its gate"
     );
+    fleet.open_gate(&still);
+    let long_done = fleet.wait_final(long.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        long_done.state,
+        JobState::Succeeded,
+        "{:?}",
+        long_done.outcome
+    );
+    assert_eq!(long_done.runner_id.as_deref(), Some(busy.as_str()));
     fleet.stop().await;
 }
 
