@@ -357,6 +357,23 @@ impl Cluster {
         }
     }
 
+    /// Waits until the job `id` runs (at most `within`); its view then.
+    pub async fn wait_running(&self, id: Uuid, within: Duration) -> JobView {
+        let running = async {
+            loop {
+                if let Ok(job) = self.get::<JobView>(&format!("/jobs/{id}")).await {
+                    if job.state == rivet_protocol::http::JobState::Running {
+                        return job;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(within, running)
+            .await
+            .unwrap_or_else(|_| panic!("job {id} did not start within {within:?}"))
+    }
+
     /// Waits until `count` jobs are final; returns how long it took.
     pub async fn wait_finished(&self, count: i64, within: Duration) -> Duration {
         let started = Instant::now();

@@ -190,19 +190,7 @@ async fn sigterm_drains_a_runner() {
     ))
     .await;
     let first = c.submit("long", serde_json::json!({})).await;
-    let running = async {
-        loop {
-            if let Ok(j) = c.get::<JobView>(&format!("/jobs/{first}")).await {
-                if j.state == JobState::Running {
-                    return j;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let running = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the job started");
+    let running = c.wait_running(first, Duration::from_secs(30)).await;
     let second = c.submit("long", serde_json::json!({})).await;
     c.sigterm(&runner);
     let draining = async {
@@ -233,19 +221,7 @@ async fn sigterm_drains_a_runner() {
     let waiting: JobView = c.get(&format!("/jobs/{second}")).await.expect("the job");
     assert_eq!(waiting.state, JobState::Queued);
     let other = c.start_runner("b", 1).await;
-    let started = async {
-        loop {
-            if let Ok(j) = c.get::<JobView>(&format!("/jobs/{second}")).await {
-                if j.state == JobState::Running {
-                    return j;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let started = tokio::time::timeout(Duration::from_secs(30), started)
-        .await
-        .expect("the second job started on the new runner");
+    let started = c.wait_running(second, Duration::from_secs(30)).await;
     c.open_gate(&started);
     c.wait_finished(2, Duration::from_secs(60)).await;
     let done: JobView = c.get(&format!("/jobs/{second}")).await.expect("the job");
