@@ -8,6 +8,7 @@
 //! Depends on shared crates only (core, sandbox, protocol, client); never on a service crate
 //! (its end-to-end tests start an orchestrator, as a dev-dependency).
 
+mod interrupt;
 mod lint;
 mod plugin;
 mod prompt;

@@ -37,7 +37,8 @@ PATH:
 Output and exit status:
   One line per test (ok / FAIL, with the error and the test's log for failures), then a
   summary. --json prints one JSON object per test, then {\"summary\": ...}. Exit status 0 when
-  every test passed, 1 when any failed, 2 when the tests cannot be found or loaded.
+  every test passed, 1 when any failed, 2 when the tests cannot be found or loaded. Ctrl-C (or
+  SIGTERM) cancels the running test, runs no further one and exits 130 (143).
 
 Examples:
   rivet plugin test plugins/git.lua
@@ -249,10 +250,11 @@ struct TestResult {
 
 fn test(args: TestArgs) -> Result<i32> {
     let policy = rivet_sandbox::read_policy(args.policy.as_deref()).map_err(anyhow::Error::msg)?;
-    let options = worker_options()?;
+    let mut options = worker_options()?;
+    options.cancel = Some(crate::interrupt::cancel_flag());
     let binaries = rivet_sandbox::job::resolve_binaries(&policy.process);
     let mut results = Vec::new();
-    for suite in suites(&args.path)? {
+    'suites: for suite in suites(&args.path)? {
         let plugins = rivet_sandbox::plugins::catalog(Some(&suite.dir))
             .with_context(|| format!("reading plugins in {}", suite.dir.display()))?;
         let test_source = read_source(&suite.test_file, policy.limits.max_source)?;
@@ -271,8 +273,12 @@ fn test(args: TestArgs) -> Result<i32> {
             plugins,
         };
         // List the tests: evaluate the generated definition without running anything.
-        let report = rivet_sandbox::run_worker(&base, &options, |_| {})
-            .context("starting the sandbox worker")?;
+        let report =
+            crate::interrupt::during(|| rivet_sandbox::run_worker(&base, &options, |_| {}))
+                .context("starting the sandbox worker")?;
+        if crate::interrupt::received().is_some() {
+            break;
+        }
         let spec = match (&report.definition, report.outcome.is_success()) {
             (Some(spec), true) => spec.clone(),
             _ => {
@@ -301,6 +307,9 @@ fn test(args: TestArgs) -> Result<i32> {
                 println!("{}", serde_json::to_string(&result)?);
             }
             results.push(result);
+            if crate::interrupt::received().is_some() {
+                break 'suites;
+            }
         }
     }
     let failed = results.iter().filter(|r| !r.passed).count();
@@ -319,6 +328,10 @@ fn test(args: TestArgs) -> Result<i32> {
                 ""
             }
         );
+    }
+    if let Some(signal) = crate::interrupt::received() {
+        eprintln!("rivet: interrupted; the tests after this one were not run");
+        return Ok(128 + signal);
     }
     Ok(if failed == 0 && !results.is_empty() {
         0
@@ -351,17 +364,19 @@ fn run_one(
     let started = Instant::now();
     let mut stage: Option<(StageOutcome, Option<String>)> = None;
     let mut log = Vec::new();
-    let report = rivet_sandbox::run_worker(&request, options, |ev| match ev {
-        Event::StageFinished {
-            name,
-            outcome,
-            error,
-            ..
-        } if name == test => stage = Some((*outcome, error.clone())),
-        Event::Log { source, line, .. } if *source != Source::System => {
-            log.push(line.clone());
-        }
-        _ => {}
+    let report = crate::interrupt::during(|| {
+        rivet_sandbox::run_worker(&request, options, |ev| match ev {
+            Event::StageFinished {
+                name,
+                outcome,
+                error,
+                ..
+            } if name == test => stage = Some((*outcome, error.clone())),
+            Event::Log { source, line, .. } if *source != Source::System => {
+                log.push(line.clone());
+            }
+            _ => {}
+        })
     })
     .context("starting the sandbox worker")?;
     let (passed, error) = match (&report.outcome, stage) {

@@ -53,7 +53,9 @@ Output:
 Exit status:
   0 when every stage succeeded or was skipped by its condition (remote without --follow: when
   the job was queued); 1 when a stage failed or timed out, the worker crashed, or the definition
-  or inputs are invalid; 2 on usage errors, unreadable files and orchestrator errors.
+  or inputs are invalid; 2 on usage errors, unreadable files and orchestrator errors. Ctrl-C
+  (or SIGTERM) during a local run cancels the job, removes its temporary workspace and exits
+  130 (143); a second one stops rivet at once.
 
 Examples:
   rivet run examples/hello.lua
@@ -144,7 +146,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         secrets.insert(name.clone(), value);
     }
 
-    let (workspace, _temp) = match &args.workspace {
+    let (workspace, temp) = match &args.workspace {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating workspace {}", dir.display()))?;
@@ -184,14 +186,22 @@ pub fn run(args: RunArgs) -> Result<i32> {
         binaries,
         plugins: prepared.plugins,
     };
-    let options = worker_options()?;
+    let mut options = worker_options()?;
+    options.cancel = Some(crate::interrupt::cancel_flag());
     let interactive = std::io::stdin().is_terminal() && !args.json;
     let display = args.target.clone();
     let mut asked = false;
     loop {
         let mut renderer = Renderer::new(args.json, display.clone(), asked);
-        let report = rivet_sandbox::run_worker(&request, &options, |ev| renderer.event(ev))
-            .context("starting the sandbox worker")?;
+        let report = crate::interrupt::during(|| {
+            rivet_sandbox::run_worker(&request, &options, |ev| renderer.event(ev))
+        })
+        .context("starting the sandbox worker")?;
+        let kept = temp.as_ref().is_some_and(TempWorkspace::kept) || args.workspace.is_some();
+        if let Some(signal) = crate::interrupt::received() {
+            renderer.summary(&report, &workspace, kept);
+            return Ok(128 + signal);
+        }
         let missing: Vec<_> = report
             .input_errors
             .iter()
@@ -208,11 +218,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
                 continue;
             }
         }
-        renderer.summary(
-            &report,
-            &workspace,
-            _temp.as_ref().is_some_and(TempWorkspace::kept) || args.workspace.is_some(),
-        );
+        renderer.summary(&report, &workspace, kept);
         return Ok(if report.outcome.is_success() { 0 } else { 1 });
     }
 }

@@ -387,6 +387,118 @@ fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
     );
 }
 
+/// Ctrl-C during a local run cancels the job: its worker (and the `sleep` it runs) is killed,
+/// rivet says the job was cancelled, removes the temporary workspace and exits 130. The
+/// signal is sent once the job's first line is out, so the job surely runs.
+#[test]
+fn ctrl_c_cancels_a_local_run_and_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let pipeline = write(
+        dir.path(),
+        "long.lua",
+        "return { name = 'long', requires = {'process'}, stages = { { name = 's', script = function()\n\
+           log.info('sleeping')\n\
+           process.run{command = 'sleep', args = {'60'}}\n\
+         end } } }",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(["run", pipeline.as_str()])
+        .env("TMPDIR", &tmp)
+        .env_remove("RIVET_POLICY")
+        .env_remove("RIVET_PLUGIN_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("[s] sleeping") {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "rivet ended before the job ran: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    // Without the cancel, the job would end after its 60 s sleep, and exit 0.
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}\n{stderr}");
+    assert!(stderr.contains("long.lua: cancelled"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the temporary workspace was removed"
+    );
+}
+
+/// Ctrl-C during `rivet plugin test` cancels the running test, runs no further one, removes
+/// the test's workspace and exits 130. The signal is sent once the first test has written a
+/// file in its workspace, so it surely runs.
+#[test]
+fn ctrl_c_stops_plugin_tests_and_cleans_up() {
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    write(
+        dir.path(),
+        "slow.lua",
+        "return { requires = {'process', 'filesystem'} }",
+    );
+    write(
+        dir.path(),
+        "slow_test.lua",
+        r#"return { tests = {
+  ["a sleeps"] = function(t)
+    filesystem.write("started", "")
+    process.run{command = 'sleep', args = {'60'}}
+  end,
+  ["b is not run"] = function(t) t.ok(true) end,
+} }"#,
+    );
+    let plugin = dir.path().join("slow.lua").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(["plugin", "test", plugin.as_str()])
+        .env("TMPDIR", &tmp)
+        .env_remove("RIVET_POLICY")
+        .env_remove("RIVET_PLUGIN_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first test's workspace holds `started`: poll for it (as long as rivet runs).
+    let started = || {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .any(|ws| ws.unwrap().path().join("started").exists())
+    };
+    while !started() {
+        assert!(child.try_wait().unwrap().is_none(), "rivet ended first");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(stdout.contains("FAIL slow: a sleeps"), "{stdout}");
+    assert!(!stdout.contains("b is not run"), "{stdout}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the test's workspace was removed"
+    );
+}
+
 #[test]
 fn run_help_is_a_complete_reference() {
     let out = rivet(&["run", "--help"]);
