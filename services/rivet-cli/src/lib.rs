@@ -61,6 +61,13 @@ pub enum Command {
 }
 
 /// Runs the command and returns the process exit code.
+/// Exits with `code`, or, when a signal cancelled a local job, by that signal (after the
+/// command cleaned up), as a shell expects of an interrupted program.
+pub fn exit(code: i32) -> ! {
+    interrupt::end_by_signal();
+    std::process::exit(code)
+}
+
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Lint(args) => lint::lint(args),

@@ -9,5 +9,5 @@ fn main() {
     let cli = rivet_cli::Cli::parse();
     rivet_telemetry::init("rivet", "warn");
     let code = rivet_cli::run(cli);
-    std::process::exit(code);
+    rivet_cli::exit(code);
 }

@@ -38,7 +38,8 @@ Output and exit status:
   One line per test (ok / FAIL, with the error and the test's log for failures), then a
   summary. --json prints one JSON object per test, then {\"summary\": ...}. Exit status 0 when
   every test passed, 1 when any failed, 2 when the tests cannot be found or loaded. Ctrl-C (or
-  SIGTERM) cancels the running test, runs no further one and exits 130 (143).
+  SIGTERM) cancels the running test and runs no further one; rivet then ends by that signal
+  (status 130, or 143).
 
 Examples:
   rivet plugin test plugins/git.lua
@@ -252,6 +253,8 @@ fn test(args: TestArgs) -> Result<i32> {
     let policy = rivet_sandbox::read_policy(args.policy.as_deref()).map_err(anyhow::Error::msg)?;
     let mut options = worker_options()?;
     options.cancel = Some(crate::interrupt::cancel_flag());
+    // From here a signal cancels the running test and lets this function clean up.
+    let _armed = crate::interrupt::arm();
     let binaries = rivet_sandbox::job::resolve_binaries(&policy.process);
     let mut results = Vec::new();
     'suites: for suite in suites(&args.path)? {
@@ -273,9 +276,8 @@ fn test(args: TestArgs) -> Result<i32> {
             plugins,
         };
         // List the tests: evaluate the generated definition without running anything.
-        let report =
-            crate::interrupt::during(|| rivet_sandbox::run_worker(&base, &options, |_| {}))
-                .context("starting the sandbox worker")?;
+        let report = rivet_sandbox::run_worker(&base, &options, |_| {})
+            .context("starting the sandbox worker")?;
         if crate::interrupt::received().is_some() {
             break;
         }
@@ -300,6 +302,9 @@ fn test(args: TestArgs) -> Result<i32> {
                     continue;
                 }
             }
+            if crate::interrupt::received().is_some() {
+                break 'suites;
+            }
             let result = run_one(&base, &suite.name, &stage.name, &options)?;
             if !args.json {
                 print_result(&result);
@@ -307,9 +312,6 @@ fn test(args: TestArgs) -> Result<i32> {
                 println!("{}", serde_json::to_string(&result)?);
             }
             results.push(result);
-            if crate::interrupt::received().is_some() {
-                break 'suites;
-            }
         }
     }
     let failed = results.iter().filter(|r| !r.passed).count();
@@ -330,7 +332,7 @@ fn test(args: TestArgs) -> Result<i32> {
         );
     }
     if let Some(signal) = crate::interrupt::received() {
-        eprintln!("rivet: interrupted; the tests after this one were not run");
+        eprintln!("rivet: interrupted; no further test was run");
         return Ok(128 + signal);
     }
     Ok(if failed == 0 && !results.is_empty() {
@@ -364,19 +366,17 @@ fn run_one(
     let started = Instant::now();
     let mut stage: Option<(StageOutcome, Option<String>)> = None;
     let mut log = Vec::new();
-    let report = crate::interrupt::during(|| {
-        rivet_sandbox::run_worker(&request, options, |ev| match ev {
-            Event::StageFinished {
-                name,
-                outcome,
-                error,
-                ..
-            } if name == test => stage = Some((*outcome, error.clone())),
-            Event::Log { source, line, .. } if *source != Source::System => {
-                log.push(line.clone());
-            }
-            _ => {}
-        })
+    let report = rivet_sandbox::run_worker(&request, options, |ev| match ev {
+        Event::StageFinished {
+            name,
+            outcome,
+            error,
+            ..
+        } if name == test => stage = Some((*outcome, error.clone())),
+        Event::Log { source, line, .. } if *source != Source::System => {
+            log.push(line.clone());
+        }
+        _ => {}
     })
     .context("starting the sandbox worker")?;
     let (passed, error) = match (&report.outcome, stage) {

@@ -54,8 +54,9 @@ Exit status:
   0 when every stage succeeded or was skipped by its condition (remote without --follow: when
   the job was queued); 1 when a stage failed or timed out, the worker crashed, or the definition
   or inputs are invalid; 2 on usage errors, unreadable files and orchestrator errors. Ctrl-C
-  (or SIGTERM) during a local run cancels the job, removes its temporary workspace and exits
-  130 (143); a second one stops rivet at once.
+  (or SIGTERM) during a local run cancels the job and removes its temporary workspace; then
+  rivet ends by that signal (status 130, or 143), so a calling script stops too. A second one
+  stops rivet at once.
 
 Examples:
   rivet run examples/hello.lua
@@ -146,6 +147,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
         secrets.insert(name.clone(), value);
     }
 
+    // From here a signal cancels the job and lets this function clean up (interrupt.rs).
+    let mut options = worker_options()?;
+    options.cancel = Some(crate::interrupt::cancel_flag());
+    let _armed = crate::interrupt::arm();
     let (workspace, temp) = match &args.workspace {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -186,17 +191,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
         binaries,
         plugins: prepared.plugins,
     };
-    let mut options = worker_options()?;
-    options.cancel = Some(crate::interrupt::cancel_flag());
     let interactive = std::io::stdin().is_terminal() && !args.json;
     let display = args.target.clone();
     let mut asked = false;
     loop {
         let mut renderer = Renderer::new(args.json, display.clone(), asked);
-        let report = crate::interrupt::during(|| {
-            rivet_sandbox::run_worker(&request, &options, |ev| renderer.event(ev))
-        })
-        .context("starting the sandbox worker")?;
+        let report = rivet_sandbox::run_worker(&request, &options, |ev| renderer.event(ev))
+            .context("starting the sandbox worker")?;
         let kept = temp.as_ref().is_some_and(TempWorkspace::kept) || args.workspace.is_some();
         if let Some(signal) = crate::interrupt::received() {
             renderer.summary(&report, &workspace, kept);
@@ -211,7 +212,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
             if let Some(spec) = &report.definition {
                 for err in missing {
                     let decl = spec.inputs.iter().find(|i| i.name == err.field);
-                    let value = prompt(&err.field, decl)?;
+                    // No stage ran: the temporary workspace is empty.
+                    let empty = temp.as_ref().filter(|t| !t.kept()).map(TempWorkspace::path);
+                    let value = crate::interrupt::disarmed(empty, || prompt(&err.field, decl))?;
                     request.inputs.insert(err.field.clone(), value);
                 }
                 asked = true;

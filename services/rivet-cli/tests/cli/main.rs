@@ -388,7 +388,7 @@ fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
 }
 
 /// Ctrl-C during a local run cancels the job: its worker (and the `sleep` it runs) is killed,
-/// rivet says the job was cancelled, removes the temporary workspace and exits 130. The
+/// rivet says the job was cancelled, removes the temporary workspace and ends by SIGINT. The
 /// signal is sent once the job's first line is out, so the job surely runs.
 #[test]
 fn ctrl_c_cancels_a_local_run_and_cleans_up() {
@@ -430,7 +430,9 @@ fn ctrl_c_cancels_a_local_run_and_cleans_up() {
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{seen}\n{stderr}");
+    // Ended by the signal, as a shell expects (it stops a script).
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{seen}\n{stderr}");
     assert!(stderr.contains("long.lua: cancelled"), "{stderr}");
     assert_eq!(
         std::fs::read_dir(&tmp).unwrap().count(),
@@ -439,8 +441,48 @@ fn ctrl_c_cancels_a_local_run_and_cleans_up() {
     );
 }
 
+/// A rivet started with SIGINT ignored (as a script starts its background jobs) leaves it
+/// ignored: the job runs to its end and rivet exits 0. The signal is sent once the job runs.
+#[test]
+fn an_ignored_sigint_stays_ignored() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch();
+    let pipeline = write(
+        dir.path(),
+        "short.lua",
+        "return { name = 'short', requires = {'process'}, stages = { { name = 's', script = function()\n\
+           log.info('sleeping')\n\
+           process.run{command = 'sleep', args = {'1'}}\n\
+           log.info('woke')\n\
+         end } } }",
+    );
+    // env(1) from coreutils execs rivet in place, with SIGINT ignored.
+    let mut child = Command::new("env")
+        .args(["--ignore-signal=INT", env!("CARGO_BIN_EXE_rivet"), "run"])
+        .arg(&pipeline)
+        .env_remove("RIVET_POLICY")
+        .env_remove("RIVET_PLUGIN_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("[s] sleeping") {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::io::Read::read_to_string(&mut stdout, &mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {seen}");
+    assert!(seen.contains("[s] woke"), "{seen}");
+}
+
 /// Ctrl-C during `rivet plugin test` cancels the running test, runs no further one, removes
-/// the test's workspace and exits 130. The signal is sent once the first test has written a
+/// the test's workspace and ends by SIGINT. The signal is sent once the first test has written a
 /// file in its workspace, so it surely runs.
 #[test]
 fn ctrl_c_stops_plugin_tests_and_cleans_up() {
@@ -488,7 +530,12 @@ fn ctrl_c_stops_plugin_tests_and_cleans_up() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGINT),
+        "{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("FAIL slow: a sleeps"), "{stdout}");
     assert!(!stdout.contains("b is not run"), "{stdout}");
     assert!(stderr.contains("interrupted"), "{stderr}");

@@ -21,7 +21,7 @@ const POLICY: &str = "[limits]\nstage_timeout = \"60s\"\n";
 /// A stage body (requires `process`) that runs until the test calls [`Cluster::open_gate`]
 /// (as the fleet tests' `helpers::GATED`).
 pub const GATED: &str = "process.run{command = 'python3', args = {'-c', \
-    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 120}";
+    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 60}";
 
 pub struct Cluster {
     pub namespace: String,

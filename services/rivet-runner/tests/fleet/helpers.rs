@@ -15,7 +15,7 @@ pub use rivet_orchestrator::testing::{AMQP, REDIS};
 /// job that is surely still running whatever the machine's speed, where a `sleep` would only
 /// probably be.
 pub const GATED: &str = "process.run{command = 'python3', args = {'-c', \
-    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 120}";
+    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 60}";
 
 /// The pause between two polls of the API: short beside any wait, long enough that a waiting
 /// test leaves the machine's two cores to the orchestrator and runners it waits on.
