@@ -77,6 +77,10 @@ pub(crate) fn disarmed<T>(empty: Option<&Path>, ask: impl FnOnce() -> T) -> T {
         .map_or(std::ptr::null_mut(), CString::into_raw);
     EMPTY_DIR.store(dir, Ordering::SeqCst);
     let armed = ARMED.swap(false, Ordering::SeqCst);
+    // A signal caught just before (after the last check) asked to stop: no question then.
+    if let Some(sig) = received() {
+        die(sig);
+    }
     let answer = ask();
     ARMED.store(armed, Ordering::SeqCst);
     // Not freed: a handler on another thread may still hold the pointer (a path, once per
@@ -107,6 +111,21 @@ pub(crate) fn end_by_signal() {
     }
 }
 
+/// Ends rivet by `sig` (its default action), removing the registered empty directory first.
+/// Async-signal-safe.
+fn die(sig: libc::c_int) {
+    let dir = EMPTY_DIR.load(Ordering::SeqCst);
+    // SAFETY: all three are async-signal-safe; `dir` is a NUL-terminated path that is never
+    // freed; the default action ends the process.
+    unsafe {
+        if !dir.is_null() {
+            libc::rmdir(dir);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
 extern "C" fn on_signal(sig: libc::c_int) {
     if ARMED.load(Ordering::SeqCst)
         && RECEIVED
@@ -120,14 +139,5 @@ extern "C" fn on_signal(sig: libc::c_int) {
         }
         return;
     }
-    let dir = EMPTY_DIR.load(Ordering::SeqCst);
-    // SAFETY: all three are async-signal-safe; `dir` is a NUL-terminated path that stays
-    // allocated while it is published; the default action ends the process.
-    unsafe {
-        if !dir.is_null() {
-            libc::rmdir(dir);
-        }
-        libc::signal(sig, libc::SIG_DFL);
-        libc::raise(sig);
-    }
+    die(sig);
 }

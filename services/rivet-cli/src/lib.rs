@@ -60,7 +60,6 @@ pub enum Command {
     Plugin(plugin::PluginCommand),
 }
 
-/// Runs the command and returns the process exit code.
 /// Exits with `code`, or, when a signal cancelled a local job, by that signal (after the
 /// command cleaned up), as a shell expects of an interrupted program.
 pub fn exit(code: i32) -> ! {
@@ -68,6 +67,7 @@ pub fn exit(code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// Runs the command and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Lint(args) => lint::lint(args),

@@ -324,7 +324,7 @@ fn test(args: TestArgs) -> Result<i32> {
     } else {
         println!(
             "\n{passed} passed, {failed} failed{}",
-            if results.is_empty() {
+            if results.is_empty() && crate::interrupt::received().is_none() {
                 " (no test matched)"
             } else {
                 ""

@@ -456,10 +456,17 @@ fn an_ignored_sigint_stays_ignored() {
            log.info('woke')\n\
          end } } }",
     );
-    // env(1) from coreutils execs rivet in place, with SIGINT ignored.
-    let mut child = Command::new("env")
-        .args(["--ignore-signal=INT", env!("CARGO_BIN_EXE_rivet"), "run"])
-        .arg(&pipeline)
+    let mut rivet = Command::new(env!("CARGO_BIN_EXE_rivet"));
+    rivet.arg("run").arg(&pipeline);
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        rivet.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = rivet
         .env_remove("RIVET_POLICY")
         .env_remove("RIVET_PLUGIN_DIR")
         .stdin(std::process::Stdio::null())
