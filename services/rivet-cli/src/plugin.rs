@@ -251,6 +251,7 @@ struct TestResult {
 
 fn test(args: TestArgs) -> Result<i32> {
     let policy = rivet_sandbox::read_policy(args.policy.as_deref()).map_err(anyhow::Error::msg)?;
+    crate::workspace::warn_if_root_jobs(&policy);
     let mut options = worker_options()?;
     options.cancel = Some(crate::interrupt::cancel_flag());
     // From here a signal cancels the running test and lets this function clean up.
@@ -348,7 +349,7 @@ fn run_one(
     test: &str,
     options: &rivet_sandbox::WorkerOptions,
 ) -> Result<TestResult> {
-    let workspace = TempWorkspace::create("rivet-plugin-test-", false)?;
+    let workspace = TempWorkspace::create("rivet-plugin-test-", false, &base.policy)?;
     let mut request = base.clone();
     request.mode = Mode::Run;
     request.workspace = workspace.path().to_path_buf();

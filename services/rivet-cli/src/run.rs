@@ -6,7 +6,7 @@ use crate::prompt::prompt;
 use crate::remote::RemoteArgs;
 use crate::render::Renderer;
 use crate::setup::{prepare, worker_options, PipelineOptions};
-use crate::workspace::TempWorkspace;
+use crate::workspace::{give_to_jobs, warn_if_root_jobs, TempWorkspace};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rivet_sandbox::{JobRequest, Mode};
@@ -36,7 +36,9 @@ Secrets:
 
 Workspace:
   Without --workspace, each run gets a fresh temporary directory, removed afterwards unless
-  --keep-workspace is given. With --workspace DIR, DIR is created if needed and kept.
+  --keep-workspace is given. With --workspace DIR, DIR is created if needed and kept. Run as
+  root with sandbox.job_uid set in the policy, the job runs as that uid, and the workspace
+  directory (itself, not what it already holds) is given to it.
 
 Sandbox:
   Each run executes in a separate worker process with rlimits and, where the kernel allows,
@@ -147,6 +149,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         secrets.insert(name.clone(), value);
     }
 
+    warn_if_root_jobs(&prepared.policy);
     // From here a signal cancels the job and lets this function clean up (interrupt.rs).
     let mut options = worker_options()?;
     options.cancel = Some(crate::interrupt::cancel_flag());
@@ -155,14 +158,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating workspace {}", dir.display()))?;
-            (
-                std::fs::canonicalize(dir)
-                    .with_context(|| format!("resolving {}", dir.display()))?,
-                None,
-            )
+            let dir = std::fs::canonicalize(dir)
+                .with_context(|| format!("resolving {}", dir.display()))?;
+            give_to_jobs(&dir, &prepared.policy)?;
+            (dir, None)
         }
         None => {
-            let temp = TempWorkspace::create("rivet-ws-", args.keep_workspace)?;
+            let temp = TempWorkspace::create("rivet-ws-", args.keep_workspace, &prepared.policy)?;
             (temp.path().to_path_buf(), Some(temp))
         }
     };

@@ -30,7 +30,7 @@ pub mod worker;
 pub use host::HostServices;
 pub use job::{JobRequest, Mode};
 pub use remove::remove_tree;
-pub use worker::{run_worker, NetworkNamespaces, WorkerOptions, WorkerReport};
+pub use worker::{job_host_uid, run_worker, NetworkNamespaces, WorkerOptions, WorkerReport};
 
 use std::time::Duration;
 

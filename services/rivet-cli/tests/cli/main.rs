@@ -553,6 +553,69 @@ fn ctrl_c_stops_plugin_tests_and_cleans_up() {
     );
 }
 
+/// Run as root with `sandbox.job_uid` in the policy, a local job runs as that uid: its
+/// workspace (a temporary one, or one --workspace makes) is given to it, so the job can write
+/// there, and what it writes is that uid's on the host. Without `sandbox.job_uid`, a root
+/// rivet warns that the job runs as root.
+#[test]
+fn a_root_local_run_gives_the_workspace_to_the_policys_job_uid() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the CLI tests run as root");
+    let dir = scratch();
+    let pipeline = write(
+        dir.path(),
+        "w.lua",
+        "return { name = 'w', requires = {'filesystem'}, stages = { { name = 's', script = function()\n\
+           filesystem.write('out.txt', 'x')\n\
+         end } } }",
+    );
+    let policy = write(dir.path(), "uid.toml", "[sandbox]\njob_uid = 65534\n");
+    let out = rivet(&["run", &pipeline, "--policy", &policy, "--keep-workspace"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("running as root"), "{stderr}");
+    let kept = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("workspace: "))
+        .expect("the kept workspace's path");
+    let kept = Path::new(kept);
+    assert_eq!(std::fs::metadata(kept).unwrap().uid(), 65534);
+    assert_eq!(
+        std::fs::metadata(kept.join("out.txt")).unwrap().uid(),
+        65534
+    );
+    rivet_sandbox::remove_tree(kept).unwrap();
+
+    let ws = dir.path().join("ws");
+    // The job's uid must reach the workspace through its parents.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let out = rivet(&[
+        "run",
+        &pipeline,
+        "--policy",
+        &policy,
+        "--workspace",
+        ws.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(std::fs::metadata(&ws).unwrap().uid(), 65534);
+    assert_eq!(std::fs::metadata(ws.join("out.txt")).unwrap().uid(), 65534);
+
+    let out = rivet(&["run", &pipeline]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("running as root, the job runs as root on this host"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn run_help_is_a_complete_reference() {
     let out = rivet(&["run", "--help"]);

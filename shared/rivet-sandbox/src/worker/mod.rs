@@ -24,6 +24,14 @@ pub use netns::{NetnsLease, NetworkNamespaces};
 pub use parent::{run_worker, WorkerOptions, WorkerReport};
 pub use zygote::{pidfd, readable_within, Launched, Launcher, Spawn, Worker, Zygote, ZYGOTE_ARG};
 
+/// The host uid that jobs started by this process run as under `policy`, where it is not this
+/// process's own: the policy's `sandbox.job_uid`, for a process running as root (the rule the
+/// launcher and the worker follow). Whoever makes a job's workspace gives it to that uid.
+pub fn job_host_uid(policy: &rivet_core::policy::Policy) -> Option<u32> {
+    // SAFETY: geteuid has no preconditions.
+    zygote::remapped_uid(policy.sandbox.job_uid, unsafe { libc::geteuid() })
+}
+
 /// Worker exit status when the parent stopped reading its events.
 pub const EXIT_PARENT_GONE: i32 = 70;
 /// Worker exit status when its request could not be read.
