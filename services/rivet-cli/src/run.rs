@@ -6,7 +6,7 @@ use crate::prompt::prompt;
 use crate::remote::RemoteArgs;
 use crate::render::Renderer;
 use crate::setup::{prepare, worker_options, PipelineOptions};
-use crate::workspace::{give_to_jobs, warn_if_root_jobs, TempWorkspace};
+use crate::workspace::{given_dir, warn_if_root_jobs, TempWorkspace};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rivet_sandbox::{JobRequest, Mode};
@@ -38,7 +38,8 @@ Workspace:
   Without --workspace, each run gets a fresh temporary directory, removed afterwards unless
   --keep-workspace is given. With --workspace DIR, DIR is created if needed and kept. Run as
   root with sandbox.job_uid set in the policy, the job runs as that uid, and the workspace
-  directory (itself, not what it already holds) is given to it.
+  must be that uid's: rivet gives it a directory it makes (a temporary one, or DIR when it
+  does not exist yet) and refuses an existing DIR that belongs to anyone else.
 
 Sandbox:
   Each run executes in a separate worker process with rlimits and, where the kernel allows,
@@ -155,14 +156,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     options.cancel = Some(crate::interrupt::cancel_flag());
     let _armed = crate::interrupt::arm();
     let (workspace, temp) = match &args.workspace {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating workspace {}", dir.display()))?;
-            let dir = std::fs::canonicalize(dir)
-                .with_context(|| format!("resolving {}", dir.display()))?;
-            give_to_jobs(&dir, &prepared.policy)?;
-            (dir, None)
-        }
+        Some(dir) => (given_dir(dir, &prepared.policy)?, None),
         None => {
             let temp = TempWorkspace::create("rivet-ws-", args.keep_workspace, &prepared.policy)?;
             (temp.path().to_path_buf(), Some(temp))

@@ -1,22 +1,74 @@
-//! Temporary workspaces of local jobs (`rivet run`, `rivet plugin test`).
+//! Workspaces of local jobs (`rivet run`, `rivet plugin test`): temporary ones, and the
+//! directory `--workspace` names.
 
 use anyhow::{Context, Result};
 use rivet_core::policy::Policy;
 use std::path::{Path, PathBuf};
 
-/// Gives the workspace directory `dir` (itself, not what it already holds) to the host uid
-/// that jobs run as under `policy`, when that is not rivet's own (`sandbox.job_uid`, rivet
-/// running as root), so they can write in it, as a runner does for its jobs.
-pub(crate) fn give_to_jobs(dir: &Path, policy: &Policy) -> Result<()> {
-    match rivet_sandbox::job_host_uid(policy) {
-        Some(uid) => std::os::unix::fs::chown(dir, Some(uid), Some(uid)).with_context(|| {
+/// The workspace directory DIR of `--workspace DIR`, made if it does not exist, resolved (no
+/// link in its path). Where jobs run as another uid than rivet's under `policy`
+/// (`sandbox.job_uid`, rivet running as root), they must own it: a directory made here is
+/// given to them; one that was there is used only if it already is theirs, since owning a
+/// directory lets one replace whatever it holds (a root user's checkout, say) and never handed
+/// over.
+pub(crate) fn given_dir(dir: &Path, policy: &Policy) -> Result<PathBuf> {
+    let made = match rivet_sandbox::job_host_uid(policy) {
+        None => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating workspace {}", dir.display()))?;
+            false
+        }
+        Some(_) => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            match std::fs::create_dir(dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating workspace {}", dir.display()))
+                }
+            }
+        }
+    };
+    let resolved =
+        std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    give_to_jobs(&resolved, policy, made)?;
+    Ok(resolved)
+}
+
+/// Where jobs run as another uid than rivet's under `policy`: gives the directory `dir` (itself,
+/// not what it holds) to that uid when `made` (rivet just made it), or checks that it is
+/// theirs. On the directory opened without following a link, not by its name again.
+fn give_to_jobs(dir: &Path, policy: &Policy, made: bool) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Some(uid) = rivet_sandbox::job_host_uid(policy) else {
+        return Ok(());
+    };
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .with_context(|| format!("opening workspace {}", dir.display()))?;
+    if made {
+        return std::os::unix::fs::fchown(&opened, Some(uid), Some(uid)).with_context(|| {
             format!(
                 "giving the workspace {} to the jobs' uid {uid} (sandbox.job_uid)",
                 dir.display()
             )
-        }),
-        None => Ok(()),
+        });
     }
+    let owner = opened.metadata()?.uid();
+    if owner != uid {
+        anyhow::bail!(
+            "policy violation [sandbox.job_uid]: the workspace {} belongs to uid {owner}, and \
+             jobs run as uid {uid} (sandbox.job_uid): rivet gives only a directory it makes to \
+             them; name a path that does not exist yet, or give this one to uid {uid} yourself",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// A warning for a local job of a root rivet with no `sandbox.job_uid` set: the job is then
@@ -42,18 +94,20 @@ pub(crate) struct TempWorkspace {
 
 impl TempWorkspace {
     /// Creates it in the temporary directory (`TMPDIR`), its name starting with `prefix`, for
-    /// jobs run under `policy` (it belongs to their uid: [`give_to_jobs`]); its path is resolved
+    /// jobs run under `policy` (it belongs to their uid), readable by no one else; its path is resolved
     /// (no link in it).
     pub(crate) fn create(prefix: &str, keep: bool, policy: &Policy) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
         let made = tempfile::Builder::new()
             .prefix(prefix)
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .context("creating a temporary workspace")?
             .keep();
         let mut workspace = TempWorkspace { path: made, keep };
         workspace.path =
             std::fs::canonicalize(&workspace.path).context("resolving the temporary workspace")?;
-        give_to_jobs(&workspace.path, policy)?;
+        give_to_jobs(&workspace.path, policy, true)?;
         Ok(workspace)
     }
 

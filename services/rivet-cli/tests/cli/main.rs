@@ -555,8 +555,9 @@ fn ctrl_c_stops_plugin_tests_and_cleans_up() {
 
 /// Run as root with `sandbox.job_uid` in the policy, a local job runs as that uid: its
 /// workspace (a temporary one, or one --workspace makes) is given to it, so the job can write
-/// there, and what it writes is that uid's on the host. Without `sandbox.job_uid`, a root
-/// rivet warns that the job runs as root.
+/// there, and what it writes is that uid's on the host; an existing directory of someone
+/// else's is refused, not handed over. Without `sandbox.job_uid`, a root rivet warns that the
+/// job runs as root.
 #[test]
 fn a_root_local_run_gives_the_workspace_to_the_policys_job_uid() {
     use std::os::unix::fs::MetadataExt;
@@ -581,6 +582,8 @@ fn a_root_local_run_gives_the_workspace_to_the_policys_job_uid() {
         .expect("the kept workspace's path");
     let kept = Path::new(kept);
     assert_eq!(std::fs::metadata(kept).unwrap().uid(), 65534);
+    // No other local user reads a job's files.
+    assert_eq!(std::fs::metadata(kept).unwrap().mode() & 0o777, 0o700);
     assert_eq!(
         std::fs::metadata(kept.join("out.txt")).unwrap().uid(),
         65534
@@ -606,6 +609,38 @@ fn a_root_local_run_gives_the_workspace_to_the_policys_job_uid() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert_eq!(std::fs::metadata(&ws).unwrap().uid(), 65534);
     assert_eq!(std::fs::metadata(ws.join("out.txt")).unwrap().uid(), 65534);
+    // Run again in it: it is the jobs' already.
+    let out = rivet(&[
+        "run",
+        &pipeline,
+        "--policy",
+        &policy,
+        "--workspace",
+        ws.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    // A directory that was there and is someone else's is not handed over: owning it would
+    // let the job replace what it holds.
+    let theirs = dir.path().join("checkout");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("build.sh"), "echo root runs this").unwrap();
+    let out = rivet(&[
+        "run",
+        &pipeline,
+        "--policy",
+        &policy,
+        "--workspace",
+        theirs.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("policy violation [sandbox.job_uid]: the workspace")
+            && stderr.contains("belongs to uid 0"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 0);
+    assert!(!theirs.join("out.txt").exists());
 
     let out = rivet(&["run", &pipeline]);
     let (stdout, stderr) = text(&out);
