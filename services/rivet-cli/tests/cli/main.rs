@@ -29,6 +29,14 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
+/// [`scratch`], and an empty `tmp` in it for rivet's temporary workspaces (TMPDIR).
+fn scratch_with_tmp() -> (tempfile::TempDir, PathBuf) {
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    (dir, tmp)
+}
+
 fn write(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, body).unwrap();
@@ -47,6 +55,39 @@ fn sh(dir: &Path, cmd: &str) {
         "{cmd}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `rivet ARGS` as the tests start it in the background: no policy or plugin directory from
+/// the environment, no stdin, output piped, temporary workspaces made in `tmp`.
+fn rivet_in(tmp: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rivet"));
+    cmd.args(args)
+        .env("TMPDIR", tmp)
+        .env_remove("RIVET_POLICY")
+        .env_remove("RIVET_PLUGIN_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Reads `out` until a line holds `marker`; what was read. Fails if the output ends first.
+fn read_until(out: &mut impl std::io::BufRead, marker: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(marker) {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the output ended before {marker:?}: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    seen
+}
+
+/// How many entries `dir` holds.
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
 }
 
 #[test]
@@ -303,9 +344,7 @@ fn workspace_secrets_and_policy_flags_work() {
 /// workspaces go the same way.
 #[test]
 fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
-    let dir = scratch();
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    let (dir, tmp) = scratch_with_tmp();
     let pipeline = write(
         dir.path(),
         "deep.lua",
@@ -340,7 +379,7 @@ fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
             "{stdout}"
         );
         assert!(!stderr.contains("could not remove"), "{stderr}");
-        std::fs::read_dir(&tmp).unwrap().count()
+        entries(&tmp)
     };
     assert_eq!(run(false), 0, "the workspace was removed");
     assert_eq!(run(true), 1, "the workspace was kept");
@@ -380,11 +419,7 @@ fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("ok   deep: nests"), "{stdout}");
     assert!(!stderr.contains("could not remove"), "{stderr}");
-    assert_eq!(
-        std::fs::read_dir(&tmp).unwrap().count(),
-        0,
-        "the test's workspace was removed"
-    );
+    assert_eq!(entries(&tmp), 0, "the test's workspace was removed");
 }
 
 /// Ctrl-C during a local run cancels the job: its worker (and the `sleep` it runs) is killed,
@@ -392,10 +427,7 @@ fn a_temporary_workspace_goes_however_deep_the_job_nested_it() {
 /// signal is sent once the job's first line is out, so the job surely runs.
 #[test]
 fn ctrl_c_cancels_a_local_run_and_cleans_up() {
-    use std::io::{BufRead, BufReader};
-    let dir = scratch();
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    let (dir, tmp) = scratch_with_tmp();
     let pipeline = write(
         dir.path(),
         "long.lua",
@@ -404,26 +436,9 @@ fn ctrl_c_cancels_a_local_run_and_cleans_up() {
            process.run{command = 'sleep', args = {'60'}}\n\
          end } } }",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rivet"))
-        .args(["run", pipeline.as_str()])
-        .env("TMPDIR", &tmp)
-        .env_remove("RIVET_POLICY")
-        .env_remove("RIVET_PLUGIN_DIR")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("[s] sleeping") {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "rivet ended before the job ran: {seen}"
-        );
-        seen.push_str(&line);
-    }
+    let mut child = rivet_in(&tmp, &["run", &pipeline]).spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let seen = read_until(&mut stdout, "[s] sleeping");
     // SAFETY: kill(2) on our own child, not yet reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     // Without the cancel, the job would end after its 60 s sleep, and exit 0.
@@ -434,18 +449,13 @@ fn ctrl_c_cancels_a_local_run_and_cleans_up() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGINT), "{seen}\n{stderr}");
     assert!(stderr.contains("long.lua: cancelled"), "{stderr}");
-    assert_eq!(
-        std::fs::read_dir(&tmp).unwrap().count(),
-        0,
-        "the temporary workspace was removed"
-    );
+    assert_eq!(entries(&tmp), 0, "the temporary workspace was removed");
 }
 
 /// A rivet started with SIGINT ignored (as a script starts its background jobs) leaves it
 /// ignored: the job runs to its end and rivet exits 0. The signal is sent once the job runs.
 #[test]
 fn an_ignored_sigint_stays_ignored() {
-    use std::io::{BufRead, BufReader};
     let dir = scratch();
     let pipeline = write(
         dir.path(),
@@ -456,8 +466,7 @@ fn an_ignored_sigint_stays_ignored() {
            log.info('woke')\n\
          end } } }",
     );
-    let mut rivet = Command::new(env!("CARGO_BIN_EXE_rivet"));
-    rivet.arg("run").arg(&pipeline);
+    let mut rivet = rivet_in(dir.path(), &["run", &pipeline]);
     // SAFETY: only signal(2), async-signal-safe, between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -466,20 +475,9 @@ fn an_ignored_sigint_stays_ignored() {
             Ok(())
         });
     }
-    let mut child = rivet
-        .env_remove("RIVET_POLICY")
-        .env_remove("RIVET_PLUGIN_DIR")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("[s] sleeping") {
-        let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "{seen}");
-        seen.push_str(&line);
-    }
+    let mut child = rivet.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = read_until(&mut stdout, "[s] sleeping");
     // SAFETY: kill(2) on our own child, not yet reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     std::io::Read::read_to_string(&mut stdout, &mut seen).unwrap();
@@ -493,9 +491,7 @@ fn an_ignored_sigint_stays_ignored() {
 /// file in its workspace, so it surely runs.
 #[test]
 fn ctrl_c_stops_plugin_tests_and_cleans_up() {
-    let dir = scratch();
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    let (dir, tmp) = scratch_with_tmp();
     write(
         dir.path(),
         "slow.lua",
@@ -513,14 +509,7 @@ fn ctrl_c_stops_plugin_tests_and_cleans_up() {
 } }"#,
     );
     let plugin = dir.path().join("slow.lua").display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rivet"))
-        .args(["plugin", "test", plugin.as_str()])
-        .env("TMPDIR", &tmp)
-        .env_remove("RIVET_POLICY")
-        .env_remove("RIVET_PLUGIN_DIR")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let mut child = rivet_in(&tmp, &["plugin", "test", &plugin])
         .spawn()
         .unwrap();
     // The first test's workspace holds `started`: poll for it (as long as rivet runs).
@@ -546,11 +535,7 @@ fn ctrl_c_stops_plugin_tests_and_cleans_up() {
     assert!(stdout.contains("FAIL slow: a sleeps"), "{stdout}");
     assert!(!stdout.contains("b is not run"), "{stdout}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert_eq!(
-        std::fs::read_dir(&tmp).unwrap().count(),
-        0,
-        "the test's workspace was removed"
-    );
+    assert_eq!(entries(&tmp), 0, "the test's workspace was removed");
 }
 
 /// Run as root with `sandbox.job_uid` in the policy, a local job runs as that uid: its
@@ -597,41 +582,30 @@ fn a_root_local_run_gives_the_workspace_to_the_policys_job_uid() {
         std::os::unix::fs::PermissionsExt::from_mode(0o711),
     )
     .unwrap();
-    let out = rivet(&[
-        "run",
-        &pipeline,
-        "--policy",
-        &policy,
-        "--workspace",
-        ws.to_str().unwrap(),
-    ]);
+    let in_workspace = |ws: &Path| {
+        rivet(&[
+            "run",
+            &pipeline,
+            "--policy",
+            &policy,
+            "--workspace",
+            ws.to_str().unwrap(),
+        ])
+    };
+    let out = in_workspace(&ws);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert_eq!(std::fs::metadata(&ws).unwrap().uid(), 65534);
     assert_eq!(std::fs::metadata(ws.join("out.txt")).unwrap().uid(), 65534);
     // Run again in it: it is the jobs' already.
-    let out = rivet(&[
-        "run",
-        &pipeline,
-        "--policy",
-        &policy,
-        "--workspace",
-        ws.to_str().unwrap(),
-    ]);
+    let out = in_workspace(&ws);
     assert!(out.status.success(), "{:?}", text(&out));
     // A directory that was there and is someone else's is not handed over: owning it would
     // let the job replace what it holds.
     let theirs = dir.path().join("checkout");
     std::fs::create_dir(&theirs).unwrap();
     std::fs::write(theirs.join("build.sh"), "echo root runs this").unwrap();
-    let out = rivet(&[
-        "run",
-        &pipeline,
-        "--policy",
-        &policy,
-        "--workspace",
-        theirs.to_str().unwrap(),
-    ]);
+    let out = in_workspace(&theirs);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(
