@@ -346,13 +346,9 @@ pub async fn run(runner: &Arc<Runner>, delivery: Incoming<JobDispatch>, token: S
         .work_dir
         .join(format!("{}-{}", job.job_id, job.attempt));
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    // The job's uid (a root runner's jobs are not root) owns its workspace.
-    let created =
-        std::fs::create_dir_all(&workspace).and_then(|()| match runner.policy.sandbox.job_uid {
-            // Set only for a runner running as root (`run`).
-            Some(uid) => std::os::unix::fs::chown(&workspace, Some(uid), Some(uid)),
-            None => Ok(()),
-        });
+    // The job's uid (a root runner's jobs are not root; set only for a runner running as root,
+    // `run`) owns its workspace.
+    let created = fresh_workspace(&workspace, runner.policy.sandbox.job_uid).await;
     let worker = match created {
         Err(e) => Err(JobOutcome::Crashed {
             reason: format!("creating the workspace {}: {e}", workspace.display()),
@@ -503,5 +499,65 @@ async fn renew_lease(
                 tracing::warn!(job_id = %job_id, error = %e, "Renewing the lease failed; retrying.")
             }
         }
+    }
+}
+
+/// Makes the workspace directory `path` of a job attempt, owned by `uid` if given, afresh:
+/// what an earlier run of the same attempt left there (this runner died before the job's start
+/// was confirmed, and the job came back to it after a restart) is removed first, off the async
+/// threads, so that a job never starts among another run's files.
+async fn fresh_workspace(path: &std::path::Path, uid: Option<u32>) -> std::io::Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let left = path.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                rivet_sandbox::remove_tree(&left)?;
+                std::fs::create_dir(&left)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+        }
+        // The work directory itself is gone (removed while the runner ran).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)?,
+        Err(e) => return Err(e),
+    }
+    match uid {
+        Some(uid) => std::os::unix::fs::chown(path, Some(uid), Some(uid)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_workspace;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A workspace left by an earlier run of the same attempt (with files, nested) is replaced
+    /// by an empty one, owned by the jobs' uid; a missing work directory is made.
+    #[tokio::test]
+    async fn a_workspace_left_by_an_earlier_run_is_made_afresh() {
+        let work = std::env::temp_dir().join(format!("rivet-fresh-ws-test-{}", std::process::id()));
+        let ws = work.join("job-1");
+        std::fs::create_dir_all(ws.join("a/b")).unwrap();
+        std::fs::write(ws.join("a/b/stale.txt"), "from the run that died").unwrap();
+        fresh_workspace(&ws, None).await.unwrap();
+        assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0, "nothing left");
+
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the runner tests run as root"
+        );
+        std::fs::write(ws.join("stale.txt"), "x").unwrap();
+        fresh_workspace(&ws, Some(65534)).await.unwrap();
+        assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0, "nothing left");
+        assert_eq!(std::fs::metadata(&ws).unwrap().uid(), 65534);
+
+        let gone = work.join("removed-work-dir/job-1");
+        fresh_workspace(&gone, None).await.unwrap();
+        assert!(gone.is_dir());
+        rivet_sandbox::remove_tree(&work).unwrap();
     }
 }
