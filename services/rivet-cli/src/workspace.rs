@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 /// directory lets one replace whatever it holds (a root user's checkout, say) and never handed
 /// over.
 pub(crate) fn given_dir(dir: &Path, policy: &Policy) -> Result<PathBuf> {
-    let made = match rivet_sandbox::job_host_uid(policy) {
+    let uid = rivet_sandbox::job_host_uid(policy);
+    let made = match uid {
         None => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating workspace {}", dir.display()))?;
@@ -34,18 +35,17 @@ pub(crate) fn given_dir(dir: &Path, policy: &Policy) -> Result<PathBuf> {
     };
     let resolved =
         std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    give_to_jobs(&resolved, policy, made)?;
+    if let Some(uid) = uid {
+        give_to_jobs(&resolved, uid, made)?;
+    }
     Ok(resolved)
 }
 
-/// Where jobs run as another uid than rivet's under `policy`: gives the directory `dir` (itself,
-/// not what it holds) to that uid when `made` (rivet just made it), or checks that it is
-/// theirs. On the directory opened without following a link, not by its name again.
-fn give_to_jobs(dir: &Path, policy: &Policy, made: bool) -> Result<()> {
+/// Gives the directory `dir` (itself, not what it holds) to `uid`, the jobs' (another than
+/// rivet's), when `made` (rivet just made it), or checks that it is theirs. On the directory
+/// opened without following a link, not by its name again.
+fn give_to_jobs(dir: &Path, uid: u32, made: bool) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let Some(uid) = rivet_sandbox::job_host_uid(policy) else {
-        return Ok(());
-    };
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
@@ -94,8 +94,8 @@ pub(crate) struct TempWorkspace {
 
 impl TempWorkspace {
     /// Creates it in the temporary directory (`TMPDIR`), its name starting with `prefix`, for
-    /// jobs run under `policy` (it belongs to their uid), readable by no one else; its path is resolved
-    /// (no link in it).
+    /// jobs run under `policy` (it belongs to their uid), readable by no one else; its path is
+    /// resolved (no link in it).
     pub(crate) fn create(prefix: &str, keep: bool, policy: &Policy) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let made = tempfile::Builder::new()
@@ -107,7 +107,9 @@ impl TempWorkspace {
         let mut workspace = TempWorkspace { path: made, keep };
         workspace.path =
             std::fs::canonicalize(&workspace.path).context("resolving the temporary workspace")?;
-        give_to_jobs(&workspace.path, policy, true)?;
+        if let Some(uid) = rivet_sandbox::job_host_uid(policy) {
+            give_to_jobs(&workspace.path, uid, true)?;
+        }
         Ok(workspace)
     }
 

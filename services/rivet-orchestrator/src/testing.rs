@@ -16,6 +16,26 @@ use uuid::Uuid;
 
 /// The PostgreSQL server, as its superuser.
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// A stage body (requires `process`) that runs until the test calls [`open_gate`] for its job:
+/// a job that is surely still running whatever the machine's speed, where a `sleep` would only
+/// probably be. It gives up after 60 s.
+pub const GATED: &str = "process.run{command = 'python3', args = {'-c', \
+    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 60}";
+
+/// Lets a running job whose script is [`GATED`] go on: makes the file it waits for in its
+/// workspace, which its runner keeps under `work/<runner id>/<job>-<attempt>`.
+pub fn open_gate(work: &Path, job: &rivet_protocol::http::JobView) {
+    let runner = job
+        .runner_id
+        .as_deref()
+        .expect("a running job has a runner");
+    let gate = work
+        .join(runner)
+        .join(format!("{}-{}", job.id, job.attempt))
+        .join("gate");
+    std::fs::write(&gate, "").unwrap_or_else(|e| panic!("opening {}: {e}", gate.display()));
+}
+
 /// The RabbitMQ server.
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The Redis server.

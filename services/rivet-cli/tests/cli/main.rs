@@ -518,8 +518,13 @@ fn ctrl_c_stops_plugin_tests_and_cleans_up() {
             .unwrap()
             .any(|ws| ws.unwrap().path().join("started").exists())
     };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !started() {
         assert!(child.try_wait().unwrap().is_none(), "rivet ended first");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first test did not start within 30 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // SAFETY: kill(2) on our own child, not yet reaped.

@@ -18,10 +18,7 @@ pub const REDIS: &str = "redis://127.0.0.1:6379/";
 /// The policy every chaos runner uses: the defaults, which allow `sleep`.
 const POLICY: &str = "[limits]\nstage_timeout = \"60s\"\n";
 
-/// A stage body (requires `process`) that runs until the test calls [`Cluster::open_gate`]
-/// (as the fleet tests' `helpers::GATED`).
-pub const GATED: &str = "process.run{command = 'python3', args = {'-c', \
-    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 60}";
+pub use rivet_orchestrator::testing::GATED;
 
 pub struct Cluster {
     pub namespace: String,
@@ -222,20 +219,9 @@ impl Cluster {
             .unwrap_or_else(|_| panic!("runner {id} did not exit within {within:?} after SIGTERM"))
     }
 
-    /// Lets a running job whose script is [`GATED`] go on: makes the file it waits for in its
-    /// workspace.
+    /// Lets a running job whose script is [`GATED`] go on.
     pub fn open_gate(&self, job: &JobView) {
-        let runner = job
-            .runner_id
-            .as_deref()
-            .expect("a running job has a runner");
-        let gate = self
-            .dir
-            .join("work")
-            .join(runner)
-            .join(format!("{}-{}", job.id, job.attempt))
-            .join("gate");
-        std::fs::write(&gate, "").unwrap_or_else(|e| panic!("opening {}: {e}", gate.display()));
+        rivet_orchestrator::testing::open_gate(&self.dir.join("work"), job);
     }
 
     pub fn runner_ids(&self) -> Vec<String> {

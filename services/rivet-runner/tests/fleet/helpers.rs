@@ -11,12 +11,6 @@ use rivet_orchestrator::testing::TestOrchestrator;
 
 pub use rivet_orchestrator::testing::{AMQP, REDIS};
 
-/// A stage body (requires `process`) that runs until the test calls [`Fleet::open_gate`]: a
-/// job that is surely still running whatever the machine's speed, where a `sleep` would only
-/// probably be.
-pub const GATED: &str = "process.run{command = 'python3', args = {'-c', \
-    'import os, time\\nwhile not os.path.exists(\"gate\"): time.sleep(0.01)'}, timeout = 60}";
-
 /// The pause between two polls of the API: short beside any wait, long enough that a waiting
 /// test leaves the machine's two cores to the orchestrator and runners it waits on.
 pub const POLL: Duration = Duration::from_millis(10);
@@ -290,15 +284,9 @@ impl Fleet {
         self.work.join(runner).join(format!("{job}-{attempt}"))
     }
 
-    /// Lets a running job whose script is [`GATED`] go on: makes the file it waits for in its
-    /// workspace.
+    /// Lets a running job whose script is [`GATED`](rivet_orchestrator::testing::GATED) go on.
     pub fn open_gate(&self, job: &JobView) {
-        let runner = job
-            .runner_id
-            .as_deref()
-            .expect("a running job has a runner");
-        let gate = self.workspace(runner, job.id, job.attempt).join("gate");
-        std::fs::write(&gate, "").unwrap_or_else(|e| panic!("opening {}: {e}", gate.display()));
+        rivet_orchestrator::testing::open_gate(&self.work, job);
     }
 
     pub async fn stop(self) {

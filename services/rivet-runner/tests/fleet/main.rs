@@ -191,14 +191,18 @@ async fn three_hundred_jobs_finish_exactly_once_with_complete_logs() {
 /// run: with two one-slot runners busy with long jobs, a third long job and a short job of
 /// another class queued behind them, the short job runs as soon as the slots free, while the
 /// third long job holds one of them. The long jobs run until the test lets them end
-/// ([`helpers::GATED`]), so "long" holds however slow the machine.
+/// ([`rivet_orchestrator::testing::GATED`]), so "long" holds however slow the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
     let mut fleet = helpers::start().await;
     fleet.runner_with_slots("one", &[], "", 1).await;
     fleet.runner_with_slots("two", &[], "", 1).await;
     fleet
-        .push(&pipeline("long", "'process'", helpers::GATED))
+        .push(&pipeline(
+            "long",
+            "'process'",
+            rivet_orchestrator::testing::GATED,
+        ))
         .await;
     fleet
         .push(&pipeline("short", "", "log.info('quick')"))
@@ -270,12 +274,16 @@ async fn a_busy_runner_does_not_hold_jobs_an_idle_runner_could_run() {
 /// A job the broker hands to a runner whose every slot is busy (its long job's message was
 /// acknowledged at the start) goes back to its queue within moments: an idle runner runs it,
 /// instead of it waiting for the long job to end. The long job runs until the test lets it end
-/// ([`helpers::GATED`]): a short job held by the busy runner would never run.
+/// ([`rivet_orchestrator::testing::GATED`]): a short job held by the busy runner would never run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_handed_to_a_full_runner_goes_to_an_idle_one() {
     let mut fleet = helpers::start().await;
     fleet
-        .push(&pipeline("long", "'process'", helpers::GATED))
+        .push(&pipeline(
+            "long",
+            "'process'",
+            rivet_orchestrator::testing::GATED,
+        ))
         .await;
     fleet
         .push(&pipeline("short", "", "log.info('quick')"))
